@@ -1,0 +1,48 @@
+# losslab: `make sweep` runs the study, `make test` runs the suite. `make help` lists all.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 5000
+HOST ?= 127.0.0.1
+STORE := sqlite:///$(CURDIR)/mlflow.db
+ARTIFACTS := $(CURDIR)/mlartifacts
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint format test sweep ui server bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU wheel first, pinned, so nothing can resolve torch to a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv with torch 2.13.0 (CPU) and the pinned dependencies
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install ## Run the test suite
+	$(PY) -m pytest
+
+sweep: install ## The five-loss study over 5 seeds, with the comparison table at the end
+	$(PY) -m src.train -m loss=mse,msle,mae,bce,hinge seed=0,1,2,3,4
+
+ui: install ## Browse every run in the MLflow UI (PORT=5000), bound to 127.0.0.1
+	@$(PY) -m src.serve --host $(HOST) --port $(PORT) --store $(STORE) --artifacts $(ARTIFACTS)
+
+bench: install ## Speed benchmarks against a plain-PyTorch baseline (prints ratios)
+	$(PY) -m bench.run
+
+clean: ## Remove outputs, sweeps and the local MLflow store (asks no questions)
+	rm -rf outputs multirun mlflow.db mlartifacts

@@ -1,0 +1,39 @@
+"""Turn Hydra's and OmegaConf's multi-line error reports into one line a user can act on."""
+
+from __future__ import annotations
+
+import re
+
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
+from src.config import CONF_DIR
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip().rstrip(".") if text else type(error).__name__
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def one_line_error(error: BaseException) -> str | None:
+    """The message for a user mistake, or None for anything else (a bug: show the traceback)."""
+    if isinstance(error, MissingConfigException):
+        found = re.search(r"Could not find '([\w/]+)/([^']+)'", str(error))
+        if found and (CONF_DIR / found.group(1)).is_dir():
+            group, name = found.groups()
+            return f"unknown {group} '{name}'; choose one of: {', '.join(_options(group))}"
+        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, (HydraException, OmegaConfBaseException)):
+        line = _first_line(error)
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, OmegaConfBaseException):
+            line = f"{line}: {_first_line(cause)}"
+        hint = re.search(r"To append to your config use (\S+)", str(error))
+        if hint:
+            line += f" (to add a new key use {hint.group(1)})"
+        return line
+    return None

@@ -1,0 +1,335 @@
+"""Typed schemas for every config group, and the checks that run before anything is built.
+
+Hydra merges the YAML files in ``conf/`` onto these dataclasses, so a wrong type or an unknown
+key fails while composing. ``validate`` then runs the value checks (``__post_init__``) and the
+loss/dataset pairing rule. This module imports only the standard library, OmegaConf and Hydra:
+a mistake is reported before torch, Lightning or MLflow is imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import CompactHydraException
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(CompactHydraException):
+    """A user mistake in the configuration: Hydra prints just the message and exits 1."""
+
+
+class Task(Enum):
+    regression = "regression"
+    binary = "binary"
+    multiclass = "multiclass"
+
+
+class Output(Enum):
+    """Activation applied to the network's last layer to produce predictions."""
+
+    identity = "identity"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    softmax = "softmax"
+
+
+class Activation(Enum):
+    """Hidden-layer activation."""
+
+    relu = "relu"
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+    gelu = "gelu"
+
+
+class Targets(Enum):
+    """How the data module encodes labels for the loss."""
+
+    real = "real"  # regression targets as floats
+    binary = "binary"  # {0, 1}
+    signed = "signed"  # {-1, 1}
+    onehot = "onehot"  # one row of C floats per sample
+    index = "index"  # one integer class per sample
+
+
+class Scaling(Enum):
+    standard = "standard"  # zero mean, unit variance (the study)
+    minmax = "minmax"  # into [0, 1]
+    none = "none"
+
+
+class ScalerFit(Enum):
+    all = "all"  # fit on all rows before the split, as the study does
+    train = "train"  # fit on the train rows only (no test information leaks)
+
+
+# Which encodings and output activations each task admits: the pairing rule's table.
+TASK_TARGETS: dict[Task, tuple[Targets, ...]] = {
+    Task.regression: (Targets.real,),
+    Task.binary: (Targets.binary, Targets.signed),
+    Task.multiclass: (Targets.onehot, Targets.index),
+}
+TARGET_OUTPUTS: dict[Targets, tuple[Output, ...]] = {
+    Targets.real: (Output.identity,),
+    Targets.binary: (Output.sigmoid,),
+    Targets.signed: (Output.tanh, Output.identity),
+    Targets.onehot: (Output.softmax,),
+    Targets.index: (Output.softmax,),
+}
+
+# Extra metrics a loss may list by name (implemented in metrics.py).
+EXTRA_METRICS = ("mse", "rounded_accuracy")
+
+# instantiate() is only fed targets under these prefixes unless the user widens the list.
+DEFAULT_TARGET_PREFIXES = ("src.", "sklearn.datasets.", "torch.nn.functional.", "torch.optim.")
+
+
+def train_rows(n_samples: int, train_fraction: float) -> int:
+    """How many of the first rows train (the rest test), as the study splits."""
+    return round(n_samples * train_fraction)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class OutliersConfig:
+    """Corrupt a fraction of regression targets (after scaling) by adding +-scale."""
+
+    fraction: float = 0.0
+    scale: float = 10.0
+    in_test: bool = False  # False keeps the test set clean: we score the true function
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.fraction < 1.0,
+            f"dataset.outliers.fraction={self.fraction} must be in [0, 1)",
+        )
+        _require(self.scale >= 0, f"dataset.outliers.scale={self.scale} must be >= 0")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    task: Task = MISSING
+    # A scikit-learn generator (or any function returning X, y), called through instantiate.
+    generator: dict[str, Any] = field(default_factory=dict)
+    train_fraction: float = 0.5  # the first rows train, the rest test (no shuffle, as the study)
+    scale_x: Scaling = Scaling.none
+    scale_y: Scaling = Scaling.none
+    scaler_fit: ScalerFit = ScalerFit.all
+    outliers: OutliersConfig = field(default_factory=OutliersConfig)
+    batch_size: int = 32
+    # The study's settings for this data, read by trainer.max_epochs and model.hidden_sizes.
+    max_epochs: int = 100
+    hidden_sizes: list[int] = field(default_factory=lambda: [25])
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 < self.train_fraction < 1.0,
+            f"dataset.train_fraction={self.train_fraction} must be strictly between 0 and 1",
+        )
+        _require(self.batch_size >= 1, f"dataset.batch_size={self.batch_size} must be >= 1")
+        gen = self.generator
+        _require("_target_" in gen, "dataset.generator needs a _target_ (a data function)")
+        n = gen.get("n_samples")
+        if isinstance(n, int):
+            n_train = train_rows(n, self.train_fraction)
+            smallest = math.ceil(1 / min(self.train_fraction, 1 - self.train_fraction))
+            _require(
+                n_train >= 1 and n - n_train >= 1,
+                f"dataset.generator.n_samples={n} is too small to split with "
+                f"train_fraction={self.train_fraction}; use at least {smallest}",
+            )
+            _require(
+                self.batch_size <= n_train,
+                f"dataset.batch_size={self.batch_size} is larger than the train split "
+                f"({n_train} rows); use a value between 1 and {n_train}",
+            )
+        noise = gen.get("noise")
+        _require(
+            noise is None or noise >= 0,
+            f"dataset.generator.noise={noise} must be >= 0",
+        )
+        _require(
+            self.task == Task.regression or self.scale_y == Scaling.none,
+            f"dataset.scale_y={self.scale_y.value} only applies to regression targets",
+        )
+        _require(
+            self.task == Task.regression or self.outliers.fraction == 0.0,
+            "dataset.outliers only applies to regression targets",
+        )
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [25])
+    activation: Activation = Activation.relu
+
+    def __post_init__(self) -> None:
+        _require(
+            all(h >= 1 for h in self.hidden_sizes),
+            f"model.hidden_sizes={self.hidden_sizes}: every layer needs at least 1 unit",
+        )
+
+
+@dataclass
+class LossConfig:
+    """A loss knows its task: data, output layer and metrics all follow from it."""
+
+    name: str = MISSING
+    task: Task = MISSING
+    output: Output = MISSING
+    targets: Targets = MISSING
+    # Called as fn(output, target) and returns per-sample or per-element losses; losslab
+    # averages them over everything but the member axis.
+    fn: dict[str, Any] = field(default_factory=dict)
+    from_logits: bool = False  # True: fn gets the raw last layer, not the activated output
+    metrics: list[str] = field(default_factory=list)  # extra metrics beside the task's own
+
+    def __post_init__(self) -> None:
+        _require("_target_" in self.fn, f"loss.fn for '{self.name}' needs a _target_")
+        unknown = [m for m in self.metrics if m not in EXTRA_METRICS]
+        _require(not unknown, f"loss.metrics: unknown {unknown}; choose from {list(EXTRA_METRICS)}")
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0 and math.isfinite(self.lr), f"optimizer.lr={self.lr} must be > 0")
+        _require(
+            0.0 <= self.momentum < 1.0,
+            f"optimizer.momentum={self.momentum} must be in [0, 1)",
+        )
+        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed straight to lightning's Trainer (plus the few losslab adds)."""
+
+    max_epochs: int = 100
+    accelerator: str = "cpu"
+    devices: int = 1
+    deterministic: bool = True
+    enable_progress_bar: bool = True
+    checkpoint_every_n_epochs: int = 10  # 0 disables checkpoints
+
+    def __post_init__(self) -> None:
+        _require(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
+        _require(
+            self.checkpoint_every_n_epochs >= 0,
+            f"trainer.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} must be >= 0",
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """Where runs are tracked. tracking_uri null: $MLFLOW_TRACKING_URI, else ./mlflow.db."""
+
+    tracking_uri: str | None = None
+    experiment: str = "losslab"
+    log_model: bool = True
+    flush_every_n_epochs: int = 0  # 0 sends the buffered per-epoch metrics once, at the end
+
+    def __post_init__(self) -> None:
+        _require(
+            self.flush_every_n_epochs >= 0,
+            f"logger.flush_every_n_epochs={self.flush_every_n_epochs} must be >= 0",
+        )
+
+
+@dataclass
+class LosslabConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    loss: LossConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    seed: int = 0
+    # Train seeds seed, seed+1, ..., seed+members-1 together as one batched model.
+    members: int = 1
+    # A run id or a checkpoint path to continue an interrupted run from.
+    resume: str | None = None
+    allowed_target_prefixes: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_PREFIXES)
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, f"seed={self.seed} must be a non-negative integer")
+        _require(self.members >= 1, f"members={self.members} must be >= 1")
+        check_pairing(self.loss, self.dataset)
+        for where, node in (
+            ("dataset.generator", self.dataset.generator),
+            ("loss.fn", self.loss.fn),
+            ("optimizer", {"_target_": self.optimizer._target_}),
+        ):
+            target = node["_target_"]
+            _require(
+                target.startswith(tuple(self.allowed_target_prefixes)),
+                f"{where}._target_={target} is outside the allowed prefixes "
+                f"{self.allowed_target_prefixes}; add it to allowed_target_prefixes "
+                "if you trust it",
+            )
+
+
+def check_pairing(loss: LossConfig, dataset: DatasetConfig) -> None:
+    """The one place that decides whether a loss, its output layer and a dataset fit together."""
+    _require(
+        loss.targets in TASK_TARGETS[loss.task],
+        f"loss '{loss.name}' ({loss.task.value}) cannot use targets={loss.targets.value}; "
+        f"use one of {[t.value for t in TASK_TARGETS[loss.task]]}",
+    )
+    _require(
+        loss.output in TARGET_OUTPUTS[loss.targets],
+        f"loss '{loss.name}' with targets={loss.targets.value} needs an output in "
+        f"{[o.value for o in TARGET_OUTPUTS[loss.targets]]}, not output={loss.output.value}",
+    )
+    if loss.task != dataset.task:
+        raise ConfigError(
+            f"loss '{loss.name}' is a {loss.task.value} loss but dataset '{dataset.name}' is "
+            f"{dataset.task.value}; drop the dataset= override or pick one of: "
+            f"{', '.join(datasets_for(loss.task)) or '(none)'}"
+        )
+
+
+def datasets_for(task: Task) -> list[str]:
+    """Names of the dataset configs in conf/dataset/ that serve ``task``."""
+    return [
+        path.stem
+        for path in sorted((CONF_DIR / "dataset").glob("*.yaml"))
+        if OmegaConf.load(path).get("task") == task.value
+    ]
+
+
+def validate(cfg: DictConfig) -> LosslabConfig:
+    """Run every value check and the pairing rule; return the typed config."""
+    if "hydra" in cfg:  # a callback sees Hydra's own node too; the schema does not know it
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, LosslabConfig)
+    return obj
+
+
+def register() -> None:
+    """Store the root schema; conf/config.yaml lists it first so every group merges onto it."""
+    ConfigStore.instance().store(name="losslab_schema", node=LosslabConfig)

@@ -1,0 +1,248 @@
+"""One job: build data, model and trainer from a validated config, train, evaluate, track.
+
+Imported only after the config is validated, because it pulls in torch, Lightning and MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from src import plots, store, tracking
+from src.callbacks import EpochProgressBar, MlflowHistory
+from src.config import LosslabConfig, Task
+from src.data import Split, StudyDataModule
+from src.metrics import lower_is_better, metrics_for, primary_name
+from src.model import MemberMLP
+from src.module import Diverged, LossModule
+
+log = logging.getLogger("losslab")
+# Lightning sets its own log level on import; keep its start-up chatter (accelerator
+# lines, tips) out of the console.
+for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+EXPERIMENT_DESCRIPTION = (
+    "losslab: which loss function fits the problem? Runs of the loss-function study "
+    "(regression: mse, msle, mae; binary: bce, hinge), one child run per job under a sweep."
+)
+
+
+@dataclass
+class JobContext:
+    """What Hydra knows about this job, passed in so this module does not read globals."""
+
+    overrides: list[str]
+    output_dir: Path
+    sweep_dir: Path | None  # None for a single run
+    job_num: int | None
+
+
+def git_version() -> str:
+    """The code version: commit hash, with +dirty when the work tree has changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=store.PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def trivial_score(split: Split, task: Task) -> float:
+    """What a model that ignores its input scores on the test set: predicting the train mean
+    (regression) or the majority class. A run that does no better has collapsed."""
+    if task == Task.regression:
+        return float(np.mean((split.y_test - split.y_train.mean()) ** 2))
+    labels = plots._labels(split.y_train)
+    majority = np.bincount((labels > 0).astype(int) if task == Task.binary else labels).argmax()
+    test = plots._labels(split.y_test)
+    test = (test > 0).astype(int) if task == Task.binary else test
+    return float(np.mean(test == majority))
+
+
+def run_name(loss: str, overrides: list[str], seed: int) -> str:
+    extra = [
+        o for o in overrides if o.split("=")[0].lstrip("+~") not in ("loss", "seed", "members")
+    ]
+    return " ".join([loss, *extra, f"seed={seed}"])
+
+
+def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
+    """Train every member, log everything, and return the median final test metric."""
+    started = time.perf_counter()
+    seeds = [typed.seed + k for k in range(typed.members)]
+    pl.seed_everything(typed.seed, workers=True, verbose=False)
+    data = StudyDataModule(typed.dataset, typed.loss.targets)
+    split = data.split
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    sizes = [split.n_inputs, *typed.model.hidden_sizes, split.n_outputs]
+    model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
+    metric = primary_name(typed.loss.task)
+    module = LossModule(
+        model=model,
+        loss=typed.loss,
+        metrics=metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        batch_size=typed.dataset.batch_size,
+        generators=generators,
+        test=data.test,
+    )
+
+    # Tracking: one run per member, children of the sweep's parent run when there is one.
+    uri = store.resolve_uri(typed.logger.tracking_uri)
+    client = tracking.get_client(uri)
+    experiment_id = tracking.ensure_experiment(
+        client, typed.logger.experiment, EXPERIMENT_DESCRIPTION
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    parent = None
+    if job.sweep_dir is not None and (job.sweep_dir / PARENT_RUN_FILE).exists():
+        parent = (job.sweep_dir / PARENT_RUN_FILE).read_text().strip()
+    version = git_version()
+    names = [run_name(typed.loss.name, job.overrides, seed) for seed in seeds]
+    tags = []
+    params = []
+    for k, seed in enumerate(seeds):
+        run_tags = {
+            "loss": typed.loss.name,
+            "task": typed.loss.task.value,
+            "dataset": typed.dataset.name,
+            "seed": str(seed),
+            "members": str(typed.members),
+            "member": str(k),
+            "overrides": " ".join(job.overrides),
+            "output_dir": str(job.output_dir),
+            "mlflow.source.name": "src.train",
+            "mlflow.source.git.commit": version,
+        }
+        if job.sweep_dir is not None:
+            run_tags["sweep_dir"] = str(job.sweep_dir)
+        if parent:
+            run_tags["mlflow.parentRunId"] = parent
+        tags.append({key: store.redact(value) for key, value in run_tags.items()})
+        params.append({**tracking.flatten(resolved), "seed": seed})
+    runs = tracking.RunSet.start(client, experiment_id, names, tags, params)
+    for k in range(len(seeds)):
+        runs.log_text(k, config_yaml, "config/config.yaml")
+        runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
+        runs.log_figure(k, plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
+
+    single = job.sweep_dir is None
+    callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs)]
+    if single and typed.trainer.enable_progress_bar:
+        callbacks.append(EpochProgressBar(names[0] if len(seeds) == 1 else typed.loss.name, metric))
+    checkpoint_dir = job.output_dir / "checkpoints"
+    if typed.trainer.checkpoint_every_n_epochs:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                every_n_epochs=typed.trainer.checkpoint_every_n_epochs,
+                save_top_k=0,
+                save_last=True,
+            )
+        )
+    trainer = pl.Trainer(
+        max_epochs=typed.trainer.max_epochs,
+        accelerator=typed.trainer.accelerator,
+        devices=typed.trainer.devices,
+        deterministic=typed.trainer.deterministic,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=job.output_dir,
+        callbacks=callbacks,
+    )
+    try:
+        trainer.fit(module, datamodule=data)
+    except BaseException as error:
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+        status = "KILLED" if interrupted else "FAILED"
+        reason = "interrupted" if interrupted else f"{type(error).__name__}: {error}"
+        for k in range(len(seeds)):
+            runs.set_tags(
+                k,
+                {
+                    "outcome": "diverged" if isinstance(error, Diverged) else status.lower(),
+                    "error": reason[:5000],
+                },
+            )
+            if not interrupted:
+                runs.log_text(k, traceback.format_exc(), "error.txt")
+            _log_checkpoint(runs, k, checkpoint_dir)
+        runs.end([status] * len(seeds))
+        if interrupted:
+            raise KeyboardInterrupt from error
+        raise
+
+    history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
+    train_scores = module.evaluate(*data.train)
+    test_scores = module.evaluate(*data.test)
+    baseline = trivial_score(split, typed.loss.task)
+    statuses = []
+    finals = []
+    for k in range(len(seeds)):
+        final = {f"final/train/{n}": float(v[k]) for n, v in train_scores.items()}
+        final.update({f"final/test/{n}": float(v[k]) for n, v in test_scores.items()})
+        runs.add_metrics(len(history), {name: [value] for name, value in final.items()})
+        member_history = [{key: values[k] for key, values in row.items()} for row in history]
+        fig = plots.learning_curves(member_history, metric, f"{names[k]}: loss and {metric}")
+        runs.log_figure(k, fig, "learning_curves.png")
+        diverged = int(module.diverged_at[k])
+        test_value = final[f"final/test/{metric}"]
+        if diverged:
+            outcome = "diverged"
+        elif (test_value >= baseline) if lower_is_better(metric) else (test_value <= baseline):
+            outcome = "collapsed"
+        else:
+            outcome = "ok"
+        runs.set_tags(k, {"outcome": outcome, "trivial_test_score": f"{baseline:.4f}"})
+        if typed.logger.log_model and not diverged:
+            runs.log_model(
+                k,
+                model.export(k),
+                split.x_test[:5],
+                [f"torch=={torch.__version__.split('+')[0]}"],
+            )
+        _log_checkpoint(runs, k, checkpoint_dir)
+        statuses.append("FAILED" if diverged else "FINISHED")
+        if diverged:
+            runs.set_tags(k, {"error": f"loss became non-finite at epoch {diverged}"})
+        finals.append(final)
+        line = _study_line(final, metric, typed.loss.metrics)
+        prefix = f"#{job.job_num} " if job.job_num is not None else ""
+        elapsed = time.perf_counter() - started
+        log.info(f"{prefix}{names[k]}: {line} [{outcome}, {elapsed:.1f}s]")
+    runs.flush()
+    runs.end(statuses)
+    return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+
+
+def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
+    """The study's printout, with the metric named: 'accuracy Train: 0.836, Test: 0.852'."""
+    return "; ".join(
+        f"{name} Train: {final[f'final/train/{name}']:.3f}, Test: {final[f'final/test/{name}']:.3f}"
+        for name in [metric, *extra]
+    )
+
+
+def _log_checkpoint(runs: tracking.RunSet, member: int, folder: Path) -> None:
+    last = folder / "last.ckpt"
+    if last.exists():
+        runs.log_file(member, last, "checkpoints")

@@ -1,0 +1,66 @@
+"""Pictures a person would rather look at than read: learning curves and the data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from src.data import Split
+
+
+def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: str) -> Figure:
+    """The study's figure: loss on top, the task's metric below, train vs test per epoch."""
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    epochs = np.arange(1, len(history) + 1)
+    for ax, name in zip(fig.subplots(2, 1, sharex=True), ("loss", metric)):
+        for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
+            ax.plot(epochs, [row[f"{split}/{name}"] for row in history], color=color, label=split)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    return fig
+
+
+def dataset(split: Split, title: str) -> Figure:
+    """Two-feature data as a scatter coloured by class (train dots, test crosses); wider data
+    as its first principal component against the target, with the targets' histogram."""
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    y_train, y_test = _labels(split.y_train), _labels(split.y_test)
+    if split.n_inputs == 2:
+        ax = fig.subplots()
+        both = np.concatenate([y_train, y_test])
+        for label in np.unique(both):
+            for x, y, marker, name in (
+                (split.x_train, y_train, "o", "train"),
+                (split.x_test, y_test, "x", "test"),
+            ):
+                rows = y == label
+                ax.scatter(*x[rows].T, s=10, marker=marker, label=f"{name} class {label:g}")
+        ax.set_xlabel("x0")
+        ax.set_ylabel("x1")
+        ax.set_aspect("equal")
+        ax.legend(fontsize="small", markerscale=1.5)
+    else:
+        scatter, hist = fig.subplots(1, 2)
+        x_all = np.concatenate([split.x_train, split.x_test])
+        centred = x_all - x_all.mean(axis=0)
+        component = np.linalg.svd(centred, full_matrices=False)[2][0]
+        for x, y, name in ((split.x_train, y_train, "train"), (split.x_test, y_test, "test")):
+            scatter.scatter((x - x_all.mean(axis=0)) @ component, y, s=6, alpha=0.6, label=name)
+            hist.hist(y, bins=40, alpha=0.6, label=name)
+        scatter.set_xlabel("first principal component of X")
+        scatter.set_ylabel("target")
+        hist.set_xlabel("target")
+        scatter.legend()
+        hist.legend()
+    fig.suptitle(title)
+    return fig
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    """Targets as one value per row: class index for one-hot, the value otherwise."""
+    return y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)

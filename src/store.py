@@ -1,0 +1,85 @@
+"""Where runs are tracked, checked without importing MLflow (so mistakes surface instantly).
+
+``MLFLOW_TRACKING_URI`` wins when set; otherwise runs go to an embedded sqlite store at the
+project root (``mlflow.db``, artifacts in ``mlartifacts/`` beside it). MLflow >= 3.13 refuses
+the old ``./mlruns`` file store, so file URIs are rejected here with a pointer to sqlite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from src.config import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+SERVER_TIMEOUT_S = 3.0
+
+
+def resolve_uri(configured: str | None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def redact(text: str) -> str:
+    """Hide credentials embedded in URIs (scheme://user:secret@host) anywhere in ``text``."""
+    return re.sub(r"(\w+://)[^/@\s:]+(:[^/@\s]*)?@", r"\1***@", text)
+
+
+def sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifact root for experiments created on a sqlite store: ``mlartifacts`` beside the
+    database. Servers and other stores decide for themselves (None)."""
+    if uri.startswith("sqlite:///"):
+        return (sqlite_path(uri).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check(uri: str) -> None:
+    """Fail in seconds, with one line, on a store that cannot work: a malformed or file URI,
+    an unwritable sqlite location, or a tracking server that does not answer."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    shown = redact(uri)
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"tracking URI '{shown}' has no host; use e.g. http://127.0.0.1:5000")
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(
+                f"MLflow server at {shown} is not reachable ({reason}); start it with "
+                "`make server` or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+            ) from None
+    elif scheme == "sqlite":
+        if not uri.startswith("sqlite:///") or uri == "sqlite:///":
+            raise ConfigError(
+                f"tracking URI '{shown}' is malformed; use sqlite:///relative.db or "
+                "sqlite:////absolute/path/mlflow.db"
+            )
+        folder = sqlite_path(uri).resolve().parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(
+                f"cannot write the MLflow store {sqlite_path(uri)} ({existing} is not writable); "
+                "point MLFLOW_TRACKING_URI at a writable sqlite:/// path"
+            )
+    elif scheme in ("", "file") or re.fullmatch(r"[a-z]", scheme):
+        raise ConfigError(
+            f"tracking URI '{shown}' is a file store, which MLflow >= 3.13 refuses; use "
+            "sqlite:///mlflow.db (migrate old runs with `mlflow migrate-filestore`)"
+        )
+    elif scheme not in ("postgresql", "mysql", "mssql", "databricks") and "+" not in scheme:
+        raise ConfigError(
+            f"tracking URI '{shown}' has an unknown scheme '{scheme}'; use http://host:port, "
+            "sqlite:///path.db or postgresql://..."
+        )

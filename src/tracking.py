@@ -1,0 +1,142 @@
+"""The one home of MLflow: experiments, runs (children under a sweep's parent), buffered
+per-epoch metrics sent in batches, artifacts, models, and the true final status."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from src import store
+
+# MLflow sets its own log level on import; its database-migration lines are not news.
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+BATCH_LIMIT = 1000  # metrics per log_batch call
+PARAM_CHUNK = 100  # params per log_batch call
+PARAM_VALUE_MAX = 6000
+
+
+def get_client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, description: str | None = None) -> str:
+    """Get or create the experiment; tolerate another process creating it at the same time."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    tags = {"mlflow.note.content": description} if description else None
+    try:
+        return client.create_experiment(
+            name, artifact_location=store.artifact_root(client.tracking_uri), tags=tags
+        )
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole (logged as their text)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunSet:
+    """The MLflow runs of one job: one per member (a plain run has one)."""
+
+    def __init__(self, client: MlflowClient, run_ids: list[str]) -> None:
+        self.client = client
+        self.run_ids = run_ids
+        self._pending: list[list[Metric]] = [[] for _ in run_ids]
+
+    @classmethod
+    def start(
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        names: list[str],
+        tags: list[dict[str, str]],
+        params: list[dict[str, Any]],
+    ) -> RunSet:
+        run_ids = []
+        for name, run_tags, run_params in zip(names, tags, params):
+            run = client.create_run(experiment_id, run_name=name, tags=run_tags)
+            run_ids.append(run.info.run_id)
+            items = [
+                Param(key, store.redact(str(value))[:PARAM_VALUE_MAX])
+                for key, value in run_params.items()
+            ]
+            for i in range(0, len(items), PARAM_CHUNK):
+                client.log_batch(run.info.run_id, params=items[i : i + PARAM_CHUNK])
+        return cls(client, run_ids)
+
+    def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
+        """Buffer one step's values ({key: one value per member}); nothing is sent yet."""
+        now = int(time.time() * 1000)
+        for key, per_member in values.items():
+            for pending, value in zip(self._pending, per_member):
+                pending.append(Metric(key, float(value), now, step))
+
+    def flush(self) -> None:
+        for run_id, pending in zip(self.run_ids, self._pending):
+            for i in range(0, len(pending), BATCH_LIMIT):
+                self.client.log_batch(run_id, metrics=pending[i : i + BATCH_LIMIT])
+            pending.clear()
+
+    def set_tags(self, member: int, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(key, store.redact(str(value))) for key, value in tags.items()]
+        self.client.log_batch(self.run_ids[member], tags=items)
+
+    def log_text(self, member: int, text: str, path: str) -> None:
+        self.client.log_text(self.run_ids[member], store.redact(text), path)
+
+    def log_file(self, member: int, local: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_ids[member], str(local), folder)
+
+    def log_figure(self, member: int, figure: Any, path: str) -> None:
+        self.client.log_figure(self.run_ids[member], figure, path)
+
+    def log_model(
+        self, member: int, model: Any, input_example: Any, requirements: list[str]
+    ) -> None:
+        """MLflow pytorch flavor with signature and input example; explicit requirements spare
+        MLflow from inferring them in a subprocess (seconds per model)."""
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        with mlflow.start_run(run_id=self.run_ids[member]):
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=input_example,
+                pip_requirements=requirements,
+            )
+
+    def end(self, statuses: list[str]) -> None:
+        """Close every run with its true status: FINISHED, FAILED or KILLED."""
+        for run_id, status in zip(self.run_ids, statuses):
+            self.client.set_terminated(run_id, status)
+
+
+def write_temp(text: str, name: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="losslab-"))
+    path = folder / name
+    path.write_text(text)
+    return path

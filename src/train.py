@@ -1,0 +1,90 @@
+"""Entry point: ``python -m src.train loss=msle`` or ``python -m src.train -m loss=mse,bce``.
+
+Only Hydra and OmegaConf are imported here: the config is composed and validated before torch,
+Lightning or MLflow is loaded, so a mistake is reported at once, in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from src import config
+from src.cli import one_line_error
+from src.config import ConfigError
+
+config.register()
+
+
+class RunFailed(ConfigError):
+    """A run that started but could not finish (it is marked FAILED in MLflow)."""
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    typed = config.validate(cfg)
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+
+    from src.experiment import JobContext, run  # heavy imports, after validation
+
+    job = JobContext(
+        overrides=list(hc.overrides.task),
+        output_dir=Path(hc.runtime.output_dir),
+        sweep_dir=Path(hc.sweep.dir) if multirun else None,
+        job_num=hc.job.num if multirun else None,
+    )
+    try:
+        return run(cfg, typed, job)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # the run is already marked FAILED in MLflow
+        message = f"{' '.join(job.overrides) or 'defaults'}: {type(error).__name__}: {error}"
+        if multirun:  # let the other jobs run; the sweep reports failures at the end
+            print(f"#{job.job_num} FAILED {message}", file=sys.stderr)
+            return math.nan
+        raise RunFailed(f"run failed: {message}") from error
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a run like Ctrl-C: marked KILLED, metrics and checkpoint kept."""
+    raise KeyboardInterrupt
+
+
+def cli() -> None:
+    """Run Hydra, turning user mistakes into one line and failed sweeps into exit code 1."""
+    signal.signal(signal.SIGTERM, _terminate)
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    from src import hydra_callbacks
+
+    try:
+        main()
+    except KeyboardInterrupt:
+        hydra_callbacks.close_sweep("KILLED")
+        print("losslab: interrupted; runs are marked KILLED in MLflow", file=sys.stderr)
+        sys.exit(130)
+    except (Exception, hydra_callbacks.Abort) as caught:
+        hydra_callbacks.close_sweep("FAILED")
+        error = caught.__cause__ if isinstance(caught, hydra_callbacks.Abort) else caught
+        line = one_line_error(error)
+        if line is None or full_error:
+            raise error from None
+        print(f"losslab: error: {line}", file=sys.stderr)
+        sys.exit(1)
+    failures = hydra_callbacks.SWEEP.failures
+    if failures:
+        print(f"losslab: {failures} job(s) failed; see the table above and MLflow", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()
