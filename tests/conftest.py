@@ -1,0 +1,64 @@
+"""Shared fixtures: drive the real CLI in a subprocess against a fresh sqlite store in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, store_uri: str) -> Callable[..., CliResult]:
+    """Run ``python -m src.train <args>`` from the project root, writing Hydra outputs and the
+    MLflow store under tmp_path. Extra environment variables go in ``env``."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> CliResult:
+        full_env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, **(env or {})}
+        full_env.pop("HYDRA_FULL_ERROR", None)
+        command = [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={tmp_path}/outputs/run",
+            f"hydra.sweep.dir={tmp_path}/multirun",
+            *args,
+        ]
+        done = subprocess.run(
+            command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    return run
+
+
+@pytest.fixture
+def client(store_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=store_uri)
+
+
+def runs_of(client, experiment: str = "losslab") -> list:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], max_results=10000)
