@@ -1,0 +1,108 @@
+"""``make ui`` / ``make server``: the MLflow UI and tracking server on a losslab store.
+
+Checks first, so a mistake costs one line instead of a uvicorn traceback: the port must be free
+and the store usable. Then this process becomes ``mlflow server`` (``mlflow ui`` is its alias):
+runs logged directly to the sqlite store keep their ``file://`` artifact locations, which the
+server reads from disk; runs sent over HTTP store artifacts through the server
+(``mlflow-artifacts:/``) under ``--artifacts``. Options this script does not know are passed to
+``mlflow server`` unchanged (e.g. ``--allowed-hosts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+from pathlib import Path
+
+from src import store
+from src.config import ConfigError
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (bind fails with EADDRINUSE).
+    SO_REUSEADDR, as uvicorn sets it, so connections lingering in TIME_WAIT do not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        args.store,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        Path(args.artifacts).resolve().as_uri(),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+        *extra,
+    ]
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.serve",
+        description="Start the MLflow UI / tracking server on a losslab store.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--store", default=store.DEFAULT_URI, help="backend store URI")
+    parser.add_argument(
+        "--artifacts",
+        default=str(store.PROJECT_ROOT / "mlartifacts"),
+        help="folder where artifacts sent over HTTP are stored",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parse(argv)
+    try:
+        if args.store.startswith(("http://", "https://")):
+            raise ConfigError(f"--store {store.redact(args.store)} is a server, not a store")
+        store.check(args.store)
+        if port_taken(args.host, args.port):
+            raise ConfigError(
+                f"port {args.port} on {args.host} is already in use (another MLflow UI?); "
+                f"stop it or pick another port, e.g. `make ui PORT={args.port + 1}`"
+            )
+    except (ConfigError, OSError) as error:
+        print(f"losslab: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    Path(args.artifacts).mkdir(parents=True, exist_ok=True)
+    if args.store.startswith("sqlite:///"):  # sqlite creates the file, not its folder
+        store.sqlite_path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # wildcard: local URL
+    print(
+        f"losslab: MLflow UI at http://{shown}:{args.port}  "
+        f"(store {store.redact(args.store)}, artifacts {args.artifacts}; Ctrl-C stops it)",
+        flush=True,
+    )
+    # The job runner serves GenAI features (judges, trace roll-ups) losslab does not use: two
+    # worker pools fewer on a small machine. Set it to true in the environment to keep it.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    command = server_command(args, extra)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
