@@ -51,6 +51,17 @@ def serve(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def predict_cli(*args: str, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.predict", *args],
+        cwd=ROOT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, **QUIET},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @dataclass
 class Server:
     url: str
@@ -158,7 +169,7 @@ def test_unreachable_server_fails_fast_before_training(
 
 
 def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
-    run_cli, server: Server, tmp_path: Path
+    run_cli, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -201,43 +212,38 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
         model_files = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
         assert {"MLmodel", "input_example.json", "data"} <= model_files
 
-        # The logged model, reloaded, scores the rebuilt test split as the run logged it.
-        scored = predict.score_test(client, run.info.run_id)
-        if metric == "mse":
-            recomputed = float(np.mean((scored.prediction - scored.target) ** 2))
-            assert recomputed == pytest.approx(run.data.metrics["final/test/mse"], rel=1e-5)
-        else:
-            recomputed = float(np.mean((scored.prediction > 0.5) == (scored.target > 0.5)))
-            assert recomputed == pytest.approx(run.data.metrics["final/test/accuracy"], rel=1e-6)
-        assert scored.recomputed[metric] == pytest.approx(recomputed, rel=1e-5)
-        assert scored.logged[metric] == run.data.metrics[f"final/test/{metric}"]
-        assert len(scored.prediction) == 500
+    # The real CLI: the bce run's model, reloaded, scores its rebuilt test split as logged.
+    bce_run = children["bce trainer.max_epochs=3 seed=0"]
+    logged = bce_run.data.metrics["final/test/accuracy"]
+    out = tmp_path / "bce_test.csv"
+    done = predict_cli(
+        f"run_id={bce_run.info.run_id}", "split=test", f"output={out}", uri=server.url
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"test accuracy: {logged:.6f} (logged final/test/accuracy: {logged:.6f})" in done.stdout
+    scored = pd.read_csv(out)
+    assert list(scored.columns) == ["x0", "x1", "target", "prediction"]
+    assert len(scored) == 500
+    accuracy = np.mean((scored["prediction"] > 0.5) == (scored["target"] > 0.5))
+    assert accuracy == pytest.approx(logged, rel=1e-6)
 
-    # The CLI on user inputs: a CSV of features in, one prediction per row out.
+    # In process, for the regression run: the same check on mse, then predictions for a CSV
+    # of features (what a user brings) match the model's predictions on the split.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     mse_run = children["mse trainer.max_epochs=3 seed=0"]
-    scored = predict.score_test(client, mse_run.info.run_id)
-    features = pd.DataFrame(scored.x[:7], columns=[f"f{i}" for i in range(scored.x.shape[1])])
+    test = predict.score_test(client, mse_run.info.run_id)
+    mse = float(np.mean((test.prediction - test.target) ** 2))
+    assert mse == pytest.approx(mse_run.data.metrics["final/test/mse"], rel=1e-5)
+    assert test.recomputed["mse"] == pytest.approx(mse, rel=1e-5)
+    features = pd.DataFrame(test.x[:7], columns=[f"f{i}" for i in range(test.x.shape[1])])
     features.to_csv(tmp_path / "features.csv", index=False)
     out = tmp_path / "predictions.csv"
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.predict",
-            f"run_id={mse_run.info.run_id}",
-            f"input={tmp_path / 'features.csv'}",
-            f"output={out}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "MLFLOW_TRACKING_URI": server.url, **QUIET},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    predict.main(
+        [f"run_id={mse_run.info.run_id}", f"input={tmp_path / 'features.csv'}", f"output={out}"]
     )
-    assert cli.returncode == 0, cli.stderr
     written = pd.read_csv(out)
     assert list(written.columns) == [*(f"x{i}" for i in range(20)), "prediction"]
-    np.testing.assert_allclose(written["prediction"], scored.prediction[:7, 0], rtol=1e-6)
+    np.testing.assert_allclose(written["prediction"], test.prediction[:7, 0], rtol=1e-6)
 
 
 def test_browser_shows_the_sweep_and_a_runs_metric_chart(
@@ -266,10 +272,11 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             page.set_default_timeout(wait)
+            expect.set_options(timeout=wait)
             page.goto(f"{server.url}/#/experiments", wait_until="domcontentloaded")
             page.get_by_role("button", name="Model training").click()  # not the GenAI view
             page.get_by_role("link", name="browse", exact=True).click()
-            expect(page.get_by_text("losslab: which loss function fits")).to_be_visible()
+            expect(page.get_by_text("losslab: which loss function fits").first).to_be_visible()
             # The children sit under the sweep's parent run: expand it, then all five show.
             parent_row = page.locator(".ag-row", has=page.get_by_role("link", name="sweep "))
             parent_row.get_by_role("button").first.click()
