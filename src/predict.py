@@ -61,18 +61,33 @@ def run_config(client, run_id: str) -> LosslabConfig:
     return validate(OmegaConf.merge(OmegaConf.structured(LosslabConfig), logged))
 
 
-def load_model(client, run_id: str):
+def find_run(client, run_id: str):
+    """The run, or one line naming the store it was looked for in (a common slip: the wrong
+    MLFLOW_TRACKING_URI)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(
+            f"no run {run_id} in {store.redact(client.tracking_uri)}; set MLFLOW_TRACKING_URI "
+            "to the store the run was logged to"
+        ) from None
+
+
+def load_model(client, run):
     """The run's logged model, or one line saying why there is none."""
     import mlflow.pytorch
 
-    run = client.get_run(run_id)  # MlflowException (one line) for an unknown id
     if not run.outputs or not run.outputs.model_outputs:
         raise ConfigError(
-            f"run {run_id} has no logged model (trained with logger.log_model=false, or it "
-            "diverged)"
+            f"run {run.info.run_id} has no logged model (trained with logger.log_model=false, "
+            "or it diverged)"
         )
     mlflow.set_tracking_uri(client.tracking_uri)
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    return mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
@@ -82,20 +97,21 @@ def predict(model, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
-def score_test(client, run_id: str) -> Scored:
+def score_test(client, run) -> Scored:
     """Predict the run's test split with its logged model and recompute its test metrics."""
     import torch
 
     from src.data import make_split
     from src.metrics import metrics_for
 
-    typed = run_config(client, run_id)
+    model = load_model(client, run)
+    typed = run_config(client, run.info.run_id)
     split = make_split(typed.dataset, typed.loss.targets)
-    prediction = predict(load_model(client, run_id), split.x_test)
+    prediction = predict(model, split.x_test)
     metrics = metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics)
     pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(split.y_test)[None]
     recomputed = {name: float(fn(pred, target)[0]) for name, fn in metrics.items()}
-    logged_metrics = client.get_run(run_id).data.metrics
+    logged_metrics = run.data.metrics
     logged = {
         name: logged_metrics[f"final/test/{name}"]
         for name in metrics
@@ -150,8 +166,9 @@ def main(argv: list[str]) -> None:
     from src import tracking
 
     client = tracking.get_client(uri)
+    run = find_run(client, run_id)
     if "split" in args:
-        scored = score_test(client, run_id)
+        scored = score_test(client, run)
         write_csv(output, {"x": scored.x, "target": scored.target, "prediction": scored.prediction})
         for name, value in scored.recomputed.items():
             logged = scored.logged.get(name, float("nan"))
@@ -159,7 +176,7 @@ def main(argv: list[str]) -> None:
     else:
         import mlflow.models
 
-        model = load_model(client, run_id)
+        model = load_model(client, run)
         signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
         x = read_inputs(Path(args["input"]), signature.inputs.inputs[0].shape[-1])
         write_csv(output, {"x": x, "prediction": predict(model, x)})

@@ -134,12 +134,15 @@ def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was created
 
 
-@pytest.mark.parametrize("server_kind", ["closed port", "silent server"])
+@pytest.mark.parametrize(
+    ("server_kind", "sweep"),
+    [("closed port", False), ("closed port", True), ("silent server", False)],
+)
 def test_unreachable_server_fails_fast_before_training(
-    run_cli, tmp_path: Path, server_kind: str
+    run_cli, tmp_path: Path, server_kind: str, sweep: bool
 ) -> None:
     """Nothing listening answers at once; a server that accepts but never replies hits the
-    3 s health-check timeout. Either way: one line, exit 1, no run directory, no training."""
+    3 s health-check timeout. Either way: one line, exit 1, no run or sweep directory."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
@@ -149,7 +152,7 @@ def test_unreachable_server_fails_fast_before_training(
             silent.close()
         started = time.monotonic()
         done = run_cli(
-            "loss=mse",
+            *(["hydra.mode=MULTIRUN", "loss=mse,bce"] if sweep else ["loss=mse"]),
             "trainer.max_epochs=2",
             env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
             timeout=60,
@@ -165,6 +168,7 @@ def test_unreachable_server_fails_fast_before_training(
     assert "Traceback" not in done.stdout + done.stderr
     assert "Train:" not in done.stdout + done.stderr  # no training line was printed
     assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "multirun").exists()
     assert elapsed < 20, f"took {elapsed:.1f}s"
 
 
@@ -231,7 +235,7 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
     # of features (what a user brings) match the model's predictions on the split.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     mse_run = children["mse trainer.max_epochs=3 seed=0"]
-    test = predict.score_test(client, mse_run.info.run_id)
+    test = predict.score_test(client, mse_run)
     mse = float(np.mean((test.prediction - test.target) ** 2))
     assert mse == pytest.approx(mse_run.data.metrics["final/test/mse"], rel=1e-5)
     assert test.recomputed["mse"] == pytest.approx(mse, rel=1e-5)
@@ -244,6 +248,43 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
     written = pd.read_csv(out)
     assert list(written.columns) == [*(f"x{i}" for i in range(20)), "prediction"]
     np.testing.assert_allclose(written["prediction"], test.prediction[:7, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run_id=0123456789abcdef", "split=test"], "no run 0123456789abcdef in http://"),
+        (["run_id=NOMODEL", "split=test"], "run NOMODEL has no logged model"),
+        (["run_id=NOMODEL", "input=a.csv", "split=test"], "usage: python -m src.predict"),
+        (["run_id=NOMODEL", "outptu=x.csv"], "cannot read 'outptu=x.csv'; usage:"),
+    ],
+)
+def test_predict_bad_input_is_one_line(
+    server: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    args: list[str],
+    message: str,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from src import predict
+
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_experiment_by_name("no-models")
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("no-models")
+    )
+    bare = client.create_run(experiment_id).info.run_id  # a run that logged no model
+    args = [arg.replace("NOMODEL", bare) for arg in args]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.setattr(sys, "argv", ["src.predict", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        predict.cli()
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"losslab: error: {message.replace('NOMODEL', bare)}")
 
 
 def test_browser_shows_the_sweep_and_a_runs_metric_chart(
