@@ -49,7 +49,7 @@ ui: install ## Browse every run in the MLflow UI (PORT=5000), bound to 127.0.0.1
 		$(MLFLOW_ARGS)
 
 server: install ## Team tracking server (PORT=5000): own store, artifacts served over HTTP
-	@$(PY) -m src.serve --host $(HOST) --port $(PORT) --store $(SERVER_STORE) \
+	@$(PY) -m src.serve --team --host $(HOST) --port $(PORT) --store $(SERVER_STORE) \
 		--artifacts $(SERVER_ARTIFACTS) $(MLFLOW_ARGS)
 
 browser: ## Install Chromium (Debian package, as root) for the UI's browser test

@@ -1,11 +1,18 @@
 """``make ui`` / ``make server``: the MLflow UI and tracking server on a losslab store.
 
 Checks first, so a mistake costs one line instead of a uvicorn traceback: the port must be free
-and the store usable. Then this process becomes ``mlflow server`` (``mlflow ui`` is its alias):
-runs logged directly to the sqlite store keep their ``file://`` artifact locations, which the
-server reads from disk; runs sent over HTTP store artifacts through the server
-(``mlflow-artifacts:/``) under ``--artifacts``. Options this script does not know are passed to
-``mlflow server`` unchanged (e.g. ``--allowed-hosts``).
+and the store usable. Then this process becomes ``mlflow server`` (``mlflow ui`` is its alias).
+
+Artifacts, by mode:
+- local (``make ui``): runs logged straight to the sqlite store have ``file://`` artifact
+  locations, which the server reads from disk. Experiments created through this server get
+  ``file://`` locations under ``--artifacts`` too, so the same store keeps working without the
+  server (an ``mlflow-artifacts:/`` location would need a server to log to).
+- team (``--team``, ``make server``): clients may be on other machines, so new experiments get
+  ``mlflow-artifacts:/`` locations and artifacts travel through the server into ``--artifacts``.
+
+Options this script does not know are passed to ``mlflow server`` unchanged
+(e.g. ``--allowed-hosts``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ def port_taken(host: str, port: int) -> bool:
 
 
 def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    artifacts = Path(args.artifacts).resolve().as_uri()
+    local = [] if args.team else ["--default-artifact-root", artifacts]
     return [
         sys.executable,
         "-m",
@@ -44,9 +53,10 @@ def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
         "server",
         "--backend-store-uri",
         args.store,
-        "--serve-artifacts",
+        *local,
+        "--serve-artifacts",  # for experiments whose location is mlflow-artifacts:/
         "--artifacts-destination",
-        Path(args.artifacts).resolve().as_uri(),
+        artifacts,
         "--host",
         args.host,
         "--port",
@@ -71,6 +81,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="folder where artifacts sent over HTTP are stored",
     )
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--team",
+        action="store_true",
+        help="artifacts of new experiments go through the server (clients on other machines)",
+    )
     return parser.parse_known_args(argv)
 
 
@@ -92,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.store.startswith("sqlite:///"):  # sqlite creates the file, not its folder
         store.sqlite_path(args.store).parent.mkdir(parents=True, exist_ok=True)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # wildcard: local URL
+    what = "tracking server" if args.team else "UI"
     print(
-        f"losslab: MLflow UI at http://{shown}:{args.port}  "
+        f"losslab: MLflow {what} at http://{shown}:{args.port}  "
         f"(store {store.redact(args.store)}, artifacts {args.artifacts}; Ctrl-C stops it)",
         flush=True,
     )

@@ -65,6 +65,7 @@ def predict_cli(*args: str, uri: str) -> subprocess.CompletedProcess:
 @dataclass
 class Server:
     url: str
+    store: str  # its sqlite backend, which runs can also log to directly
     artifacts: Path
 
 
@@ -73,6 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`python -m src.serve` (which becomes `mlflow server`) on a fresh store; stopped, with
     its uvicorn workers, through its own process group."""
     root = tmp_path_factory.mktemp("server")
+    store = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     port = free_port()
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
@@ -80,10 +82,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             sys.executable,
             "-m",
             "src.serve",
+            "--team",
             "--port",
             str(port),
             "--store",
-            f"sqlite:///{root / 'store' / 'mlflow.db'}",
+            store,
             "--artifacts",
             str(root / "artifacts"),
             "--workers",
@@ -108,7 +111,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
             time.sleep(0.5)
-        yield Server(url, root / "artifacts")
+        yield Server(url, store, root / "artifacts")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -296,13 +299,14 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
         pytest.skip(f"Chromium not found at {CHROMIUM}; install it with `make browser` (root)")
     from playwright.sync_api import expect, sync_playwright
 
+    # Logged straight to the server's sqlite store, as `make ui` users do: file:// artifacts.
     done = run_cli(
         "hydra.mode=MULTIRUN",  # run_cli puts its own overrides first, so not -m
         f"loss={','.join(LOSSES)}",
         "trainer.max_epochs=2",
         "logger.log_model=false",
         "logger.experiment=browse",
-        env={"MLFLOW_TRACKING_URI": server.url, **QUIET},
+        env={"MLFLOW_TRACKING_URI": server.store, **QUIET},
     )
     assert done.returncode == 0, done.stderr
     client = MlflowClient(tracking_uri=server.url)
@@ -340,6 +344,16 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
             page.wait_for_timeout(1500)  # let the plot finish drawing before the screenshot
             shot = tmp_path / "run-metrics.png"
             page.screenshot(path=str(shot))
+            # Artifacts logged as file:// paths are served too: the learning-curve figure.
+            page.get_by_role("tab", name="Artifacts").click()
+            page.get_by_text("learning_curves.png", exact=True).click()
+            path = re.compile(r"^Path: file:///.+/artifacts/learning_curves\.png$")
+            expect(page.get_by_text(path)).to_be_visible()
+            page.wait_for_function(  # the PNG itself arrived and decoded
+                "() => [...document.images].some(image => image.src.startsWith('blob:')"
+                " && image.complete && image.naturalWidth > 300)"
+            )
+            page.screenshot(path=str(tmp_path / "run-artifacts.png"))
         finally:
             browser.close()
     # The per-epoch chart draws the very values the run logged.
