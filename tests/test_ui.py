@@ -175,6 +175,7 @@ def test_unreachable_server_fails_fast_before_training(
     assert elapsed < 20, f"took {elapsed:.1f}s"
 
 
+@pytest.mark.slow
 def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
     run_cli, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,6 +291,7 @@ def test_predict_bad_input_is_one_line(
     assert lines[0].startswith(f"losslab: error: {message.replace('NOMODEL', bare)}")
 
 
+@pytest.mark.slow
 def test_browser_shows_the_sweep_and_a_runs_metric_chart(
     run_cli, server: Server, tmp_path: Path
 ) -> None:
