@@ -15,11 +15,17 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from src import store
 from src.config import ConfigError, LosslabConfig
+
+if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to be good
+    import torch
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 USAGE = "usage: python -m src.predict run_id=<id> (input=<csv> | split=test) [output=<csv>]"
 KEYS = ("run_id", "input", "split", "output")
@@ -50,7 +56,7 @@ def parse(argv: list[str]) -> dict[str, str]:
     return args
 
 
-def run_config(client, run_id: str) -> LosslabConfig:
+def run_config(client: MlflowClient, run_id: str) -> LosslabConfig:
     """The run's typed config, from the resolved config.yaml it logged."""
     from omegaconf import OmegaConf
 
@@ -61,7 +67,7 @@ def run_config(client, run_id: str) -> LosslabConfig:
     return validate(OmegaConf.merge(OmegaConf.structured(LosslabConfig), logged))
 
 
-def find_run(client, run_id: str):
+def find_run(client: MlflowClient, run_id: str) -> Run:
     """The run, or one line naming the store it was looked for in (a common slip: the wrong
     MLFLOW_TRACKING_URI)."""
     from mlflow.exceptions import MlflowException
@@ -77,7 +83,7 @@ def find_run(client, run_id: str):
         ) from None
 
 
-def load_model(client, run):
+def load_model(client: MlflowClient, run: Run) -> torch.nn.Module:
     """The run's logged model, or one line saying why there is none."""
     import mlflow.pytorch
 
@@ -90,14 +96,14 @@ def load_model(client, run):
     return mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
 
 
-def predict(model, x: np.ndarray) -> np.ndarray:
+def predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
         return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
-def score_test(client, run) -> Scored:
+def score_test(client: MlflowClient, run: Run) -> Scored:
     """Predict the run's test split with its logged model and recompute its test metrics."""
     import torch
 
