@@ -43,8 +43,13 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
+def artifacts_uri(artifacts: str) -> str:
+    """A folder becomes a file:// URI; a URI (s3://bucket/path, ...) is used as given."""
+    return artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri()
+
+
 def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    artifacts = Path(args.artifacts).resolve().as_uri()
+    artifacts = artifacts_uri(args.artifacts)
     local = [] if args.team else ["--default-artifact-root", artifacts]
     return [
         sys.executable,
@@ -78,7 +83,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--artifacts",
         default=str(store.PROJECT_ROOT / "mlartifacts"),
-        help="folder where artifacts sent over HTTP are stored",
+        help="artifact folder, or a URI such as s3://bucket/path (team mode)",
     )
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     parser.add_argument(
@@ -103,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, OSError) as error:
         print(f"losslab: error: {error}", file=sys.stderr)
         sys.exit(1)
-    Path(args.artifacts).mkdir(parents=True, exist_ok=True)
+    if "://" not in args.artifacts:
+        Path(args.artifacts).mkdir(parents=True, exist_ok=True)
     if args.store.startswith("sqlite:///"):  # sqlite creates the file, not its folder
         store.sqlite_path(args.store).parent.mkdir(parents=True, exist_ok=True)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # wildcard: local URL
