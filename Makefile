@@ -66,4 +66,4 @@ bench: install ## Speed benchmarks against a plain-PyTorch baseline (prints rati
 	$(PY) -m bench.run
 
 clean: ## Remove outputs, sweeps and the local MLflow store (asks no questions)
-	rm -rf outputs multirun mlflow.db mlartifacts server-store
+	rm -rf outputs multirun mlflow.db mlartifacts
