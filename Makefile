@@ -7,9 +7,15 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 STORE := sqlite:///$(CURDIR)/mlflow.db
 ARTIFACTS := $(CURDIR)/mlartifacts
+# `make server`: the team's tracking server keeps its own store; PostgreSQL works too, e.g.
+# SERVER_STORE=postgresql://user:password@dbhost:5432/mlflow (after pip install psycopg2-binary).
+SERVER_STORE ?= sqlite:///$(CURDIR)/server-store/mlflow.db
+SERVER_ARTIFACTS ?= $(CURDIR)/server-store/artifacts
+MLFLOW_ARGS ?=
+CHROMIUM := /usr/bin/chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test sweep ui server bench clean
+.PHONY: help install lint format test sweep ui server browser bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,7 +45,22 @@ sweep: install ## The five-loss study over 5 seeds, with the comparison table at
 	$(PY) -m src.train -m loss=mse,msle,mae,bce,hinge seed=0,1,2,3,4
 
 ui: install ## Browse every run in the MLflow UI (PORT=5000), bound to 127.0.0.1
-	@$(PY) -m src.serve --host $(HOST) --port $(PORT) --store $(STORE) --artifacts $(ARTIFACTS)
+	@$(PY) -m src.serve --host $(HOST) --port $(PORT) --store $(STORE) --artifacts $(ARTIFACTS) \
+		$(MLFLOW_ARGS)
+
+server: install ## Team tracking server (PORT=5000): own store, artifacts served over HTTP
+	@$(PY) -m src.serve --team --host $(HOST) --port $(PORT) --store $(SERVER_STORE) \
+		--artifacts $(SERVER_ARTIFACTS) $(MLFLOW_ARGS)
+
+browser: ## Install Chromium (Debian package, as root) for the UI's browser test
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "browser: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && apt-get install -y chromium; \
+	else \
+		echo "browser: $(CHROMIUM) is missing and installing it needs root (apt-get install" \
+			"chromium); the browser test will be skipped"; \
+	fi
 
 bench: install ## Speed benchmarks against a plain-PyTorch baseline (prints ratios)
 	$(PY) -m bench.run

@@ -75,14 +75,19 @@ def trivial_score(split: Split, task: Task) -> float:
     return float(np.mean(test == majority))
 
 
+# Overrides already in the name, or that say how a run is recorded rather than what it is.
+NOT_IN_NAME = ("loss", "seed", "members", "trainer.enable_progress_bar")
+NOT_IN_NAME_PREFIXES = ("logger.", "hydra.")
+
+
 def run_name(loss: str, overrides: list[str], seed: int) -> str:
-    """'bce seed=2', with any other overrides that tell runs apart (not logger/hydra ones)."""
-
-    def shown(override: str) -> bool:
-        key = override.split("=")[0].lstrip("+~")
-        return key not in ("loss", "seed", "members") and not key.startswith(("logger.", "hydra"))
-
-    extra = [o for o in overrides if shown(o)]
+    """What the run is, as the UI lists it: 'bce seed=2', 'mse optimizer.lr=0.1 seed=0'."""
+    keys = [o.split("=")[0].lstrip("+~") for o in overrides]
+    extra = [
+        o
+        for o, key in zip(overrides, keys)
+        if key not in NOT_IN_NAME and not key.startswith(NOT_IN_NAME_PREFIXES)
+    ]
     return " ".join([loss, *extra, f"seed={seed}"])
 
 

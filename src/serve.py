@@ -1,0 +1,130 @@
+"""``make ui`` / ``make server``: the MLflow UI and tracking server on a losslab store.
+
+Checks first, so a mistake costs one line instead of a uvicorn traceback: the port must be free
+and the store usable. Then this process becomes ``mlflow server`` (``mlflow ui`` is its alias).
+
+Artifacts, by mode:
+- local (``make ui``): runs logged straight to the sqlite store have ``file://`` artifact
+  locations, which the server reads from disk. Experiments created through this server get
+  ``file://`` locations under ``--artifacts`` too, so the same store keeps working without the
+  server (an ``mlflow-artifacts:/`` location would need a server to log to).
+- team (``--team``, ``make server``): clients may be on other machines, so new experiments get
+  ``mlflow-artifacts:/`` locations and artifacts travel through the server into ``--artifacts``.
+
+Options this script does not know are passed to ``mlflow server`` unchanged
+(e.g. ``--allowed-hosts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+from pathlib import Path
+
+from src import store
+from src.config import ConfigError
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (bind fails with EADDRINUSE).
+    SO_REUSEADDR, as uvicorn sets it, so connections lingering in TIME_WAIT do not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def artifacts_uri(artifacts: str) -> str:
+    """A folder becomes a file:// URI; a URI (s3://bucket/path, ...) is used as given."""
+    return artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri()
+
+
+def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    artifacts = artifacts_uri(args.artifacts)
+    local = [] if args.team else ["--default-artifact-root", artifacts]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        args.store,
+        *local,
+        "--serve-artifacts",  # for experiments whose location is mlflow-artifacts:/
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+        *extra,
+    ]
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.serve",
+        description="Start the MLflow UI / tracking server on a losslab store.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--store", default=store.DEFAULT_URI, help="backend store URI")
+    parser.add_argument(
+        "--artifacts",
+        default=str(store.PROJECT_ROOT / "mlartifacts"),
+        help="artifact folder, or a URI such as s3://bucket/path (team mode)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--team",
+        action="store_true",
+        help="artifacts of new experiments go through the server (clients on other machines)",
+    )
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parse(argv)
+    try:
+        if args.store.startswith(("http://", "https://")):
+            raise ConfigError(f"--store {store.redact(args.store)} is a server, not a store")
+        store.check(args.store)
+        if port_taken(args.host, args.port):
+            raise ConfigError(
+                f"port {args.port} on {args.host} is already in use (another MLflow UI?); "
+                f"stop it or pick another port, e.g. `make ui PORT={args.port + 1}`"
+            )
+    except (ConfigError, OSError) as error:
+        print(f"losslab: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if "://" not in args.artifacts:
+        Path(args.artifacts).mkdir(parents=True, exist_ok=True)
+    if args.store.startswith("sqlite:///"):  # sqlite creates the file, not its folder
+        store.sqlite_path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # wildcard: local URL
+    what = "tracking server" if args.team else "UI"
+    print(
+        f"losslab: MLflow {what} at http://{shown}:{args.port}  "
+        f"(store {store.redact(args.store)}, artifacts {args.artifacts}; Ctrl-C stops it)",
+        flush=True,
+    )
+    # The job runner serves GenAI features (judges, trace roll-ups) losslab does not use: two
+    # worker pools fewer on a small machine. Set it to true in the environment to keep it.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    command = server_command(args, extra)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
