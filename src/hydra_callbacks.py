@@ -110,10 +110,9 @@ class LosslabCallback(Callback):
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.info.run_id)
         SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir = uri, parent.info.run_id, sweep_dir
         SWEEP.reported = False
-        print(
-            f"losslab: sweep of {len(jobs)} job(s) -> {sweep_dir} "
-            f"(MLflow parent run {parent.info.run_id})"
-        )
+        sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
+        size = f"{len(jobs)} job(s)" if grid else f"jobs chosen by {sweeper}"
+        print(f"losslab: sweep of {size} -> {sweep_dir} (MLflow parent run {parent.info.run_id})")
 
     @_abort_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
