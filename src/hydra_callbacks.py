@@ -33,6 +33,7 @@ class SweepState:
     parent_run_id: str | None = None
     sweep_dir: Path | None = None
     reported: bool = False
+    local: bool = True  # jobs die with the launching process (not so on a cluster)
     failures: int = 0
     summary: str = ""  # one line for the end of the command
 
@@ -110,6 +111,7 @@ class LosslabCallback(Callback):
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.info.run_id)
         SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir = uri, parent.info.run_id, sweep_dir
         SWEEP.reported = False
+        SWEEP.local = not config.hydra.launcher._target_.endswith("SlurmLauncher")
         sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
         size = f"{len(jobs)} job(s)" if grid else f"jobs chosen by {sweeper}"
         print(f"losslab: sweep of {size} -> {sweep_dir} (MLflow parent run {parent.info.run_id})")
@@ -145,17 +147,33 @@ def report() -> None:
 def close_sweep(status: str) -> None:
     """Close the open parent run (if any) with ``status``; safe to call more than once.
 
-    A sweep that ends on an error (Hydra then skips ``on_multirun_end``) still gets its report
-    first; an interrupted one is closed at once (``python -m src.report`` can write it later).
+    A sweep that ends on an error or Ctrl-C (Hydra then skips ``on_multirun_end``) first closes
+    child runs its dead local workers left RUNNING (loky workers ignore SIGINT and are
+    terminated by joblib), then writes the report, so every run ends with a true status.
     """
     if SWEEP.parent_run_id is None:
         return
     from src import tracking
 
-    if status == "FAILED":
+    client = tracking.get_client(SWEEP.uri)
+    if status != "FINISHED":
         try:
-            report()
-        except Exception as error:  # the parent must be closed even if the report cannot be
+            if SWEEP.local:
+                _close_orphans(client, status)
+            if status == "FAILED":
+                report()
+        except Exception as error:  # the parent must be closed even if this cannot be done
             print(f"losslab: no report ({type(error).__name__}: {error})", file=sys.stderr)
-    tracking.get_client(SWEEP.uri).set_terminated(SWEEP.parent_run_id, status)
+    client.set_terminated(SWEEP.parent_run_id, status)
     SWEEP.parent_run_id = None
+
+
+def _close_orphans(client: Any, status: str) -> None:
+    from src.report import child_runs
+
+    for run in child_runs(SWEEP.uri, SWEEP.parent_run_id):
+        if run.info.status == "RUNNING":
+            reason = f"the sweep ended ({status}) while this run was running"
+            client.set_tag(run.info.run_id, "outcome", status.lower())
+            client.set_tag(run.info.run_id, "error", reason)
+            client.set_terminated(run.info.run_id, status)
