@@ -230,6 +230,9 @@ class TrainerConfig:
     deterministic: bool = True
     enable_progress_bar: bool = True
     checkpoint_every_n_epochs: int = 10  # 0 disables checkpoints
+    # torch intra-op threads for this job. 0: $OMP_NUM_THREADS when set (the joblib launcher
+    # sets it to cores // n_jobs), else every core. Set 1 when jobs share cores otherwise.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
@@ -237,6 +240,7 @@ class TrainerConfig:
             self.checkpoint_every_n_epochs >= 0,
             f"trainer.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} must be >= 0",
         )
+        _require(self.threads >= 0, f"trainer.threads={self.threads} must be >= 0")
 
 
 @dataclass

@@ -6,6 +6,7 @@ Imported only after the config is validated, because it pulls in torch, Lightnin
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 import traceback
@@ -63,6 +64,11 @@ def git_version() -> str:
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def default_threads() -> int:
+    """torch's own default: $OMP_NUM_THREADS when set, else the cores this process may use."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+
+
 def trivial_score(split: Split, task: Task) -> float:
     """What a model that ignores its input scores on the test set: predicting the train mean
     (regression) or the majority class. A run that does no better has collapsed."""
@@ -94,6 +100,9 @@ def run_name(loss: str, overrides: list[str], seed: int) -> str:
 def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     """Train every member, log everything, and return the median final test metric."""
     started = time.perf_counter()
+    # Set on every job, default included: loky reuses worker processes, so a value set by an
+    # earlier job would otherwise leak into the next.
+    torch.set_num_threads(typed.trainer.threads or default_threads())
     seeds = [typed.seed + k for k in range(typed.members)]
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     data = StudyDataModule(typed.dataset, typed.loss.targets)

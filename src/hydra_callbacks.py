@@ -9,6 +9,7 @@ override is bad, so the entry point closes the parent through ``close_sweep`` as
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,11 @@ class SweepState:
 
     uri: str | None = None
     parent_run_id: str | None = None
+    sweep_dir: Path | None = None
+    reported: bool = False
+    local: bool = True  # jobs die with the launching process (not so on a cluster)
     failures: int = 0
+    summary: str = ""  # one line for the end of the command
 
 
 SWEEP = SweepState()
@@ -104,25 +109,71 @@ class LosslabCallback(Callback):
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.info.run_id)
-        SWEEP.uri, SWEEP.parent_run_id = uri, parent.info.run_id
-        print(
-            f"losslab: sweep of {len(jobs)} job(s) -> {sweep_dir} "
-            f"(MLflow parent run {parent.info.run_id})"
-        )
+        SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir = uri, parent.info.run_id, sweep_dir
+        SWEEP.reported = False
+        SWEEP.local = not config.hydra.launcher._target_.endswith("SlurmLauncher")
+        sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
+        size = f"{len(jobs)} job(s)" if grid else f"jobs chosen by {sweeper}"
+        print(f"losslab: sweep of {size} -> {sweep_dir} (MLflow parent run {parent.info.run_id})")
 
     @_abort_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from src.report import summarize
-
-        SWEEP.failures = summarize(SWEEP.uri, SWEEP.parent_run_id, Path(config.hydra.sweep.dir))
+        report()
         close_sweep("FAILED" if SWEEP.failures else "FINISHED")
 
 
+def report() -> None:
+    """Write the comparison report of the open sweep, log it to the parent, tag an Optuna
+    search's best trial, and count the failures. Runs at most once per sweep."""
+    if SWEEP.parent_run_id is None or SWEEP.reported:
+        return
+    SWEEP.reported = True
+    from src import report as sweep_report
+
+    best = sweep_report.tag_best_trial(SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir)
+    built = sweep_report.build(SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir)
+    print(built.markdown)
+    SWEEP.failures = built.failures
+    runs = len(built.results) + len(built.lost_jobs)
+    SWEEP.summary = (
+        f"{built.failures} of {runs} run(s) failed"
+        if built.failures
+        else f"all {runs} run(s) finished"
+    ) + f"; report in {SWEEP.sweep_dir}/report.md"
+    if best:
+        SWEEP.summary += f"; best trial tagged best_trial=true ({len(best)} run(s))"
+
+
 def close_sweep(status: str) -> None:
-    """Close the open parent run (if any) with ``status``; safe to call more than once."""
+    """Close the open parent run (if any) with ``status``; safe to call more than once.
+
+    A sweep that ends on an error or Ctrl-C (Hydra then skips ``on_multirun_end``) first closes
+    child runs its dead local workers left RUNNING (loky workers ignore SIGINT and are
+    terminated by joblib), then writes the report, so every run ends with a true status.
+    """
     if SWEEP.parent_run_id is None:
         return
     from src import tracking
 
-    tracking.get_client(SWEEP.uri).set_terminated(SWEEP.parent_run_id, status)
+    client = tracking.get_client(SWEEP.uri)
+    if status != "FINISHED":
+        try:
+            if SWEEP.local:
+                _close_orphans(client, status)
+            if status == "FAILED":
+                report()
+        except Exception as error:  # the parent must be closed even if this cannot be done
+            print(f"losslab: no report ({type(error).__name__}: {error})", file=sys.stderr)
+    client.set_terminated(SWEEP.parent_run_id, status)
     SWEEP.parent_run_id = None
+
+
+def _close_orphans(client: Any, status: str) -> None:
+    from src.report import child_runs
+
+    for run in child_runs(SWEEP.uri, SWEEP.parent_run_id):
+        if run.info.status == "RUNNING":
+            reason = f"the sweep ended ({status}) while this run was running"
+            client.set_tag(run.info.run_id, "outcome", status.lower())
+            client.set_tag(run.info.run_id, "error", reason)
+            client.set_terminated(run.info.run_id, status)

@@ -64,3 +64,82 @@ def dataset(split: Split, title: str) -> Figure:
 def _labels(y: np.ndarray) -> np.ndarray:
     """Targets as one value per row: class index for one-hot, the value otherwise."""
     return y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
+
+
+def _by_task(results: Sequence) -> dict[str, list]:
+    tasks: dict[str, list] = {}
+    for r in results:
+        tasks.setdefault(r.task, []).append(r)
+    return tasks
+
+
+def sweep_curves(results: Sequence, curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Per task, the train and test metric per epoch of every group (loss): the median over
+    seeds as a line, the min-max band over seeds shaded. ``curves[run_id][split]``."""
+    tasks = _by_task(results)
+    fig = Figure(figsize=(11, 3.8 * max(len(tasks), 1)), layout="constrained")
+    axes = fig.subplots(max(len(tasks), 1), 2, squeeze=False)
+    for row, (task, members) in zip(axes, tasks.items()):
+        metric = members[0].metric
+        for ax, split in zip(row, ("train", "test")):
+            for group in dict.fromkeys(r.group for r in members):
+                series = [curves[r.run_id][split] for r in members if r.group == group]
+                length = min(len(s) for s in series)
+                if length == 0:
+                    continue
+                values = np.array([s[:length] for s in series])
+                epochs = np.arange(1, length + 1)
+                (line,) = ax.plot(
+                    epochs, np.median(values, axis=0), label=f"{group} (n={len(series)})"
+                )
+                ax.fill_between(
+                    epochs,
+                    values.min(axis=0),
+                    values.max(axis=0),
+                    color=line.get_color(),
+                    alpha=0.2,
+                )
+            if metric == "mse":
+                ax.set_yscale("log")
+            ax.set_title(f"{task}: {split} {metric}")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.suptitle("Learning curves: median over seeds, band = min-max (ok runs)")
+    return fig
+
+
+def final_spread(results: Sequence) -> Figure:
+    """Per task, a box of the final test metric per group with every ok run as a dot; runs
+    left out of the statistics (collapsed, diverged) are drawn as red crosses."""
+    tasks = _by_task(results)
+    fig = Figure(
+        figsize=(5 + 1.2 * len(results) ** 0.5, 4 * max(len(tasks), 1)), layout="constrained"
+    )
+    axes = fig.subplots(max(len(tasks), 1), 1, squeeze=False)[:, 0]
+    jitter = np.random.default_rng(0)
+    for ax, (task, members) in zip(axes, tasks.items()):
+        groups = list(dict.fromkeys(r.group for r in members))
+        ok = [[r.test for r in members if r.group == g and r.outcome == "ok"] for g in groups]
+        ax.boxplot([v if v else [np.nan] for v in ok], tick_labels=groups, showfliers=False)
+        for i, g in enumerate(groups, start=1):
+            for r in members:
+                if r.group != g or not np.isfinite(r.test):
+                    continue
+                x = i + jitter.uniform(-0.12, 0.12)
+                if r.outcome == "ok":
+                    ax.plot(x, r.test, "o", color="tab:blue", alpha=0.7)
+                else:
+                    ax.plot(x, r.test, "x", color="tab:red", label=r.outcome)
+        handles, labels = ax.get_legend_handles_labels()
+        if labels:
+            unique = dict(zip(labels, handles))
+            ax.legend(unique.values(), [f"{k} (not in the box)" for k in unique], fontsize="small")
+        if members[0].metric == "mse":
+            ax.set_yscale("log")
+        ax.set_ylabel(f"final test {members[0].metric}")
+        ax.set_title(task)
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Final test metric per loss over seeds")
+    return fig

@@ -50,6 +50,7 @@ def main(cfg: DictConfig) -> float:
         message = f"{' '.join(job.overrides) or 'defaults'}: {type(error).__name__}: {error}"
         if multirun:  # let the other jobs run; the sweep reports failures at the end
             print(f"#{job.job_num} FAILED {message}", file=sys.stderr)
+            (job.output_dir / "error.txt").write_text(message + "\n")  # for the report
             return math.nan
         raise RunFailed(f"run failed: {message}") from error
 
@@ -80,10 +81,11 @@ def cli() -> None:
             raise error from None
         print(f"losslab: error: {line}", file=sys.stderr)
         sys.exit(1)
-    failures = hydra_callbacks.SWEEP.failures
-    if failures:
-        print(f"losslab: {failures} job(s) failed; see the table above and MLflow", file=sys.stderr)
+    if hydra_callbacks.SWEEP.failures:
+        print(f"losslab: {hydra_callbacks.SWEEP.summary}", file=sys.stderr)
         sys.exit(1)
+    if hydra_callbacks.SWEEP.summary:
+        print(f"losslab: {hydra_callbacks.SWEEP.summary}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""Sweeps end to end through the real CLI: grouping under one parent, the comparison report
+(checked against numbers recomputed from the child runs), failure isolation, the joblib and
+submitit launchers, and an Optuna search that tags its best trial."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats
+
+from src.report import main as report_main
+from tests.conftest import runs_of
+
+pytestmark = pytest.mark.slow
+FAST = ("trainer.max_epochs=2", "logger.log_model=false", "trainer.checkpoint_every_n_epochs=0")
+
+
+def _split(runs: list) -> tuple:
+    parents = [r for r in runs if r.data.tags.get("losslab.sweep") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _csv(client, run_id: str, path: str, tmp_path: Path) -> list[dict[str, str]]:
+    local = client.download_artifacts(run_id, path, str(tmp_path))
+    with open(local) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_parallel_sweep_and_its_report(run_cli, client, tmp_path, store_uri, monkeypatch) -> None:
+    """Two joblib workers on a fresh store: nothing lost, one parent over four children, and a
+    report whose numbers are those recomputed here from the child runs."""
+    result = run_cli("-m", "hydra/launcher=parallel", "loss=mse,mae", "seed=0,1", *FAST)
+    assert result.returncode == 0, result.stderr
+    parents, children = _split(runs_of(client))
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted((c.data.tags["loss"], c.data.tags["seed"]) for c in children) == [
+        ("mae", "0"),
+        ("mae", "1"),
+        ("mse", "0"),
+        ("mse", "1"),
+    ]
+    assert "all 4 run(s) finished" in result.stdout
+
+    summary = _csv(client, parent.info.run_id, "report/summary.csv", tmp_path / "a")
+    assert [row["group"] for row in summary] == ["mse", "mae"]
+    values = {}
+    for child in children:  # every epoch of every run arrived
+        history = client.get_metric_history(child.info.run_id, "test/mse")
+        assert sorted(m.step for m in history) == [1, 2]
+    for row in summary:
+        mine = [c for c in children if c.data.tags["loss"] == row["group"]]
+        assert all(c.data.tags["outcome"] == "ok" for c in mine)
+        for split in ("train", "test"):
+            x = np.array([c.data.metrics[f"final/{split}/mse"] for c in mine])
+            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+            expected = {
+                "n": len(x),
+                "median": np.median(x),
+                "mean": x.mean(),
+                "std": x.std(ddof=1),
+                "ci_low": x.mean() - half,
+                "ci_high": x.mean() + half,
+            }
+            for key, value in expected.items():
+                assert float(row[f"{split}_{key}"]) == pytest.approx(value, rel=1e-12)
+        values[row["group"]] = {c.data.tags["seed"]: c.data.metrics["final/test/mse"] for c in mine}
+    (comparison,) = _csv(client, parent.info.run_id, "report/comparisons.csv", tmp_path / "b")
+    paired = stats.ttest_rel(
+        [values["mse"][s] for s in ("0", "1")], [values["mae"][s] for s in ("0", "1")]
+    )
+    assert comparison["test"] == "paired t"
+    assert float(comparison["p"]) == pytest.approx(paired.pvalue, rel=1e-12)
+    assert comparison["real"] in ("yes", "no")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert artifacts == {
+        f"report/{name}"
+        for name in ("report.md", "summary.csv", "comparisons.csv", "curves.png", "final.png")
+    }
+
+    # Regenerated later from the parent run id alone: the same numbers.
+    sweep_dir = tmp_path / "multirun"
+    first = (sweep_dir / "summary.csv").read_text()
+    (sweep_dir / "summary.csv").unlink()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    assert report_main([parent.info.run_id]) == 0
+    assert (sweep_dir / "summary.csv").read_text() == first
+    assert report_main(["no-such-run"]) == 1
+
+
+def test_failing_jobs_do_not_stop_the_sweep(run_cli, client, tmp_path) -> None:
+    """Four jobs: two fail while making data (no run yet), one fails inside training, one
+    trains. Every job runs; the failures are counted, reported and exit 1."""
+    result = run_cli(
+        "-m",
+        "loss.fn._target_=tests.failing.explode,torch.nn.functional.mse_loss",
+        "dataset.generator._target_=tests.failing.no_data,sklearn.datasets.make_regression",
+        "allowed_target_prefixes=[src.,sklearn.datasets.,torch.,tests.]",
+        *FAST,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"losslab: 3 of 4 run(s) failed; report in {tmp_path}/multirun/report.md"
+    )
+    assert "Traceback" not in result.stderr
+    parents, children = _split(runs_of(client))
+    assert [p.info.status for p in parents] == ["FAILED"]
+    by_target = {c.data.params["loss.fn._target_"]: c for c in children}
+    assert set(by_target) == {"tests.failing.explode", "torch.nn.functional.mse_loss"}
+    failed, ok = by_target["tests.failing.explode"], by_target["torch.nn.functional.mse_loss"]
+    assert (failed.info.status, failed.data.tags["outcome"]) == ("FAILED", "failed")
+    assert "deliberate failure inside training" in failed.data.tags["error"]
+    error_txt = client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))
+    assert "RuntimeError" in Path(error_txt).read_text()
+    assert ok.info.status == "FINISHED" and ok.data.metrics["final/test/mse"] > 0
+    report = Path(
+        client.download_artifacts(parents[0].info.run_id, "report/report.md", str(tmp_path))
+    ).read_text()
+    assert f"({failed.info.run_id}): FAILED, failed: RuntimeError: deliberate" in report
+    assert report.count("no MLflow run; ") == 2
+    assert "deliberate failure before tracking" in report
+
+
+def test_submitit_local_runs_a_two_job_sweep(run_cli, client, tmp_path) -> None:
+    result = run_cli(
+        "-m", "hydra/launcher=local", "loss=mse", "seed=0,1", "trainer.threads=1", *FAST
+    )
+    assert result.returncode == 0, result.stderr
+    parents, children = _split(runs_of(client))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["seed"] for c in children) == ["0", "1"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))
+
+
+def test_optuna_search_tags_its_best_trial(run_cli, client, tmp_path) -> None:
+    result = run_cli(
+        "-m", "hparams_search=mse_optuna", "hydra.sweeper.n_trials=3", "members=1", *FAST
+    )
+    assert result.returncode == 0, result.stderr
+    parents, children = _split(runs_of(client))
+    assert len(parents) == 1 and len(children) == 3
+    assert len({c.data.params["optimizer.lr"] for c in children}) == 3
+    found = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
+    best = [c for c in children if c.data.tags.get("best_trial") == "true"]
+    assert len(best) == 1
+    scores = [c.data.metrics["final/test/mse"] for c in children]
+    assert best[0].data.metrics["final/test/mse"] == pytest.approx(found.best_value)
+    assert found.best_value == pytest.approx(min(scores))  # minimize, as mse_optuna says
+    assert float(best[0].data.params["optimizer.lr"]) == found.best_params["optimizer.lr"]
+    assert parents[0].data.tags["best_value"] == str(found.best_value)
