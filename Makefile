@@ -38,8 +38,8 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install ## Run the test suite
-	$(PY) -m pytest
+test: install ## Run the test suite (2 workers, a few minutes)
+	$(PY) -m pytest -n 2 --dist loadfile  # two workers: the suite is mostly subprocesses
 
 sweep: install ## The five-loss study over 5 seeds, with the comparison table at the end
 	$(PY) -m src.train -m loss=mse,msle,mae,bce,hinge seed=0,1,2,3,4
