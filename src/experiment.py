@@ -76,9 +76,13 @@ def trivial_score(split: Split, task: Task) -> float:
 
 
 def run_name(loss: str, overrides: list[str], seed: int) -> str:
-    extra = [
-        o for o in overrides if o.split("=")[0].lstrip("+~") not in ("loss", "seed", "members")
-    ]
+    """'bce seed=2', with any other overrides that tell runs apart (not logger/hydra ones)."""
+
+    def shown(override: str) -> bool:
+        key = override.split("=")[0].lstrip("+~")
+        return key not in ("loss", "seed", "members") and not key.startswith(("logger.", "hydra"))
+
+    extra = [o for o in overrides if shown(o)]
     return " ".join([loss, *extra, f"seed={seed}"])
 
 
@@ -197,10 +201,11 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     baseline = trivial_score(split, typed.loss.task)
     statuses = []
     finals = []
+    final_all = {f"final/train/{n}": v.tolist() for n, v in train_scores.items()}
+    final_all.update({f"final/test/{n}": v.tolist() for n, v in test_scores.items()})
+    runs.add_metrics(len(history), final_all)
     for k in range(len(seeds)):
-        final = {f"final/train/{n}": float(v[k]) for n, v in train_scores.items()}
-        final.update({f"final/test/{n}": float(v[k]) for n, v in test_scores.items()})
-        runs.add_metrics(len(history), {name: [value] for name, value in final.items()})
+        final = {name: values[k] for name, values in final_all.items()}
         member_history = [{key: values[k] for key, values in row.items()} for row in history]
         fig = plots.learning_curves(member_history, metric, f"{names[k]}: loss and {metric}")
         runs.log_figure(k, fig, "learning_curves.png")

@@ -34,13 +34,15 @@ def run_cli(tmp_path: Path, store_uri: str) -> Callable[..., CliResult]:
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> CliResult:
         full_env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, **(env or {})}
         full_env.pop("HYDRA_FULL_ERROR", None)
+        flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before overrides
         command = [
             sys.executable,
             "-m",
             "src.train",
+            *flags,
             f"hydra.run.dir={tmp_path}/outputs/run",
             f"hydra.sweep.dir={tmp_path}/multirun",
-            *args,
+            *(a for a in args if not a.startswith("-")),
         ]
         done = subprocess.run(
             command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout

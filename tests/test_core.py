@@ -1,0 +1,196 @@
+"""The core study path: losses by hand, data, pairing, and the real CLI end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from src import config
+from src.config import CONF_DIR, ConfigError, Targets, Task
+from src.data import make_split
+from src.losses import hinge, msle, per_member
+from src.metrics import accuracy_for, rounded_accuracy
+from tests.conftest import runs_of
+
+config.register()
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_msle_clips_negative_targets_and_predictions_like_keras() -> None:
+    out = torch.tensor([[[2.0], [-1.0], [0.5]]])  # one member, three samples
+    target = torch.tensor([[[1.0], [3.0], [-2.0]]])
+    eps = 1e-7
+    expected = [
+        (math.log1p(2.0) - math.log1p(1.0)) ** 2,
+        (math.log1p(eps) - math.log1p(3.0)) ** 2,  # prediction clipped at eps
+        (math.log1p(0.5) - math.log1p(eps)) ** 2,  # negative target counts as 0
+    ]
+    assert per_member(msle(out, target)).item() == pytest.approx(np.mean(expected), rel=1e-6)
+
+
+def test_msle_gives_no_gradient_below_eps() -> None:
+    out = torch.tensor([[[-0.3]]], requires_grad=True)
+    per_member(msle(out, torch.tensor([[[1.0]]]))).sum().backward()
+    assert out.grad.item() == 0.0
+
+
+def test_hinge_with_signed_labels() -> None:
+    out = torch.tensor([[[0.8], [-0.2], [0.3]], [[2.0], [1.0], [-1.0]]])  # two members
+    target = torch.tensor([[1.0], [-1.0], [-1.0]]).expand(2, 3, 1)
+    # member 0: max(1-0.8,0)=0.2, max(1-0.2,0)=0.8, max(1+0.3,0)=1.3 -> 2.3/3
+    # member 1: 0, 2, 0 -> 2/3
+    assert per_member(hinge(out, target)).tolist() == pytest.approx([2.3 / 3, 2 / 3])
+
+
+def test_accuracy_readings_for_tanh_outputs() -> None:
+    pred = torch.tensor([[[0.9], [0.3], [-0.7], [-0.2]]])
+    target = torch.tensor([[[1.0], [1.0], [-1.0], [1.0]]])
+    # sign agreement: 3 of 4; the study's round(pred) == y: only 0.9 and -0.7 count -> 2 of 4
+    assert accuracy_for(Targets.signed)(pred, target).item() == pytest.approx(0.75)
+    assert rounded_accuracy(pred, target).item() == pytest.approx(0.5)
+
+
+def test_regression_split_matches_the_study() -> None:
+    cfg = config.validate(compose_cfg("loss=mse"))
+    split = make_split(cfg.dataset, Targets.real)
+    assert split.x_train.shape == (500, 20) and split.x_test.shape == (500, 20)
+    assert split.y_train.shape == (500, 1)
+    both_x = np.concatenate([split.x_train, split.x_test])
+    both_y = np.concatenate([split.y_train, split.y_test])
+    # scalers fit on all 1,000 rows, as the study does
+    assert np.allclose(both_x.mean(0), 0, atol=1e-5) and np.allclose(both_x.std(0), 1, atol=1e-4)
+    assert abs(both_y.mean()) < 1e-5 and abs(both_y.std() - 1) < 1e-4
+    assert 0.3 < (both_y < 0).mean() < 0.7  # about half the targets are negative
+
+
+def test_circles_split_encodes_labels_for_each_loss() -> None:
+    bce = config.validate(compose_cfg("loss=bce"))
+    hinge_cfg = config.validate(compose_cfg("loss=hinge"))
+    assert bce.dataset.name == hinge_cfg.dataset.name == "circles"
+    binary = make_split(bce.dataset, bce.loss.targets)
+    signed = make_split(hinge_cfg.dataset, hinge_cfg.loss.targets)
+    assert set(np.unique(binary.y_train)) == {0.0, 1.0}
+    assert set(np.unique(signed.y_train)) == {-1.0, 1.0}
+    assert np.array_equal(signed.y_train, 2 * binary.y_train - 1)
+    assert binary.x_train.shape == (500, 2)
+
+
+@pytest.mark.parametrize(
+    ("loss", "dataset", "output", "targets", "epochs"),
+    [
+        ("mse", "regression", "identity", "real", 100),
+        ("msle", "regression", "identity", "real", 100),
+        ("mae", "regression", "identity", "real", 100),
+        ("bce", "circles", "sigmoid", "binary", 200),
+        ("hinge", "circles", "tanh", "signed", 200),
+    ],
+)
+def test_each_loss_selects_its_dataset_output_and_encoding(
+    loss: str, dataset: str, output: str, targets: str, epochs: int
+) -> None:
+    cfg = config.validate(compose_cfg(f"loss={loss}"))
+    assert cfg.dataset.name == dataset
+    assert cfg.loss.output.value == output and cfg.loss.targets.value == targets
+    assert cfg.trainer.max_epochs == epochs
+    assert cfg.model.hidden_sizes == ([25] if dataset == "regression" else [50])
+
+
+def test_pairing_rejects_a_task_mismatch_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="pick one of: circles"):
+        config.validate(compose_cfg("loss=bce", "dataset=regression"))
+    assert config.datasets_for(Task.regression) == ["regression"] or "regression" in (
+        config.datasets_for(Task.regression)
+    )
+
+
+def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
+    result = run_cli("loss=hinge", "trainer.max_epochs=3", "seed=1")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy Train: " in result.stdout and "rounded_accuracy Train: " in result.stdout
+    (run,) = runs_of(client)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "hinge trainer.max_epochs=3 seed=1"
+    tags = run.data.tags
+    assert (tags["loss"], tags["task"], tags["dataset"], tags["seed"]) == (
+        "hinge",
+        "binary",
+        "circles",
+        "1",
+    )
+    assert tags["overrides"] == "loss=hinge trainer.max_epochs=3 seed=1"
+    assert len(tags["mlflow.source.git.commit"]) >= 40
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.01" and params["optimizer.momentum"] == "0.9"
+    assert params["dataset.generator.noise"] == "0.1" and params["trainer.max_epochs"] == "3"
+    for key in ("train/loss", "test/loss", "train/accuracy", "test/accuracy"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3]
+    metrics = run.data.metrics
+    assert 0.0 <= metrics["final/test/accuracy"] <= 1.0
+    assert metrics["final/test/rounded_accuracy"] <= metrics["final/test/accuracy"]
+    printed = f"accuracy Train: {metrics['final/train/accuracy']:.3f}, "
+    printed += f"Test: {metrics['final/test/accuracy']:.3f}"
+    assert printed in result.stdout
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"learning_curves.png", "dataset.png", "config"} <= artifacts
+    config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert config_files == {"config/config.yaml", "config/overrides.txt"}
+
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(store_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    cfg = config.validate(compose_cfg("loss=hinge"))
+    split = make_split(cfg.dataset, cfg.loss.targets)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(split.x_test))
+    accuracy = float(((pred > 0) == (torch.from_numpy(split.y_test) > 0)).float().mean())
+    assert accuracy == pytest.approx(metrics["final/test/accuracy"], abs=1e-6)
+
+
+def test_same_seed_same_numbers(run_cli, client) -> None:
+    for _ in range(2):
+        assert run_cli("loss=mae", "trainer.max_epochs=2", "logger.log_model=false").returncode == 0
+    first, second = (r.data.metrics for r in runs_of(client))
+    assert first == second
+
+
+def test_five_loss_sweep_pairs_every_loss(run_cli, client) -> None:
+    result = run_cli(
+        "-m", "loss=mse,msle,mae,bce,hinge", "trainer.max_epochs=2", "logger.log_model=false"
+    )
+    assert result.returncode == 0, result.stderr
+    children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["loss"]: r.data.tags["dataset"] for r in children} == {
+        "mse": "regression",
+        "msle": "regression",
+        "mae": "regression",
+        "bce": "circles",
+        "hinge": "circles",
+    }
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("loss=nope",), "unknown loss 'nope'; choose one of: "),
+        (("loss=bce", "dataset=regression"), "loss 'bce' is a binary loss"),
+    ],
+)
+def test_user_mistakes_get_one_line(run_cli, tmp_path, args, expected) -> None:
+    result = run_cli(*args)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("losslab: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
