@@ -17,7 +17,6 @@ from typing import Any
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src import store
@@ -66,7 +65,7 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     configs = []
     for job in jobs:
-        composed = loader.load_configuration(cfg.hydra.job.config_name, list(job), RunMode.MULTIRUN)
+        composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does
         own = dict(composed.hydra.sweeper.get("params") or {})
         if own != params:  # e.g. experiment=glob(*): the sweeper reads params only once
             raise ConfigError(
