@@ -15,7 +15,7 @@ MLFLOW_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test sweep ui server browser bench clean
+.PHONY: help install lint format test sweep study ui server browser bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ test: install ## Run the test suite (2 workers, a few minutes)
 
 sweep: install ## The five-loss study over 5 seeds, with the comparison table at the end
 	$(PY) -m src.train -m loss=mse,msle,mae,bce,hinge seed=0,1,2,3,4
+
+EXPERIMENTS ?= regression binary multiclass outliers msle_positive
+study: install ## Every preset in conf/experiment/, one sweep each (EXPERIMENTS="a b" for some)
+	@status=0; for name in $(EXPERIMENTS); do \
+		echo "== experiment=$$name"; $(PY) -m src.train -m experiment=$$name || status=1; \
+	done; exit $$status
 
 ui: install ## Browse every run in the MLflow UI (PORT=5000), bound to 127.0.0.1
 	@$(PY) -m src.serve --host $(HOST) --port $(PORT) --store $(STORE) --artifacts $(ARTIFACTS) \

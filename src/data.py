@@ -31,7 +31,11 @@ class Split:
 
     @property
     def n_outputs(self) -> int:
-        return self.n_classes if self.n_classes > 2 else 1
+        """Width of the last layer, from the encoding: one column per class for one-hot and
+        integer classes (even with two classes), one otherwise."""
+        if self.y_train.ndim == 1:  # integer classes
+            return self.n_classes
+        return self.y_train.shape[1]
 
 
 def _scale(values: np.ndarray, how: Scaling, fit_rows: slice) -> np.ndarray:

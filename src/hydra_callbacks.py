@@ -18,11 +18,10 @@ from typing import Any
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src import store
-from src.config import validate
+from src.config import ConfigError, validate
 
 
 @dataclass
@@ -58,17 +57,29 @@ def _abort_on_error(method: Callable[..., None]) -> Callable[..., None]:
 
 
 def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
-    """Every job config of a grid sweep, composed as the sweeper will compose them."""
+    """Every job config of a grid sweep, composed as the sweeper will compose them: the
+    config's ``hydra.sweeper.params`` (an experiment preset's sweep) first, then the command
+    line's overrides, which win on the same key."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    overrides = list(cfg.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    params = dict(cfg.hydra.sweeper.get("params") or {})
+    overrides = [f"{key}={value}" for key, value in params.items()]
+    overrides += list(cfg.hydra.overrides.task)
     loader = GlobalHydra.instance().config_loader()
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # glob()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    return [
-        loader.load_configuration(cfg.hydra.job.config_name, list(job), RunMode.MULTIRUN)
-        for job in jobs
-    ]
+    configs = []
+    for job in jobs:
+        composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does
+        own = dict(composed.hydra.sweeper.get("params") or {})
+        if own != params:  # e.g. experiment=glob(*): the sweeper reads params only once
+            raise ConfigError(
+                f"job '{' '.join(job)}' brings its own sweep (hydra.sweeper.params={own}), "
+                "which a running sweep cannot expand; run one experiment per sweep "
+                "(-m experiment=<name>) or `make study` for all of them"
+            )
+        configs.append(composed)
+    return configs
 
 
 class LosslabCallback(Callback):

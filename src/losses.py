@@ -1,14 +1,19 @@
 """Loss functions PyTorch lacks, in the study's (Keras) semantics.
 
 Every loss in ``conf/loss/`` is called as ``fn(output, target)`` on tensors with a leading
-member axis, ``(members, batch, outputs)``, and returns per-sample or per-element values;
-``per_member`` averages them into one loss per member. Adding a loss: one YAML file, plus one
+member axis: output ``(members, batch, outputs)``; target the same shape, or ``(members,
+batch)`` for integer classes. It returns per-element values, or per-sample values
+``(members, batch)`` for losses that sum over classes; ``per_member`` averages them into one
+loss per member. Adding a loss: one YAML file, plus one
 small function here if PyTorch does not have it.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 EPS = 1e-7  # Keras' backend epsilon, which the study's numbers depend on
 
@@ -27,3 +32,35 @@ def msle(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def hinge(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """max(1 - y * f(x), 0) with labels y in {-1, 1}."""
     return (1.0 - target * output).clamp(min=0.0)
+
+
+def squared_hinge(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """max(1 - y * f(x), 0) ** 2 with labels y in {-1, 1}: punishes large margin violations
+    harder and is smooth at the margin."""
+    return hinge(output, target) ** 2
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Categorical cross-entropy per sample, (members, batch), from raw logits (members, batch,
+    classes). One function serves both encodings: one-hot float rows (Keras'
+    categorical_crossentropy) and integer classes (sparse_categorical_crossentropy); torch's
+    cross_entropy wants the class axis second, hence the moves."""
+    classes_second = logits.movedim(-1, 1)
+    if target.is_floating_point():
+        target = target.movedim(-1, 1)
+    return F.cross_entropy(classes_second, target, reduction="none")
+
+
+def kl_divergence(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Keras' KLDivergence per sample: sum(y * log(y / p)) over classes with both sides clipped
+    to [eps, 1], so one-hot zeros count as eps and a probability below eps gets no gradient."""
+    target = target.clamp(EPS, 1.0)
+    output = output.clamp(EPS, 1.0)
+    return (target * torch.log(target / output)).sum(dim=-1)
+
+
+def log_cosh(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log(cosh(error)), computed as Keras does (x + softplus(-2x) - log 2) so large errors do
+    not overflow: about x**2 / 2 for small errors and |x| - log 2 for large ones."""
+    x = output - target
+    return x + F.softplus(-2.0 * x) - math.log(2.0)
