@@ -37,8 +37,9 @@ SWEEP = SweepState()
 
 
 class Abort(BaseException):
-    """Stops Hydra from a callback (Hydra turns a callback's Exception into a mere warning);
-    the entry point reports the cause."""
+    """Stops Hydra from a callback or a single run's task (Hydra turns a callback's Exception
+    into a mere warning, and prints a failed task's overrides first); the entry point reports
+    the cause in one line."""
 
 
 def _abort_on_error(method: Callable[..., None]) -> Callable[..., None]:

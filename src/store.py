@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,20 +67,55 @@ def check(uri: str) -> None:
                 f"tracking URI '{shown}' is malformed; use sqlite:///relative.db or "
                 "sqlite:////absolute/path/mlflow.db"
             )
-        folder = sqlite_path(uri).resolve().parent
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        if not os.access(existing, os.W_OK):
-            raise ConfigError(
-                f"cannot write the MLflow store {sqlite_path(uri)} ({existing} is not writable); "
-                "point MLFLOW_TRACKING_URI at a writable sqlite:/// path"
-            )
+        _check_writable(sqlite_path(uri))
     elif scheme in ("", "file") or re.fullmatch(r"[a-z]", scheme):
         raise ConfigError(
             f"tracking URI '{shown}' is a file store, which MLflow >= 3.13 refuses; use "
             "sqlite:///mlflow.db (migrate old runs with `mlflow migrate-filestore`)"
         )
-    elif scheme not in ("postgresql", "mysql", "mssql", "databricks") and "+" not in scheme:
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        _check_driver(uri, shown)
+    elif scheme != "databricks":
         raise ConfigError(
             f"tracking URI '{shown}' has an unknown scheme '{scheme}'; use http://host:port, "
             "sqlite:///path.db or postgresql://..."
         )
+
+
+def _check_writable(db: Path) -> None:
+    """The database (or the folder it will be created in) must be writable. A real probe file,
+    not os.access: root passes every permission check yet cannot write under /proc."""
+    target = db.resolve()
+    if target.is_dir():
+        raise ConfigError(f"the MLflow store {db} is a directory; name a .db file inside it")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"cannot write the MLflow store {db}; check its permissions")
+        return
+    existing = next(p for p in target.parents if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the MLflow store {db} ({err.strerror or err}); "
+            "point MLFLOW_TRACKING_URI at a writable sqlite:/// path"
+        ) from None
+
+
+def _check_driver(uri: str, shown: str) -> None:
+    """A database URI needs its Python driver; say so now, not after the run has started."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise ConfigError(f"tracking URI '{shown}' is malformed: {err}") from None
+    except ImportError as err:
+        raise ConfigError(
+            f"tracking URI '{shown}' needs the database driver '{err.name}', which is not "
+            "installed; pip install it or use sqlite:///mlflow.db"
+        ) from None
