@@ -332,12 +332,19 @@ def datasets_for(task: Task) -> list[str]:
     ]
 
 
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The job's own settings: a callback sees Hydra's node too, which the schema does not know."""
+    if "hydra" not in cfg:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def validate(cfg: DictConfig) -> LosslabConfig:
     """Run every value check and the pairing rule; return the typed config."""
-    if "hydra" in cfg:  # a callback sees Hydra's own node too; the schema does not know it
-        cfg = copy.deepcopy(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
+    cfg = without_hydra(cfg)
     _reject_added_keys(cfg)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, LosslabConfig)

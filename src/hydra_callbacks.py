@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src import store
-from src.config import validate
+from src.config import ConfigError, validate
 
 
 @dataclass
@@ -71,7 +71,12 @@ class LosslabCallback(Callback):
     @_abort_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         typed = validate(config)
-        store.check(store.resolve_uri(typed.logger.tracking_uri))
+        uri = store.resolve_uri(typed.logger.tracking_uri)
+        store.check(uri)
+        if typed.resume:  # the run and checkpoint must exist before an output dir is made
+            from src import resume
+
+            resume.locate(typed.resume, uri, config)
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -79,6 +84,8 @@ class LosslabCallback(Callback):
         jobs = _sweep_configs(config) if grid else [config]
         checked = [validate(job) for job in jobs]  # every job, before anything is created
         typed = checked[0]
+        if any(job.resume for job in checked):
+            raise ConfigError("resume= continues one run; resume each sweep job on its own")
         uri = store.resolve_uri(typed.logger.tracking_uri)
         store.check(uri)
 

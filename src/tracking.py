@@ -87,6 +87,18 @@ class RunSet:
                 client.log_batch(run.info.run_id, params=items[i : i + PARAM_CHUNK])
         return cls(client, run_ids)
 
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_ids: list[str], tags: dict[str, str]) -> RunSet:
+        """Continue existing runs (a resume): RUNNING again, the old error tag dropped."""
+        for run_id in run_ids:
+            client.update_run(run_id, status="RUNNING")
+            if "error" in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, "error")
+        runs = cls(client, run_ids)
+        for member in range(len(run_ids)):
+            runs.set_tags(member, tags)
+        return runs
+
     def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
         """Buffer one step's values ({key: one value per member}); nothing is sent yet."""
         now = int(time.time() * 1000)
@@ -133,6 +145,19 @@ class RunSet:
         """Close every run with its true status: FINISHED, FAILED or KILLED."""
         for run_id, status in zip(self.run_ids, statuses):
             self.client.set_terminated(run_id, status)
+
+
+def logged_epochs(client: MlflowClient, run_id: str) -> int:
+    """How many epochs of per-epoch metrics the run holds (its last train/loss step)."""
+    return max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=0)
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path | None:
+    """The run's checkpoint artifact (checkpoints/last.ckpt) copied into ``folder``, if any."""
+    try:
+        return Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(folder)))
+    except (MlflowException, OSError):
+        return None
 
 
 def write_temp(text: str, name: str) -> Path:
