@@ -44,13 +44,18 @@ class Resume:
 def locate(target: str, uri: str, cfg: DictConfig) -> Resume:
     """Resolve ``target`` against the store at ``uri``; ``cfg`` (this invocation's settings)
     must match what the runs were started with, but for FREE_KEYS."""
-    client = tracking.get_client(uri)
     checkpoint = Path(target).expanduser()
+    if not checkpoint.is_file() and not RUN_ID.fullmatch(target):
+        raise ConfigError(f"resume={target} is neither a checkpoint file nor an MLflow run id")
+    if uri.startswith("sqlite:///") and not store.sqlite_path(uri).is_file():
+        raise ConfigError(f"resume: the MLflow store {uri} does not exist; nothing to resume")
+    client = tracking.get_client(uri)
     if not checkpoint.is_file():
-        if not RUN_ID.fullmatch(target):
-            raise ConfigError(f"resume={target} is neither a checkpoint file nor an MLflow run id")
         checkpoint = _checkpoint_of(client, _run(client, target, uri))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception:  # not a torch file at all
+        state = None
     tracked = state.get(TRACKING_KEY) if isinstance(state, dict) else None
     if not tracked:
         raise ConfigError(f"resume: {checkpoint} is not a losslab checkpoint")

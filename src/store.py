@@ -7,13 +7,15 @@ the old ``./mlruns`` file store, so file URIs are rejected here with a pointer t
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from src.config import ConfigError
 
@@ -50,12 +52,16 @@ def check(uri: str) -> None:
     scheme = parts.scheme.lower()
     shown = redact(uri)
     if scheme in ("http", "https"):
+        try:
+            parts.port  # noqa: B018 (parses the port: "host:abc" raises)
+        except ValueError as err:
+            raise ConfigError(f"tracking URI '{shown}' is malformed: {err}") from None
         if not parts.hostname:
             raise ConfigError(f"tracking URI '{shown}' has no host; use e.g. http://127.0.0.1:5000")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S):
+            with urllib.request.urlopen(_health_request(parts), timeout=SERVER_TIMEOUT_S):
                 pass
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise ConfigError(
                 f"MLflow server at {shown} is not reachable ({reason}); start it with "
@@ -80,6 +86,18 @@ def check(uri: str) -> None:
             f"tracking URI '{shown}' has an unknown scheme '{scheme}'; use http://host:port, "
             "sqlite:///path.db or postgresql://..."
         )
+
+
+def _health_request(parts: SplitResult) -> urllib.request.Request:
+    """GET <server>/health; credentials in the URI go in a header (urllib cannot read them
+    from the host part), as MLflow's own client sends them."""
+    host = parts.netloc.rpartition("@")[2]
+    path = parts.path.rstrip("/")
+    request = urllib.request.Request(f"{parts.scheme}://{host}{path}/health")
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(token).decode()}")
+    return request
 
 
 def _check_writable(db: Path) -> None:
