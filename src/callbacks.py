@@ -40,10 +40,16 @@ class EpochProgressBar(pl.Callback):
         self.bar.set_postfix({key: f"{last[key].median().item():.4f}" for key in shown})
         self.bar.update(1)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Any) -> None:
+        self._close()  # before the error line is printed (teardown is not called then)
 
 
 class MlflowHistory(pl.Callback):

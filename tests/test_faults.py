@@ -9,14 +9,19 @@ The rows run a few at a time (each is a fresh interpreter), then each is checked
 
 from __future__ import annotations
 
+import math
 import shlex
+import shutil
+import signal
 import socket
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliResult, invoke
+from tests.conftest import ROOT, CliResult, cli_command, cli_env, invoke, runs_of
 
 
 def closed_port() -> int:
@@ -109,3 +114,174 @@ def test_bad_input_gets_one_line_and_creates_nothing(answers, request, args, exp
     assert lines[0].startswith("losslab: error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert list(folder.iterdir()) == []  # no outputs/, multirun/ or mlflow.db
+
+
+# ---- faults: each drives a real subprocess and then reads the store ----------------------------
+
+SLOW_BCE = (  # 20 short epochs on circles, a checkpoint every 5
+    "loss=bce",
+    "trainer.max_epochs=20",
+    "trainer.checkpoint_every_n_epochs=5",
+    "logger.log_model=false",
+    "trainer.enable_progress_bar=false",
+)
+
+
+def start_cli(folder: Path, store_uri: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        cli_command(folder, *args),
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Block until ``path`` exists (the run has reached that point), failing if it never does."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def history(client, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_divergence_stops_at_once_failed_with_reason_and_metrics_kept(run_cli, client):
+    result = run_cli(
+        "optimizer.lr=100",
+        "trainer.max_epochs=30",
+        "logger.log_model=false",
+        "trainer.enable_progress_bar=false",
+    )
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith("losslab: error: run failed: ") and "Diverged" in line
+    assert "lower optimizer.lr" in line
+    (run,) = runs_of(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["outcome"] == "diverged"
+    assert "training loss is [nan] at epoch 1" in run.data.tags["error"]
+    steps = history(client, run.info.run_id)
+    assert [s for s, _ in steps] == [1] and math.isnan(steps[0][1])  # stopped at once, kept
+    assert history(client, run.info.run_id, "test/mse")  # the test score of that epoch too
+
+
+def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
+    tmp_path, store_uri, run_cli, client
+):
+    process = start_cli(tmp_path, store_uri, *SLOW_BCE)
+    checkpoint = tmp_path / "outputs/run/checkpoints/last.ckpt"
+    wait_for(checkpoint, process)  # epoch 5 done
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "losslab: interrupted; runs are marked KILLED in MLflow" in stderr
+    assert "Traceback" not in stderr
+    (killed,) = runs_of(client)
+    run_id = killed.info.run_id
+    assert killed.info.status == "KILLED" and killed.data.tags["outcome"] == "killed"
+    kept = history(client, run_id)
+    assert 5 <= len(kept) < 20 and [s for s, _ in kept] == list(range(1, len(kept) + 1))
+    assert checkpoint.is_file()
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/last.ckpt"
+    ]
+
+    # Resume by run id from the artifact alone: the local output folder is gone.
+    shutil.rmtree(tmp_path / "outputs")
+    wrong = run_cli(*SLOW_BCE, "optimizer.lr=0.02", f"resume={run_id}")
+    assert wrong.returncode == 1
+    assert "was started with optimizer.lr=0.01 (now 0.02)" in one_error_line(wrong.stderr)
+    assert not (tmp_path / "outputs").exists()
+    resumed = run_cli(*SLOW_BCE, f"resume={run_id}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming 1 run(s) from epoch 5" in resumed.stdout
+
+    full = run_cli(*SLOW_BCE)  # the same seed, never interrupted
+    assert full.returncode == 0, full.stderr
+    runs = {r.info.run_id: r for r in runs_of(client)}
+    assert len(runs) == 2
+    after = runs.pop(run_id)
+    (uninterrupted,) = runs.values()
+    assert after.info.status == "FINISHED" and after.data.tags["outcome"] == "ok"
+    assert "error" not in after.data.tags and after.data.tags["resumed_from"].startswith("epoch 5")
+    for key in ("train/loss", "test/loss", "train/accuracy", "test/accuracy"):
+        got, want = history(client, run_id, key), history(client, uninterrupted.info.run_id, key)
+        assert [s for s, _ in got] == list(range(1, 21))  # every epoch once, none twice
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6)
+    finals = {k: v for k, v in after.data.metrics.items() if k.startswith("final/")}
+    assert len(finals) == 4
+    assert finals == pytest.approx({k: uninterrupted.data.metrics[k] for k in finals}, abs=1e-6)
+
+
+class SilentServer:
+    """Accepts connections and never answers: a hung tracking server."""
+
+    def __enter__(self) -> str:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("server", ["closed port", "hung server"])
+def test_unreachable_store_fails_in_seconds_before_training(run_cli, tmp_path, server):
+    with SilentServer() as hung:
+        uri = hung if server == "hung server" else f"http://127.0.0.1:{closed_port()}"
+        began = time.monotonic()
+        result = run_cli("trainer.max_epochs=2", env={"MLFLOW_TRACKING_URI": uri})
+        elapsed = time.monotonic() - began
+    assert result.returncode == 1
+    assert "is not reachable" in one_error_line(result.stderr)
+    assert elapsed < 15  # start-up plus a 3 s timeout, on a loaded machine
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eight_processes_on_a_fresh_store_make_eight_complete_runs(tmp_path, store_uri, client):
+    args = ("loss=mae", "trainer.max_epochs=2", "logger.log_model=false")
+    processes = [start_cli(tmp_path / f"job{i}", store_uri, *args, f"seed={i}") for i in range(8)]
+    results = [p.communicate(timeout=280) for p in processes]
+    assert [p.returncode for p in processes] == [0] * 8, [err for _, err in results]
+    runs = runs_of(client)
+    assert sorted(int(r.data.tags["seed"]) for r in runs) == list(range(8))
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert [s for s, _ in history(client, run.info.run_id)] == [1, 2]
+        assert "final/test/mse" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+            "config",
+            "dataset.png",
+            "learning_curves.png",
+        }
+
+
+def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri, client):
+    process = start_cli(tmp_path, store_uri, *SLOW_BCE)
+    wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
+    artifacts = tmp_path / "mlartifacts"
+    shutil.rmtree(artifacts)  # the artifact store breaks under the running job
+    artifacts.write_text("not a folder")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    line = one_error_line(stderr)
+    assert line.startswith("losslab: error: run failed: ") and "NotADirectoryError" in line
+    (run,) = runs_of(client)
+    assert run.info.status == "FAILED"  # not FINISHED with holes
+    assert run.data.tags["outcome"] == "failed"
+    assert "NotADirectoryError" in run.data.tags["error"]
+    assert [s for s, _ in history(client, run.info.run_id)] == list(range(1, 21))  # all kept
+    assert "final/test/accuracy" in run.data.metrics
