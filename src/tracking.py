@@ -4,6 +4,7 @@ per-epoch metrics sent in batches, artifacts, models, and the true final status.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,9 @@ from src import store
 # MLflow sets its own log level on import; its database-migration lines are not news.
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# Nor are its artifact progress bars (they would break the one line per job; set it to
+# true to see them).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
