@@ -3,6 +3,7 @@ per-epoch metrics sent in batches, artifacts, models, and the true final status.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -30,7 +31,20 @@ PARAM_VALUE_MAX = 6000
 
 
 def get_client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    """A client on ``uri``. MLflow creates and migrates a fresh sqlite store when the client is
+    made; processes starting together on a new database race on those migrations ("table
+    already exists", "Online migration expected to match one row"), so for sqlite the client
+    is made under an exclusive lock on the database's folder: one migrates, the rest wait."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    folder = store.sqlite_path(uri).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return MlflowClient(tracking_uri=uri)
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def ensure_experiment(client: MlflowClient, name: str, description: str | None = None) -> str:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -251,6 +252,49 @@ def test_unreachable_store_fails_in_seconds_before_training(run_cli, tmp_path, s
     assert list(tmp_path.iterdir()) == []
 
 
+RACER = """
+import sys, time
+from pathlib import Path
+from src import tracking
+uri, go, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+while not go.exists():  # all eight are imported and waiting: go at the same instant
+    time.sleep(0.002)
+client = tracking.get_client(uri)
+experiment = tracking.ensure_experiment(client, "losslab")
+runs = tracking.RunSet.start(client, experiment, [f"seed {seed}"], [{"seed": seed}], [{}])
+runs.add_metrics(1, {"train/loss": [seed / 10]})
+runs.flush()
+runs.end(["FINISHED"])
+"""
+
+
+def test_eight_writers_starting_at_once_on_a_fresh_store_all_land(tmp_path, store_uri, client):
+    """The race behind parallel jobs, made exact: eight processes create the store, the
+    experiment and a run at the same instant. Without the lock in tracking.get_client, 7 of 8
+    died on the migrations here."""
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, store_uri, str(go), str(seed)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(8)
+    ]
+    time.sleep(8)  # let them import mlflow
+    go.touch()
+    errors = [racer.communicate(timeout=120)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 8, errors
+    runs = runs_of(client)
+    assert sorted(r.data.tags["seed"] for r in runs) == [str(seed) for seed in range(8)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.metrics["train/loss"] for r in runs) == [s / 10 for s in range(8)]
+    default = client.get_experiment_by_name("Default")  # no run strayed there (mlflow#4123)
+    assert default is None or not client.search_runs([default.experiment_id])
+
+
+@pytest.mark.slow
 def test_eight_processes_on_a_fresh_store_make_eight_complete_runs(tmp_path, store_uri, client):
     args = ("loss=mae", "trainer.max_epochs=2", "logger.log_model=false")
     processes = [start_cli(tmp_path / f"job{i}", store_uri, *args, f"seed={i}") for i in range(8)]
