@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,6 +74,8 @@ CATALOGUE = [
     bad("loss=mse dataset=circles", "pick one of: regression"),
     bad("loss=hinge loss.output=sigmoid", "needs an output in ['tanh', 'identity']"),
     bad("dataset.generator._target_=os.system", "outside the allowed prefixes"),
+    bad("loss.fn._target_=builtins.eval", "loss.fn._target_=builtins.eval is outside"),
+    bad("optimizer._target_=subprocess.Popen", "optimizer._target_=subprocess.Popen is outside"),
     # the store
     bad("loss=mse", "is a file store", MLFLOW_TRACKING_URI="mlruns"),
     bad("loss=mse", "is malformed", MLFLOW_TRACKING_URI="sqlite://"),
@@ -329,3 +332,106 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri
     assert "NotADirectoryError" in run.data.tags["error"]
     assert [s for s, _ in history(client, run.info.run_id)] == list(range(1, 21))  # all kept
     assert "final/test/accuracy" in run.data.metrics
+
+
+# ---- safe defaults --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder."""
+    port = closed_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+    yield port
+    server.terminate()
+    server.wait(timeout=30)
+
+
+SECRETS = ("pw-in-uri-7f3a", "pw-in-env-9c1b")
+
+
+def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    base = f"127.0.0.1:{mlflow_server}"
+    result = run_cli(
+        "loss=mae",
+        "trainer.max_epochs=2",
+        "logger.log_model=false",
+        f"logger.tracking_uri=http://alice:{SECRETS[0]}@{base}",  # shows in overrides and config
+        env={
+            "MLFLOW_TRACKING_USERNAME": "alice",
+            "MLFLOW_TRACKING_PASSWORD": SECRETS[1],
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"http://{base}")
+    (run,) = runs_of(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["logger.tracking_uri"] == f"http://***@{base}"
+    assert "logger.tracking_uri=http://***@" in run.data.tags["overrides"]
+    recorded = [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
+    folder = Path(client.download_artifacts(run.info.run_id, "config", str(tmp_path / "got")))
+    recorded += [path.read_text() for path in folder.iterdir()]
+    assert "http://***@" in (folder / "config.yaml").read_text()
+    assert not [text for text in recorded if any(secret in text for secret in SECRETS)]
+    leaked = [  # the server's database and artifact store, byte for byte
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+        and "outputs" not in path.parts  # Hydra's own local record of the command line
+        and any(secret.encode() in path.read_bytes() for secret in SECRETS)
+    ]
+    assert leaked == []
+    hydra_record = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    assert any(SECRETS[0].encode() in p.read_bytes() for p in hydra_record)  # the scan sees it
+
+
+def test_instantiate_is_fed_project_targets_unless_the_user_widens_the_list():
+    from hydra import compose, initialize_config_dir
+
+    from src import config
+
+    config.register()
+    foreign = "dataset.generator._target_=mylab.data.make_spirals"
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        refused = compose("config", overrides=[foreign])
+        trusted = "allowed_target_prefixes=[src.,sklearn.datasets.,torch.,mylab.]"
+        widened = compose("config", overrides=[foreign, trusted])
+    assert config.DEFAULT_TARGET_PREFIXES == (
+        "src.",
+        "sklearn.datasets.",
+        "torch.nn.functional.",
+        "torch.optim.",
+    )
+    with pytest.raises(config.ConfigError, match="outside the allowed prefixes"):
+        config.validate(refused)
+    assert config.validate(widened).dataset.generator["_target_"] == "mylab.data.make_spirals"
