@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import subprocess
+import sys
 import time
 import traceback
 import warnings
@@ -190,6 +191,10 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            if (checkpoint_dir / "last.ckpt").exists():
+                kept = [o for o in job.overrides if not o.startswith("resume=")]
+                again = " ".join([*kept, f"resume={runs.run_ids[0]}"])
+                print(f"losslab: continue it with: python -m src.train {again}", file=sys.stderr)
             raise KeyboardInterrupt from error
         raise
     return float(np.median([f[f"final/test/{metric}"] for f in finals]))

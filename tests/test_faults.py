@@ -85,12 +85,16 @@ CATALOGUE = [
     bad(f"logger.tracking_uri=http://127.0.0.1:{closed_port()}", "is not reachable"),
     bad("logger.tracking_uri=sqlite:////dev/null/mlflow.db", "cannot create the MLflow store"),
     bad("logger.tracking_uri=sqlite:////proc/losslab/mlflow.db", "cannot create the MLflow"),
+    # resume= that cannot work
+    bad("resume=nope.ckpt", "resume=nope.ckpt is neither a checkpoint file nor an MLflow run id"),
+    bad(f"resume={'ab' * 16}", "does not exist; nothing to resume"),
     # a sweep with one bad grid point: nothing runs, no parent run
     bad("-m optimizer.lr=0.01,0", "optimizer.lr=0.0 must be > 0"),
     bad("-m loss=mse,nope", "unknown loss 'nope'"),
     bad("-m loss=mse,bce dataset=regression", "loss 'bce' is a binary loss"),
     bad("-m seed=0,-2", "seed=-2 must be a non-negative integer"),
     bad("-m dataset.batch_size=32,600", "larger than the train split"),
+    bad("-m seed=0,1 resume=nope.ckpt", "resume= continues one run"),
     bad("-m seed=0,1", "is not reachable", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{closed_port()}"),
 ]
 
@@ -191,6 +195,8 @@ def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "losslab: interrupted; runs are marked KILLED in MLflow" in stderr
+    hint = f"losslab: continue it with: python -m src.train {' '.join(SLOW_BCE)} resume="
+    assert hint in stderr
     assert "Traceback" not in stderr
     (killed,) = runs_of(client)
     run_id = killed.info.run_id
