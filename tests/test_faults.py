@@ -303,25 +303,6 @@ def test_eight_writers_starting_at_once_on_a_fresh_store_all_land(tmp_path, stor
     assert default is None or not client.search_runs([default.experiment_id])
 
 
-@pytest.mark.slow
-def test_eight_processes_on_a_fresh_store_make_eight_complete_runs(tmp_path, store_uri, client):
-    args = ("loss=mae", "trainer.max_epochs=2", "logger.log_model=false")
-    processes = [start_cli(tmp_path / f"job{i}", store_uri, *args, f"seed={i}") for i in range(8)]
-    results = [p.communicate(timeout=280) for p in processes]
-    assert [p.returncode for p in processes] == [0] * 8, [err for _, err in results]
-    runs = runs_of(client)
-    assert sorted(int(r.data.tags["seed"]) for r in runs) == list(range(8))
-    for run in runs:
-        assert run.info.status == "FINISHED"
-        assert [s for s, _ in history(client, run.info.run_id)] == [1, 2]
-        assert "final/test/mse" in run.data.metrics
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
-            "config",
-            "dataset.png",
-            "learning_curves.png",
-        }
-
-
 def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri, client):
     process = start_cli(tmp_path, store_uri, *SLOW_BCE)
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
