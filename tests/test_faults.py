@@ -1,5 +1,9 @@
 """Bad input and faults through the real CLI: one clear line, a truthful store, nothing lost.
 
+Three parts: the bad-input catalogue, faults (divergence, SIGTERM and resume, an unreachable
+store, simultaneous writers, a failing artifact store), and safe defaults (credentials,
+instantiate's allow-list).
+
 The catalogue is one table: add a ``bad(args, expected)`` row for a new mistake. Every row runs
 ``python -m src.train <args>`` in its own empty folder (store and Hydra dirs inside it) and must
 exit != 0 with exactly one stderr line ``losslab: error: ...`` containing ``expected``, no
