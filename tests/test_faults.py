@@ -270,6 +270,7 @@ import sys, time
 from pathlib import Path
 from src import tracking
 uri, go, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+(go.parent / f"ready{seed}").touch()
 while not go.exists():  # all eight are imported and waiting: go at the same instant
     time.sleep(0.002)
 client = tracking.get_client(uri)
@@ -295,7 +296,10 @@ def test_eight_writers_starting_at_once_on_a_fresh_store_all_land(tmp_path, stor
         )
         for seed in range(8)
     ]
-    time.sleep(8)  # let them import mlflow
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready*"))) < 8:  # every racer has imported MLflow
+        assert time.monotonic() < deadline and all(r.poll() is None for r in racers)
+        time.sleep(0.05)
     go.touch()
     errors = [racer.communicate(timeout=120)[1] for racer in racers]
     assert [racer.returncode for racer in racers] == [0] * 8, errors
