@@ -1,7 +1,10 @@
-"""Lightning callbacks: an epoch progress bar, and the bridge from per-epoch history to MLflow."""
+"""Lightning callbacks: an epoch progress bar, the bridge from per-epoch history to MLflow,
+and the periodic checkpoint that `resume=` continues from."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -9,6 +12,9 @@ from tqdm.auto import tqdm
 
 from src.module import LossModule
 from src.tracking import RunSet
+
+# In every checkpoint: the runs it belongs to and the epochs it has trained.
+TRACKING_KEY = "losslab_tracking"
 
 
 class EpochProgressBar(pl.Callback):
@@ -34,33 +40,40 @@ class EpochProgressBar(pl.Callback):
         self.bar.set_postfix({key: f"{last[key].median().item():.4f}" for key in shown})
         self.bar.update(1)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Any) -> None:
+        self._close()  # before the error line is printed (teardown is not called then)
+
 
 class MlflowHistory(pl.Callback):
     """Buffers each epoch's metrics (step = epoch) and sends them in batches: every
-    ``flush_every`` epochs if > 0, and always when training ends or stops on an error."""
+    ``flush_every`` epochs if > 0, and always when training ends or stops on an error.
 
-    def __init__(self, runs: RunSet, flush_every: int) -> None:
+    ``logged`` epochs are already in the runs (a resumed run): they are not sent again. A run
+    resumed from epoch C after being killed at epoch E > C recomputes epochs C+1..E; the store
+    keeps the values sent before the kill (the same numbers: training is deterministic)."""
+
+    def __init__(self, runs: RunSet, flush_every: int, logged: int = 0) -> None:
         self.runs = runs
         self.flush_every = flush_every
-        self.sent = 0  # epochs already buffered
+        self.sent = logged  # epochs already buffered or in the store
 
     def _buffer(self, pl_module: LossModule) -> None:
         for epoch, record in enumerate(pl_module.history[self.sent :], start=self.sent + 1):
             self.runs.add_metrics(epoch, {key: value.tolist() for key, value in record.items()})
-        self.sent = len(pl_module.history)
+        self.sent = max(self.sent, len(pl_module.history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
         if self.flush_every and len(pl_module.history) % self.flush_every == 0:
             self._buffer(pl_module)
             self.runs.flush()
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
-        self.sent = len(pl_module.history)  # a resumed run has sent its earlier epochs
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
         self._buffer(pl_module)
@@ -69,3 +82,36 @@ class MlflowHistory(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: LossModule, exception: Any) -> None:
         self._buffer(pl_module)
         self.runs.flush()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # `resume=<checkpoint>` continues these runs.
+        checkpoint[TRACKING_KEY] = {
+            "run_ids": list(self.runs.run_ids),
+            "epochs": len(pl_module.history),
+        }
+
+
+class EpochCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` every ``every`` epochs and when training ends. Lightning's
+    ModelCheckpoint counts optimizer steps, which never advance here (the module steps its
+    torch optimizer itself), so it would only save at the very end. The file is replaced
+    atomically: a kill while writing leaves the previous checkpoint whole."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.path = folder / "last.ckpt"
+        self.every = every
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".part")
+        trainer.save_checkpoint(partial)
+        os.replace(partial, self.path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every == 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)

@@ -9,6 +9,7 @@ a mistake is reported before torch, Lightning or MLflow is imported.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -102,6 +103,14 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
 @dataclass
 class OutliersConfig:
     """Corrupt a fraction of regression targets (after scaling) by adding +-scale."""
@@ -143,7 +152,11 @@ class DatasetConfig:
         gen = self.generator
         _require("_target_" in gen, "dataset.generator needs a _target_ (a data function)")
         n = gen.get("n_samples")
-        if isinstance(n, int):
+        _require(
+            n is None or _is_int(n),
+            f"dataset.generator.n_samples={n!r} must be an integer",
+        )
+        if n is not None:
             n_train = train_rows(n, self.train_fraction)
             smallest = math.ceil(1 / min(self.train_fraction, 1 - self.train_fraction))
             _require(
@@ -158,8 +171,8 @@ class DatasetConfig:
             )
         noise = gen.get("noise")
         _require(
-            noise is None or noise >= 0,
-            f"dataset.generator.noise={noise} must be >= 0",
+            noise is None or (_is_number(noise) and noise >= 0),
+            f"dataset.generator.noise={noise!r} must be a number >= 0",
         )
         _require(
             self.task == Task.regression or self.scale_y == Scaling.none,
@@ -323,15 +336,42 @@ def datasets_for(task: Task) -> list[str]:
     ]
 
 
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The job's own settings: a callback sees Hydra's node too, which the schema does not know."""
+    if "hydra" not in cfg:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def validate(cfg: DictConfig) -> LosslabConfig:
     """Run every value check and the pairing rule; return the typed config."""
-    if "hydra" in cfg:  # a callback sees Hydra's own node too; the schema does not know it
-        cfg = copy.deepcopy(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
+    cfg = without_hydra(cfg)
+    _reject_added_keys(cfg)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, LosslabConfig)
     return obj
+
+
+def _reject_added_keys(node: DictConfig, path: str = "") -> None:
+    """``+key=value`` slips a key past the schema, and to_object would silently drop it (or
+    hand it to a constructor at run time): refuse keys a schema node does not declare."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return  # a free-form node (dataset.generator, loss.fn): its target decides
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        name = f"{path}{key}"
+        _require(
+            key in known,
+            f"unknown key '{name}' (added with +{name}=...); "
+            f"{path.rstrip('.') or 'the top level'} has: {', '.join(known)}",
+        )
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing():
+            _reject_added_keys(child, f"{name}.")
 
 
 def register() -> None:

@@ -5,12 +5,15 @@ Imported only after the config is validated, because it pulls in torch, Lightnin
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
+import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +21,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from src import plots, store, tracking
-from src.callbacks import EpochProgressBar, MlflowHistory
+from src import plots, resume, store, tracking
+from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
 from src.config import LosslabConfig, Task
 from src.data import Split, StudyDataModule
 from src.metrics import lower_is_better, metrics_for, primary_name
@@ -82,7 +84,7 @@ def trivial_score(split: Split, task: Task) -> float:
 
 
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
-NOT_IN_NAME = ("loss", "seed", "members", "trainer.enable_progress_bar")
+NOT_IN_NAME = ("loss", "seed", "members", "resume", "trainer.enable_progress_bar")
 NOT_IN_NAME_PREFIXES = ("logger.", "hydra.")
 
 
@@ -124,6 +126,103 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     # Tracking: one run per member, children of the sweep's parent run when there is one.
     uri = store.resolve_uri(typed.logger.tracking_uri)
     client = tracking.get_client(uri)
+    names = [run_name(typed.loss.name, job.overrides, seed) for seed in seeds]
+    checkpoint_dir = job.output_dir / "checkpoints"
+    logged = 0
+    ckpt_path = None
+    if typed.resume:
+        found = resume.locate(typed.resume, uri, cfg)
+        ckpt_path, logged = found.checkpoint, found.logged
+        resumed = {"resumed_from": f"epoch {found.epoch}: {found.checkpoint}"}
+        runs = tracking.RunSet.reopen(client, found.run_ids, resumed)
+        log.info(f"resuming {len(found.run_ids)} run(s) from epoch {found.epoch}")
+    else:
+        runs = _start_runs(cfg, typed, job, client, names, seeds, split)
+
+    single = job.sweep_dir is None
+    callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs, logged)]
+    if single and typed.trainer.enable_progress_bar:
+        callbacks.append(EpochProgressBar(names[0] if len(seeds) == 1 else typed.loss.name, metric))
+    if typed.trainer.checkpoint_every_n_epochs:
+        callbacks.append(EpochCheckpoint(checkpoint_dir, typed.trainer.checkpoint_every_n_epochs))
+    trainer = pl.Trainer(
+        max_epochs=typed.trainer.max_epochs,
+        accelerator=typed.trainer.accelerator,
+        devices=typed.trainer.devices,
+        deterministic=typed.trainer.deterministic,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,  # EpochCheckpoint writes them
+        num_sanity_val_steps=0,
+        default_root_dir=job.output_dir,
+        callbacks=callbacks,
+    )
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
+        train_scores = module.evaluate(*data.train)
+        test_scores = module.evaluate(*data.test)
+        baseline = trivial_score(split, typed.loss.task)
+        statuses = []
+        finals = []
+        final_all = {f"final/train/{n}": v.tolist() for n, v in train_scores.items()}
+        final_all.update({f"final/test/{n}": v.tolist() for n, v in test_scores.items()})
+        runs.add_metrics(len(history), final_all)
+        for k in range(len(seeds)):
+            final = {name: values[k] for name, values in final_all.items()}
+            member_history = [{key: values[k] for key, values in row.items()} for row in history]
+            fig = plots.learning_curves(member_history, metric, f"{names[k]}: loss and {metric}")
+            runs.log_figure(k, fig, "learning_curves.png")
+            diverged = int(module.diverged_at[k])
+            test_value = final[f"final/test/{metric}"]
+            if diverged:
+                outcome = "diverged"
+            elif (test_value >= baseline) if lower_is_better(metric) else (test_value <= baseline):
+                outcome = "collapsed"
+            else:
+                outcome = "ok"
+            runs.set_tags(k, {"outcome": outcome, "trivial_test_score": f"{baseline:.4f}"})
+            if typed.logger.log_model and not diverged:
+                runs.log_model(
+                    k,
+                    model.export(k),
+                    split.x_test[:5],
+                    [f"torch=={torch.__version__.split('+')[0]}"],
+                )
+            _log_checkpoint(runs, k, checkpoint_dir)
+            statuses.append("FAILED" if diverged else "FINISHED")
+            if diverged:
+                runs.set_tags(k, {"error": f"loss became non-finite at epoch {diverged}"})
+            finals.append(final)
+            line = _study_line(final, metric, typed.loss.metrics)
+            prefix = f"#{job.job_num} " if job.job_num is not None else ""
+            elapsed = time.perf_counter() - started
+            log.info(f"{prefix}{names[k]}: {line} [{outcome}, {elapsed:.1f}s]")
+        runs.flush()
+        runs.end(statuses)
+    except BaseException as error:
+        _close_stopped(runs, error, checkpoint_dir)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            if (checkpoint_dir / "last.ckpt").exists():
+                kept = [o for o in job.overrides if not o.startswith("resume=")]
+                again = " ".join([*kept, f"resume={runs.run_ids[0]}"])
+                print(f"losslab: continue it with: python -m src.train {again}", file=sys.stderr)
+            raise KeyboardInterrupt from error
+        raise
+    return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+
+
+def _start_runs(
+    cfg: DictConfig,
+    typed: LosslabConfig,
+    job: JobContext,
+    client: tracking.MlflowClient,
+    names: list[str],
+    seeds: list[int],
+    split: Split,
+) -> tracking.RunSet:
+    """New runs, one per member, with their tags, params, config files and data figure."""
     experiment_id = tracking.ensure_experiment(
         client, typed.logger.experiment, EXPERIMENT_DESCRIPTION
     )
@@ -133,7 +232,6 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     if job.sweep_dir is not None and (job.sweep_dir / PARENT_RUN_FILE).exists():
         parent = (job.sweep_dir / PARENT_RUN_FILE).read_text().strip()
     version = git_version()
-    names = [run_name(typed.loss.name, job.overrides, seed) for seed in seeds]
     tags = []
     params = []
     for k, seed in enumerate(seeds):
@@ -156,101 +254,40 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
         tags.append({key: store.redact(value) for key, value in run_tags.items()})
         params.append({**tracking.flatten(resolved), "seed": seed})
     runs = tracking.RunSet.start(client, experiment_id, names, tags, params)
-    for k in range(len(seeds)):
-        runs.log_text(k, config_yaml, "config/config.yaml")
-        runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
-        runs.log_figure(k, plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
-
-    single = job.sweep_dir is None
-    callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs)]
-    if single and typed.trainer.enable_progress_bar:
-        callbacks.append(EpochProgressBar(names[0] if len(seeds) == 1 else typed.loss.name, metric))
-    checkpoint_dir = job.output_dir / "checkpoints"
-    if typed.trainer.checkpoint_every_n_epochs:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                every_n_epochs=typed.trainer.checkpoint_every_n_epochs,
-                save_top_k=0,
-                save_last=True,
-            )
-        )
-    trainer = pl.Trainer(
-        max_epochs=typed.trainer.max_epochs,
-        accelerator=typed.trainer.accelerator,
-        devices=typed.trainer.devices,
-        deterministic=typed.trainer.deterministic,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=job.output_dir,
-        callbacks=callbacks,
-    )
     try:
-        trainer.fit(module, datamodule=data)
-    except BaseException as error:
-        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
-        status = "KILLED" if interrupted else "FAILED"
-        reason = "interrupted" if interrupted else f"{type(error).__name__}: {error}"
         for k in range(len(seeds)):
-            runs.set_tags(
-                k,
-                {
-                    "outcome": "diverged" if isinstance(error, Diverged) else status.lower(),
-                    "error": reason[:5000],
-                },
-            )
-            if not interrupted:
-                runs.log_text(k, traceback.format_exc(), "error.txt")
-            _log_checkpoint(runs, k, checkpoint_dir)
-        runs.end([status] * len(seeds))
-        if interrupted:
-            raise KeyboardInterrupt from error
+            runs.log_text(k, config_yaml, "config/config.yaml")
+            runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
+            runs.log_figure(k, plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
+    except BaseException as error:
+        _close_stopped(runs, error, None)
         raise
+    return runs
 
-    history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
-    train_scores = module.evaluate(*data.train)
-    test_scores = module.evaluate(*data.test)
-    baseline = trivial_score(split, typed.loss.task)
-    statuses = []
-    finals = []
-    final_all = {f"final/train/{n}": v.tolist() for n, v in train_scores.items()}
-    final_all.update({f"final/test/{n}": v.tolist() for n, v in test_scores.items()})
-    runs.add_metrics(len(history), final_all)
-    for k in range(len(seeds)):
-        final = {name: values[k] for name, values in final_all.items()}
-        member_history = [{key: values[k] for key, values in row.items()} for row in history]
-        fig = plots.learning_curves(member_history, metric, f"{names[k]}: loss and {metric}")
-        runs.log_figure(k, fig, "learning_curves.png")
-        diverged = int(module.diverged_at[k])
-        test_value = final[f"final/test/{metric}"]
-        if diverged:
-            outcome = "diverged"
-        elif (test_value >= baseline) if lower_is_better(metric) else (test_value <= baseline):
-            outcome = "collapsed"
-        else:
-            outcome = "ok"
-        runs.set_tags(k, {"outcome": outcome, "trivial_test_score": f"{baseline:.4f}"})
-        if typed.logger.log_model and not diverged:
-            runs.log_model(
-                k,
-                model.export(k),
-                split.x_test[:5],
-                [f"torch=={torch.__version__.split('+')[0]}"],
-            )
-        _log_checkpoint(runs, k, checkpoint_dir)
-        statuses.append("FAILED" if diverged else "FINISHED")
-        if diverged:
-            runs.set_tags(k, {"error": f"loss became non-finite at epoch {diverged}"})
-        finals.append(final)
-        line = _study_line(final, metric, typed.loss.metrics)
-        prefix = f"#{job.job_num} " if job.job_num is not None else ""
-        elapsed = time.perf_counter() - started
-        log.info(f"{prefix}{names[k]}: {line} [{outcome}, {elapsed:.1f}s]")
-    runs.flush()
-    runs.end(statuses)
-    return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+
+def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | None) -> None:
+    """Close runs that stopped early with the truth: KILLED (Ctrl-C, SIGTERM) or FAILED with
+    the reason as a tag, keeping the metrics buffered so far and the last checkpoint. Each
+    write is attempted on its own, so a failing artifact store cannot leave a run RUNNING."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+    status = "KILLED" if interrupted else "FAILED"
+    reason = "interrupted" if interrupted else f"{type(error).__name__}: {error}"
+    tags = {"outcome": "diverged" if isinstance(error, Diverged) else status.lower()}
+    tags["error"] = reason[:5000]
+    details = traceback.format_exc()
+    steps: list[Callable[[], object]] = [runs.flush]
+    for k in range(len(runs.run_ids)):
+        steps.append(functools.partial(runs.set_tags, k, tags))
+        if not interrupted:
+            steps.append(functools.partial(runs.log_text, k, details, "error.txt"))
+        if folder is not None:
+            steps.append(functools.partial(_log_checkpoint, runs, k, folder))
+    for step in steps:
+        try:
+            step()
+        except Exception as failed:  # keep closing; the store may be what failed
+            log.warning(f"losslab: could not record the stop in MLflow: {failed}")
+    runs.end([status] * len(runs.run_ids))
 
 
 def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:

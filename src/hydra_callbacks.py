@@ -41,8 +41,9 @@ SWEEP = SweepState()
 
 
 class Abort(BaseException):
-    """Stops Hydra from a callback (Hydra turns a callback's Exception into a mere warning);
-    the entry point reports the cause."""
+    """Stops Hydra from a callback or a single run's task (Hydra turns a callback's Exception
+    into a mere warning, and prints a failed task's overrides first); the entry point reports
+    the cause in one line."""
 
 
 def _abort_on_error(method: Callable[..., None]) -> Callable[..., None]:
@@ -86,7 +87,12 @@ class LosslabCallback(Callback):
     @_abort_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         typed = validate(config)
-        store.check(store.resolve_uri(typed.logger.tracking_uri))
+        uri = store.resolve_uri(typed.logger.tracking_uri)
+        store.check(uri)
+        if typed.resume:  # the run and checkpoint must exist before an output dir is made
+            from src import resume
+
+            resume.locate(typed.resume, uri, config)
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -94,6 +100,8 @@ class LosslabCallback(Callback):
         jobs = _sweep_configs(config) if grid else [config]
         checked = [validate(job) for job in jobs]  # every job, before anything is created
         typed = checked[0]
+        if any(job.resume for job in checked):
+            raise ConfigError("resume= continues one run; resume each sweep job on its own")
         uri = store.resolve_uri(typed.logger.tracking_uri)
         store.check(uri)
 

@@ -7,12 +7,15 @@ the old ``./mlruns`` file store, so file URIs are rejected here with a pointer t
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from src.config import ConfigError
 
@@ -49,12 +52,16 @@ def check(uri: str) -> None:
     scheme = parts.scheme.lower()
     shown = redact(uri)
     if scheme in ("http", "https"):
+        try:
+            parts.port  # noqa: B018 (parses the port: "host:abc" raises)
+        except ValueError as err:
+            raise ConfigError(f"tracking URI '{shown}' is malformed: {err}") from None
         if not parts.hostname:
             raise ConfigError(f"tracking URI '{shown}' has no host; use e.g. http://127.0.0.1:5000")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S):
+            with urllib.request.urlopen(_health_request(parts), timeout=SERVER_TIMEOUT_S):
                 pass
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise ConfigError(
                 f"MLflow server at {shown} is not reachable ({reason}); start it with "
@@ -66,20 +73,67 @@ def check(uri: str) -> None:
                 f"tracking URI '{shown}' is malformed; use sqlite:///relative.db or "
                 "sqlite:////absolute/path/mlflow.db"
             )
-        folder = sqlite_path(uri).resolve().parent
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        if not os.access(existing, os.W_OK):
-            raise ConfigError(
-                f"cannot write the MLflow store {sqlite_path(uri)} ({existing} is not writable); "
-                "point MLFLOW_TRACKING_URI at a writable sqlite:/// path"
-            )
+        _check_writable(sqlite_path(uri))
     elif scheme in ("", "file") or re.fullmatch(r"[a-z]", scheme):
         raise ConfigError(
             f"tracking URI '{shown}' is a file store, which MLflow >= 3.13 refuses; use "
             "sqlite:///mlflow.db (migrate old runs with `mlflow migrate-filestore`)"
         )
-    elif scheme not in ("postgresql", "mysql", "mssql", "databricks") and "+" not in scheme:
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        _check_driver(uri, shown)
+    elif scheme != "databricks":
         raise ConfigError(
             f"tracking URI '{shown}' has an unknown scheme '{scheme}'; use http://host:port, "
             "sqlite:///path.db or postgresql://..."
         )
+
+
+def _health_request(parts: SplitResult) -> urllib.request.Request:
+    """GET <server>/health; credentials in the URI go in a header (urllib cannot read them
+    from the host part), as MLflow's own client sends them."""
+    host = parts.netloc.rpartition("@")[2]
+    path = parts.path.rstrip("/")
+    request = urllib.request.Request(f"{parts.scheme}://{host}{path}/health")
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(token).decode()}")
+    return request
+
+
+def _check_writable(db: Path) -> None:
+    """The database (or the folder it will be created in) must be writable. A real probe file,
+    not os.access: root passes every permission check yet cannot write under /proc."""
+    target = db.resolve()
+    if target.is_dir():
+        raise ConfigError(f"the MLflow store {db} is a directory; name a .db file inside it")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"cannot write the MLflow store {db}; check its permissions")
+        return
+    existing = next(p for p in target.parents if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the MLflow store {db} ({err.strerror or err}); "
+            "point MLFLOW_TRACKING_URI at a writable sqlite:/// path"
+        ) from None
+
+
+def _check_driver(uri: str, shown: str) -> None:
+    """A database URI needs its Python driver; say so now, not after the run has started."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise ConfigError(f"tracking URI '{shown}' is malformed: {err}") from None
+    except ImportError as err:
+        raise ConfigError(
+            f"tracking URI '{shown}' needs the database driver '{err.name}', which is not "
+            "installed; pip install it or use sqlite:///mlflow.db"
+        ) from None

@@ -3,7 +3,9 @@ per-epoch metrics sent in batches, artifacts, models, and the true final status.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -19,6 +21,9 @@ from src import store
 # MLflow sets its own log level on import; its database-migration lines are not news.
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# Nor are its artifact progress bars (they would break the one line per job; set it to
+# true to see them).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
@@ -26,7 +31,20 @@ PARAM_VALUE_MAX = 6000
 
 
 def get_client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    """A client on ``uri``. MLflow creates and migrates a fresh sqlite store when the client is
+    made; processes starting together on a new database race on those migrations ("table
+    already exists", "Online migration expected to match one row"), so for sqlite the client
+    is made under an exclusive lock on the database's folder: one migrates, the rest wait."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    folder = store.sqlite_path(uri).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return MlflowClient(tracking_uri=uri)
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def ensure_experiment(client: MlflowClient, name: str, description: str | None = None) -> str:
@@ -87,6 +105,18 @@ class RunSet:
                 client.log_batch(run.info.run_id, params=items[i : i + PARAM_CHUNK])
         return cls(client, run_ids)
 
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_ids: list[str], tags: dict[str, str]) -> RunSet:
+        """Continue existing runs (a resume): RUNNING again, the old error tag dropped."""
+        for run_id in run_ids:
+            client.update_run(run_id, status="RUNNING")
+            if "error" in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, "error")
+        runs = cls(client, run_ids)
+        for member in range(len(run_ids)):
+            runs.set_tags(member, tags)
+        return runs
+
     def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
         """Buffer one step's values ({key: one value per member}); nothing is sent yet."""
         now = int(time.time() * 1000)
@@ -133,6 +163,19 @@ class RunSet:
         """Close every run with its true status: FINISHED, FAILED or KILLED."""
         for run_id, status in zip(self.run_ids, statuses):
             self.client.set_terminated(run_id, status)
+
+
+def logged_epochs(client: MlflowClient, run_id: str) -> int:
+    """How many epochs of per-epoch metrics the run holds (its last train/loss step)."""
+    return max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=0)
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path | None:
+    """The run's checkpoint artifact (checkpoints/last.ckpt) copied into ``folder``, if any."""
+    try:
+        return Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(folder)))
+    except (MlflowException, OSError):
+        return None
 
 
 def write_temp(text: str, name: str) -> Path:

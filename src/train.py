@@ -11,17 +11,20 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import config
+from src import config, hydra_callbacks
 from src.cli import one_line_error
 from src.config import ConfigError
 
 config.register()
+SWITCHES = ("-m", "--multirun", "-r", "--run", "--resolve")  # Hydra flags that take no value
 
 
 class RunFailed(ConfigError):
@@ -47,12 +50,14 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         raise
     except Exception as error:  # the run is already marked FAILED in MLflow
-        message = f"{' '.join(job.overrides) or 'defaults'}: {type(error).__name__}: {error}"
+        reason = " ".join(str(error).split())  # one line, even for a multi-line message
+        message = f"{' '.join(job.overrides) or 'defaults'}: {type(error).__name__}: {reason}"
         if multirun:  # let the other jobs run; the sweep reports failures at the end
             print(f"#{job.job_num} FAILED {message}", file=sys.stderr)
             (job.output_dir / "error.txt").write_text(message + "\n")  # for the report
             return math.nan
-        raise RunFailed(f"run failed: {message}") from error
+        # Abort, not an Exception: Hydra would print its own "Error executing job" line first.
+        raise hydra_callbacks.Abort() from RunFailed(f"run failed: {message}")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -60,14 +65,29 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _check_arguments() -> None:
+    """Hydra's argparse answers a bad flag with ten lines of usage and cannot take a switch
+    after an override (`loss=mse -m seed=0,1`): move switches first, then parse once with
+    Hydra's own parser so a mistake becomes one line."""
+    args = sys.argv[1:]
+    sys.argv[1:] = [a for a in args if a in SWITCHES] + [a for a in args if a not in SWITCHES]
+    parser = get_args_parser()
+
+    def fail(message: str) -> NoReturn:
+        raise ConfigError(f"{message} (python -m src.train --help lists the options)")
+
+    parser.error = fail  # type: ignore[method-assign]
+    parser.parse_args(sys.argv[1:])
+
+
 def cli() -> None:
     """Run Hydra, turning user mistakes into one line and failed sweeps into exit code 1."""
     signal.signal(signal.SIGTERM, _terminate)
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    from src import hydra_callbacks
 
     try:
+        _check_arguments()
         main()
     except KeyboardInterrupt:
         hydra_callbacks.close_sweep("KILLED")

@@ -26,28 +26,52 @@ def store_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def cli_command(folder: Path, *args: str) -> list[str]:
+    """The real CLI with Hydra's run and sweep dirs under ``folder`` (Hydra's switches such as
+    -m go first: its argparse takes no flag after an override)."""
+    flags = [a for a in args if a.startswith("-")]
+    return [
+        sys.executable,
+        "-m",
+        "src.train",
+        *flags,
+        f"hydra.run.dir={folder}/outputs/run",
+        f"hydra.sweep.dir={folder}/multirun",
+        *(a for a in args if not a.startswith("-")),
+    ]
+
+
+def cli_env(store_uri: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return full_env
+
+
+def invoke(
+    folder: Path,
+    store_uri: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+) -> CliResult:
+    done = subprocess.run(
+        cli_command(folder, *args),
+        cwd=ROOT,
+        env=cli_env(store_uri, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path, store_uri: str) -> Callable[..., CliResult]:
     """Run ``python -m src.train <args>`` from the project root, writing Hydra outputs and the
     MLflow store under tmp_path. Extra environment variables go in ``env``."""
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> CliResult:
-        full_env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, **(env or {})}
-        full_env.pop("HYDRA_FULL_ERROR", None)
-        flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before overrides
-        command = [
-            sys.executable,
-            "-m",
-            "src.train",
-            *flags,
-            f"hydra.run.dir={tmp_path}/outputs/run",
-            f"hydra.sweep.dir={tmp_path}/multirun",
-            *(a for a in args if not a.startswith("-")),
-        ]
-        done = subprocess.run(
-            command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
+        return invoke(tmp_path, store_uri, *args, env=env, timeout=timeout)
 
     return run
 

@@ -1,0 +1,432 @@
+"""Bad input and faults through the real CLI: one clear line, a truthful store, nothing lost.
+
+Three parts: the bad-input catalogue, faults (divergence, SIGTERM and resume, an unreachable
+store, simultaneous writers, a failing artifact store), and safe defaults (credentials,
+instantiate's allow-list).
+
+The catalogue is one table: add a ``bad(args, expected)`` row for a new mistake. Every row runs
+``python -m src.train <args>`` in its own empty folder (store and Hydra dirs inside it) and must
+exit != 0 with exactly one stderr line ``losslab: error: ...`` containing ``expected``, no
+traceback, and nothing created: no Hydra output dir, no MLflow store, so no run and no parent.
+The rows run a few at a time (each is a fresh interpreter), then each is checked on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, CliResult, cli_command, cli_env, invoke, runs_of
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bad(args: str, expected: str, **env: str):
+    return pytest.param(args, expected, env, id=args if not env else f"{env} {args}")
+
+
+CATALOGUE = [
+    # unknown group options list the valid ones
+    bad("loss=foo", "unknown loss 'foo'; choose one of: bce, hinge, mae, mse, msle"),
+    bad("dataset=foo", "unknown dataset 'foo'; choose one of: circles, regression"),
+    bad("model=foo", "unknown model 'foo'; choose one of: mlp"),
+    bad("optimizer=foo", "unknown optimizer 'foo'; choose one of: sgd"),
+    # unknown keys, wrong types
+    bad("optimizer.lrr=0.1", "Key 'lrr' not in 'OptimizerConfig' (to add a new key use +"),
+    bad("+optimizer.betas=1", "unknown key 'optimizer.betas'"),
+    bad("+foo=1", "unknown key 'foo'"),
+    bad("optimizer.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    bad("loss.output=softplus", "Invalid value 'softplus', expected one of [identity"),
+    bad("trainer.max_epochs=many", "could not be converted to Integer"),
+    bad("--bogus", "unrecognized arguments: --bogus"),
+    # out-of-range values
+    bad("optimizer.lr=0", "optimizer.lr=0.0 must be > 0"),
+    bad("optimizer.lr=-0.1", "optimizer.lr=-0.1 must be > 0"),
+    bad("optimizer.lr=nan", "optimizer.lr=nan must be > 0"),
+    bad("optimizer.momentum=1", "optimizer.momentum=1.0 must be in [0, 1)"),
+    bad("optimizer.momentum=-0.5", "optimizer.momentum=-0.5 must be in [0, 1)"),
+    bad("trainer.max_epochs=0", "trainer.max_epochs=0 must be >= 1"),
+    bad("dataset.batch_size=0", "dataset.batch_size=0 must be >= 1"),
+    bad("dataset.batch_size=501", "larger than the train split (500 rows)"),
+    bad("dataset.generator.n_samples=1", "n_samples=1 is too small to split"),
+    bad("dataset.generator.n_samples=abc", "n_samples='abc' must be an integer"),
+    bad("dataset.generator.noise=-0.1", "dataset.generator.noise=-0.1 must be a number >= 0"),
+    bad("dataset.train_fraction=0", "must be strictly between 0 and 1"),
+    bad("dataset.train_fraction=1.5", "must be strictly between 0 and 1"),
+    bad("model.hidden_sizes=[0]", "every layer needs at least 1 unit"),
+    bad("members=0", "members=0 must be >= 1"),
+    bad("seed=-1", "seed=-1 must be a non-negative integer"),
+    bad("seed=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    # combinations that do not fit together
+    bad("loss=bce dataset=regression", "loss 'bce' is a binary loss but dataset 'regression'"),
+    bad("loss=mse dataset=circles", "pick one of: regression"),
+    bad("loss=hinge loss.output=sigmoid", "needs an output in ['tanh', 'identity']"),
+    bad("dataset.generator._target_=os.system", "outside the allowed prefixes"),
+    bad("loss.fn._target_=builtins.eval", "loss.fn._target_=builtins.eval is outside"),
+    bad("optimizer._target_=subprocess.Popen", "optimizer._target_=subprocess.Popen is outside"),
+    # the store
+    bad("loss=mse", "is a file store", MLFLOW_TRACKING_URI="mlruns"),
+    bad("loss=mse", "is malformed", MLFLOW_TRACKING_URI="sqlite://"),
+    bad("loss=mse", "unknown scheme 'htp'", MLFLOW_TRACKING_URI="htp://127.0.0.1:5000"),
+    bad("loss=mse", "has no host", MLFLOW_TRACKING_URI="http://"),
+    bad("loss=mse", "needs the database driver", MLFLOW_TRACKING_URI="mysql://u@127.0.0.1/db"),
+    bad(f"logger.tracking_uri=http://127.0.0.1:{closed_port()}", "is not reachable"),
+    bad("logger.tracking_uri=sqlite:////dev/null/mlflow.db", "cannot create the MLflow store"),
+    bad("logger.tracking_uri=sqlite:////proc/losslab/mlflow.db", "cannot create the MLflow"),
+    # resume= that cannot work
+    bad("resume=nope.ckpt", "resume=nope.ckpt is neither a checkpoint file nor an MLflow run id"),
+    bad(f"resume={'ab' * 16}", "does not exist; nothing to resume"),
+    # a sweep with one bad grid point: nothing runs, no parent run
+    bad("-m optimizer.lr=0.01,0", "optimizer.lr=0.0 must be > 0"),
+    bad("-m loss=mse,nope", "unknown loss 'nope'"),
+    bad("-m loss=mse,bce dataset=regression", "loss 'bce' is a binary loss"),
+    bad("-m seed=0,-2", "seed=-2 must be a non-negative integer"),
+    bad("-m dataset.batch_size=32,600", "larger than the train split"),
+    bad("-m seed=0,1 resume=nope.ckpt", "resume= continues one run"),
+    bad("-m seed=0,1", "is not reachable", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{closed_port()}"),
+]
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, CliResult]]:
+    """Every catalogue row run through the real CLI, each in its own empty folder."""
+
+    def one(row) -> tuple[Path, CliResult]:
+        args, _, env = row.values
+        folder = tmp_path_factory.mktemp("bad")
+        store = f"sqlite:///{folder / 'mlflow.db'}"
+        return folder, invoke(folder, store, *shlex.split(args), env=env, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip((row.id for row in CATALOGUE), pool.map(one, CATALOGUE)))
+
+
+@pytest.mark.parametrize(("args", "expected", "env"), CATALOGUE)
+def test_bad_input_gets_one_line_and_creates_nothing(answers, request, args, expected, env):
+    folder, result = answers[request.node.callspec.id]
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("losslab: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(folder.iterdir()) == []  # no outputs/, multirun/ or mlflow.db
+
+
+# ---- faults: each drives a real subprocess and then reads the store ----------------------------
+
+SLOW_BCE = (  # 20 short epochs on circles, a checkpoint every 5
+    "loss=bce",
+    "trainer.max_epochs=20",
+    "trainer.checkpoint_every_n_epochs=5",
+    "logger.log_model=false",
+    "trainer.enable_progress_bar=false",
+)
+
+
+def start_cli(folder: Path, store_uri: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        cli_command(folder, *args),
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Block until ``path`` exists (the run has reached that point), failing if it never does."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def history(client, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_divergence_stops_at_once_failed_with_reason_and_metrics_kept(run_cli, client):
+    result = run_cli(
+        "optimizer.lr=100",
+        "trainer.max_epochs=30",
+        "logger.log_model=false",
+        "trainer.enable_progress_bar=false",
+    )
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith("losslab: error: run failed: ") and "Diverged" in line
+    assert "lower optimizer.lr" in line
+    (run,) = runs_of(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["outcome"] == "diverged"
+    assert "training loss is [nan] at epoch 1" in run.data.tags["error"]
+    steps = history(client, run.info.run_id)
+    assert [s for s, _ in steps] == [1] and math.isnan(steps[0][1])  # stopped at once, kept
+    assert history(client, run.info.run_id, "test/mse")  # the test score of that epoch too
+
+
+def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
+    tmp_path, store_uri, run_cli, client
+):
+    process = start_cli(tmp_path, store_uri, *SLOW_BCE)
+    checkpoint = tmp_path / "outputs/run/checkpoints/last.ckpt"
+    wait_for(checkpoint, process)  # epoch 5 done
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "losslab: interrupted; runs are marked KILLED in MLflow" in stderr
+    hint = f"losslab: continue it with: python -m src.train {' '.join(SLOW_BCE)} resume="
+    assert hint in stderr
+    assert "Traceback" not in stderr
+    (killed,) = runs_of(client)
+    run_id = killed.info.run_id
+    assert killed.info.status == "KILLED" and killed.data.tags["outcome"] == "killed"
+    kept = history(client, run_id)
+    assert 5 <= len(kept) < 20 and [s for s, _ in kept] == list(range(1, len(kept) + 1))
+    assert checkpoint.is_file()
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/last.ckpt"
+    ]
+
+    # Resume by run id from the artifact alone: the local output folder is gone.
+    shutil.rmtree(tmp_path / "outputs")
+    wrong = run_cli(*SLOW_BCE, "optimizer.lr=0.02", f"resume={run_id}")
+    assert wrong.returncode == 1
+    assert "was started with optimizer.lr=0.01 (now 0.02)" in one_error_line(wrong.stderr)
+    assert not (tmp_path / "outputs").exists()
+    resumed = run_cli(*SLOW_BCE, f"resume={run_id}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming 1 run(s) from epoch 5" in resumed.stdout
+
+    full = run_cli(*SLOW_BCE)  # the same seed, never interrupted
+    assert full.returncode == 0, full.stderr
+    runs = {r.info.run_id: r for r in runs_of(client)}
+    assert len(runs) == 2
+    after = runs.pop(run_id)
+    (uninterrupted,) = runs.values()
+    assert after.info.status == "FINISHED" and after.data.tags["outcome"] == "ok"
+    assert "error" not in after.data.tags and after.data.tags["resumed_from"].startswith("epoch 5")
+    for key in ("train/loss", "test/loss", "train/accuracy", "test/accuracy"):
+        got, want = history(client, run_id, key), history(client, uninterrupted.info.run_id, key)
+        assert [s for s, _ in got] == list(range(1, 21))  # every epoch once, none twice
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6)
+    finals = {k: v for k, v in after.data.metrics.items() if k.startswith("final/")}
+    assert len(finals) == 4
+    assert finals == pytest.approx({k: uninterrupted.data.metrics[k] for k in finals}, abs=1e-6)
+
+
+class SilentServer:
+    """Accepts connections and never answers: a hung tracking server."""
+
+    def __enter__(self) -> str:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("server", ["closed port", "hung server"])
+def test_unreachable_store_fails_in_seconds_before_training(run_cli, tmp_path, server):
+    with SilentServer() as hung:
+        uri = hung if server == "hung server" else f"http://127.0.0.1:{closed_port()}"
+        began = time.monotonic()
+        result = run_cli("trainer.max_epochs=2", env={"MLFLOW_TRACKING_URI": uri})
+        elapsed = time.monotonic() - began
+    assert result.returncode == 1
+    assert "is not reachable" in one_error_line(result.stderr)
+    assert elapsed < 15  # start-up plus a 3 s timeout, on a loaded machine
+    assert list(tmp_path.iterdir()) == []
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from src import tracking
+uri, go, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+(go.parent / f"ready{seed}").touch()
+while not go.exists():  # all eight are imported and waiting: go at the same instant
+    time.sleep(0.002)
+client = tracking.get_client(uri)
+experiment = tracking.ensure_experiment(client, "losslab")
+runs = tracking.RunSet.start(client, experiment, [f"seed {seed}"], [{"seed": seed}], [{}])
+runs.add_metrics(1, {"train/loss": [seed / 10]})
+runs.flush()
+runs.end(["FINISHED"])
+"""
+
+
+def test_eight_writers_starting_at_once_on_a_fresh_store_all_land(tmp_path, store_uri, client):
+    """The race behind parallel jobs, made exact: eight processes create the store, the
+    experiment and a run at the same instant. Without the lock in tracking.get_client, 7 of 8
+    died on the migrations here."""
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, store_uri, str(go), str(seed)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(8)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready*"))) < 8:  # every racer has imported MLflow
+        assert time.monotonic() < deadline and all(r.poll() is None for r in racers)
+        time.sleep(0.05)
+    go.touch()
+    errors = [racer.communicate(timeout=120)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 8, errors
+    runs = runs_of(client)
+    assert sorted(r.data.tags["seed"] for r in runs) == [str(seed) for seed in range(8)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.metrics["train/loss"] for r in runs) == [s / 10 for s in range(8)]
+    default = client.get_experiment_by_name("Default")  # no run strayed there (mlflow#4123)
+    assert default is None or not client.search_runs([default.experiment_id])
+
+
+def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri, client):
+    process = start_cli(tmp_path, store_uri, *SLOW_BCE)
+    wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
+    artifacts = tmp_path / "mlartifacts"
+    shutil.rmtree(artifacts)  # the artifact store breaks under the running job
+    artifacts.write_text("not a folder")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    line = one_error_line(stderr)
+    assert line.startswith("losslab: error: run failed: ") and "NotADirectoryError" in line
+    (run,) = runs_of(client)
+    assert run.info.status == "FAILED"  # not FINISHED with holes
+    assert run.data.tags["outcome"] == "failed"
+    assert "NotADirectoryError" in run.data.tags["error"]
+    assert [s for s, _ in history(client, run.info.run_id)] == list(range(1, 21))  # all kept
+    assert "final/test/accuracy" in run.data.metrics
+
+
+# ---- safe defaults --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder."""
+    port = closed_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+    yield port
+    server.terminate()
+    server.wait(timeout=30)
+
+
+SECRETS = ("pw-in-uri-7f3a", "pw-in-env-9c1b")
+
+
+def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    base = f"127.0.0.1:{mlflow_server}"
+    result = run_cli(
+        "loss=mae",
+        "trainer.max_epochs=2",
+        "logger.log_model=false",
+        f"logger.tracking_uri=http://alice:{SECRETS[0]}@{base}",  # shows in overrides and config
+        env={
+            "MLFLOW_TRACKING_USERNAME": "alice",
+            "MLFLOW_TRACKING_PASSWORD": SECRETS[1],
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"http://{base}")
+    (run,) = runs_of(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["logger.tracking_uri"] == f"http://***@{base}"
+    assert "logger.tracking_uri=http://***@" in run.data.tags["overrides"]
+    recorded = [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
+    folder = Path(client.download_artifacts(run.info.run_id, "config", str(tmp_path / "got")))
+    recorded += [path.read_text() for path in folder.iterdir()]
+    assert "http://***@" in (folder / "config.yaml").read_text()
+    assert not [text for text in recorded if any(secret in text for secret in SECRETS)]
+    leaked = [  # the server's database and artifact store, byte for byte
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+        and "outputs" not in path.parts  # Hydra's own local record of the command line
+        and any(secret.encode() in path.read_bytes() for secret in SECRETS)
+    ]
+    assert leaked == []
+    hydra_record = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    assert any(SECRETS[0].encode() in p.read_bytes() for p in hydra_record)  # the scan sees it
+
+
+def test_instantiate_is_fed_project_targets_unless_the_user_widens_the_list():
+    from hydra import compose, initialize_config_dir
+
+    from src import config
+
+    config.register()
+    foreign = "dataset.generator._target_=mylab.data.make_spirals"
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        refused = compose("config", overrides=[foreign])
+        trusted = "allowed_target_prefixes=[src.,sklearn.datasets.,torch.,mylab.]"
+        widened = compose("config", overrides=[foreign, trusted])
+    assert config.DEFAULT_TARGET_PREFIXES == (
+        "src.",
+        "sklearn.datasets.",
+        "torch.nn.functional.",
+        "torch.optim.",
+    )
+    with pytest.raises(config.ConfigError, match="outside the allowed prefixes"):
+        config.validate(refused)
+    assert config.validate(widened).dataset.generator["_target_"] == "mylab.data.make_spirals"
