@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from src.config import CONF_DIR
 from tests.conftest import ROOT, CliResult, cli_command, cli_env, invoke, runs_of
 
 
@@ -37,16 +38,24 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+# The discard port: nothing listens there, and a fixed value keeps test ids stable (xdist).
+NOBODY = "http://127.0.0.1:9"
+
+
 def bad(args: str, expected: str, **env: str):
     return pytest.param(args, expected, env, id=args if not env else f"{env} {args}")
 
 
+def options(group: str) -> str:
+    return ", ".join(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml")))
+
+
 CATALOGUE = [
     # unknown group options list the valid ones
-    bad("loss=foo", "unknown loss 'foo'; choose one of: bce, hinge, mae, mse, msle"),
-    bad("dataset=foo", "unknown dataset 'foo'; choose one of: circles, regression"),
-    bad("model=foo", "unknown model 'foo'; choose one of: mlp"),
-    bad("optimizer=foo", "unknown optimizer 'foo'; choose one of: sgd"),
+    bad("loss=foo", f"unknown loss 'foo'; choose one of: {options('loss')}"),
+    bad("dataset=foo", f"unknown dataset 'foo'; choose one of: {options('dataset')}"),
+    bad("model=foo", f"unknown model 'foo'; choose one of: {options('model')}"),
+    bad("optimizer=foo", f"unknown optimizer 'foo'; choose one of: {options('optimizer')}"),
     # unknown keys, wrong types
     bad("optimizer.lrr=0.1", "Key 'lrr' not in 'OptimizerConfig' (to add a new key use +"),
     bad("+optimizer.betas=1", "unknown key 'optimizer.betas'"),
@@ -86,7 +95,7 @@ CATALOGUE = [
     bad("loss=mse", "unknown scheme 'htp'", MLFLOW_TRACKING_URI="htp://127.0.0.1:5000"),
     bad("loss=mse", "has no host", MLFLOW_TRACKING_URI="http://"),
     bad("loss=mse", "needs the database driver", MLFLOW_TRACKING_URI="mysql://u@127.0.0.1/db"),
-    bad(f"logger.tracking_uri=http://127.0.0.1:{closed_port()}", "is not reachable"),
+    bad(f"logger.tracking_uri={NOBODY}", "is not reachable"),
     bad("logger.tracking_uri=sqlite:////dev/null/mlflow.db", "cannot create the MLflow store"),
     bad("logger.tracking_uri=sqlite:////proc/losslab/mlflow.db", "cannot create the MLflow"),
     # resume= that cannot work
@@ -99,7 +108,7 @@ CATALOGUE = [
     bad("-m seed=0,-2", "seed=-2 must be a non-negative integer"),
     bad("-m dataset.batch_size=32,600", "larger than the train split"),
     bad("-m seed=0,1 resume=nope.ckpt", "resume= continues one run"),
-    bad("-m seed=0,1", "is not reachable", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{closed_port()}"),
+    bad("-m seed=0,1", "is not reachable", MLFLOW_TRACKING_URI=NOBODY),
 ]
 
 
