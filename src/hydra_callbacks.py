@@ -66,6 +66,17 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     ]
 
 
+def _is_grid(sweeper_target: str) -> bool:
+    """A BasicSweeper or a subclass (losslab's LosslabSweeper): the grid is known upfront."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(sweeper_target), BasicSweeper)
+    except Exception:  # a sweeper that cannot be imported here is not a grid we can list
+        return False
+
+
 class LosslabCallback(Callback):
     @_abort_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -74,7 +85,7 @@ class LosslabCallback(Callback):
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        grid = config.hydra.sweeper._target_.endswith("BasicSweeper")
+        grid = _is_grid(config.hydra.sweeper._target_)
         jobs = _sweep_configs(config) if grid else [config]
         checked = [validate(job) for job in jobs]  # every job, before anything is created
         typed = checked[0]
