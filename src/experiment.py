@@ -145,7 +145,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     for k in range(len(seeds)):
         runs.log_text(k, config_yaml, "config/config.yaml")
         runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
-        runs.log_figure(k, plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
+    runs.log_figure_all(plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
 
     single = job.sweep_dir is None
     callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs)]

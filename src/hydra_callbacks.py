@@ -53,13 +53,17 @@ def _abort_on_error(method: Callable[..., None]) -> Callable[..., None]:
 
 
 def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
-    """Every job config of a grid sweep, composed as the sweeper will compose them."""
+    """Every job config of a grid sweep, composed as the sweeper will launch them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     overrides = list(cfg.hydra.overrides.task)
     parsed = OverridesParser.create().parse_overrides(overrides)
     loader = GlobalHydra.instance().config_loader()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    if cfg.hydra.sweeper.get("batch_seeds"):  # losslab's sweeper: seed runs share a job
+        from hydra_plugins.losslab.sweeper import batch_seeds
+
+        jobs = batch_seeds(jobs)
     return [
         loader.load_configuration(cfg.hydra.job.config_name, list(job), RunMode.MULTIRUN)
         for job in jobs
