@@ -224,6 +224,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
                 model.export(k),
                 split.x_test[:5],
                 [f"torch=={torch.__version__.split('+')[0]}"],
+                typed.logger.model_format.value,
             )
         _log_checkpoint(runs, k, checkpoint_dir)
         statuses.append("FAILED" if diverged else "FINISHED")

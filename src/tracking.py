@@ -20,6 +20,11 @@ from src import store
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+# The pickle model format is a choice made in conf/logger (model_format), not news per model.
+logging.getLogger("mlflow.pytorch").addFilter(
+    lambda record: "Pickle or CloudPickle" not in record.getMessage()
+)
+
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
 PARAM_VALUE_MAX = 6000
@@ -124,7 +129,12 @@ class RunSet:
                 self.client.log_artifact(run_id, str(local), None if parent == "." else parent)
 
     def log_model(
-        self, member: int, model: Any, input_example: Any, requirements: list[str]
+        self,
+        member: int,
+        model: Any,
+        input_example: Any,
+        requirements: list[str],
+        serialization: str = "pickle",
     ) -> None:
         """MLflow pytorch flavor with signature and input example; explicit requirements spare
         MLflow from inferring them in a subprocess (seconds per model)."""
@@ -137,6 +147,7 @@ class RunSet:
                 name="model",
                 input_example=input_example,
                 pip_requirements=requirements,
+                serialization_format=serialization,
             )
 
     def end(self, statuses: list[str]) -> None:
