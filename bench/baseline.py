@@ -141,7 +141,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="n_samples; half train")
     parser.add_argument("--epochs", type=int, default=None, help="default: the study's")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--warm-up", action="store_true", help="one untimed epoch first (first-call costs)"
+    )
     args = parser.parse_args()
+    if args.warm_up:
+        train("mse", 0, epochs=1)
     fit = 0.0
     for name in args.losses.split(","):
         data = make_data(STUDIES[name], args.rows)

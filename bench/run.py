@@ -103,15 +103,16 @@ class Losslab:
         self.config, self.experiment = config, experiment
         self.compose, self.initialize = compose, initialize_config_dir
         self.out = store / "outputs"
-        self.fit, self.tracking = Stopwatch(), Stopwatch()
+        self.fit, self.runs, self.figures, self.model = (Stopwatch() for _ in range(4))
         self.fit.wrap(pl.Trainer, "fit")
-        for name in ("start", "flush", "set_tags", "log_text", "log_file", "log_figure"):
-            self.tracking.wrap(tracking.RunSet, name)
-        for name in ("log_model", "end"):
-            self.tracking.wrap(tracking.RunSet, name)
+        for name in ("start", "add_metrics", "flush", "set_tags", "log_text", "log_file", "end"):
+            self.runs.wrap(tracking.RunSet, name)
+        self.runs.wrap(tracking, "ensure_experiment")
+        for name in ("log_figure", "log_file_all"):
+            self.figures.wrap(tracking.RunSet, name)
         for name in ("learning_curves", "dataset"):  # figures exist only to be logged
-            self.tracking.wrap(plots, name)
-        self.tracking.wrap(tracking, "ensure_experiment")
+            self.figures.wrap(plots, name)
+        self.model.wrap(tracking.RunSet, "log_model")
 
     def run(self, overrides: list[str]) -> dict[str, float]:
         with self.initialize(config_dir=str(self.config.CONF_DIR), version_base="1.3"):
@@ -121,7 +122,9 @@ class Losslab:
         started = time.perf_counter()
         self.experiment.run(cfg, typed, job)
         total = time.perf_counter() - started
-        return {"fit": self.fit.take(), "tracking": self.tracking.take(), "total": total}
+        parts = {"runs": self.runs.take(), "figures": self.figures.take()}
+        parts["model"] = self.model.take()
+        return {"fit": self.fit.take(), "tracking": sum(parts.values()), **parts, "total": total}
 
 
 def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
@@ -131,7 +134,7 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
     extra = ["trainer.enable_progress_bar=false"]
     if epochs:
         extra.append(f"trainer.max_epochs={epochs}")
-    rows, shares = [], []
+    rows = []
     for loss in LOSSES:
         data = baseline.make_data(baseline.STUDIES[loss])
         lab.run([f"loss={loss}", *extra])  # warm-up: first-call imports, store creation
@@ -150,14 +153,20 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
         pairs = alternate(theirs, ours, repeats)
         ratios = [b / a for a, b in pairs]
         share = [r["tracking"] / r["fit"] for r in runs]
-        shares += share
+
+        def median(key: str, runs: list = runs) -> str:
+            return f"{statistics.median(r[key] for r in runs):.3f}"
+
         rows.append(
             (
                 loss,
                 f"{statistics.median(a for a, _ in pairs):.3f}",
                 f"{statistics.median(b for _, b in pairs):.3f}",
                 spread(ratios),
-                f"{statistics.median(r['tracking'] for r in runs):.3f}",
+                median("runs"),
+                f"{100 * statistics.median(r['runs'] / r['fit'] for r in runs):.0f}%",
+                median("figures"),
+                median("model"),
                 f"{100 * statistics.median(share):.0f}%",
             )
         )
@@ -167,8 +176,11 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
             "baseline fit s",
             "losslab fit s",
             "ratio min / median / max",
-            "MLflow+artifacts s",
-            "MLflow / fit",
+            "runs, params, metrics, texts, checkpoint s",
+            "of fit",
+            "figures s",
+            "model s",
+            "all MLflow / fit",
         ),
         rows,
     )
@@ -302,7 +314,14 @@ def part_startup(repeats: int, env: dict[str, str]) -> None:
     cases = {
         "`python -m src.train loss=nope`": ["-m", "src.train", "loss=nope"],
         "`python -m src.train --help`": ["-m", "src.train", "--help"],
-        "`python -c 'import torch'` (reference)": ["-c", "import torch"],
+        "`python -c 'import torch, sklearn.datasets'` (the baseline's imports)": [
+            "-c",
+            "import torch, sklearn.datasets",
+        ],
+        "`python -c 'import src.experiment'` (torch, Lightning, MLflow, matplotlib)": [
+            "-c",
+            "import src.experiment",
+        ],
     }
     rows = []
     for name, args in cases.items():
@@ -317,7 +336,7 @@ def part_scaling(store: Path, env: dict[str, str], rows_list: list[int], epochs:
     for rows in rows_list:
         for batch in (32, 1024):
             common = ["--rows", str(rows), "--epochs", str(epochs), "--batch", str(batch)]
-            _, base = baseline_runs(["--losses", "mse", *common], env)
+            _, base = baseline_runs(["--losses", "mse", "--warm-up", *common], env)
             args = [sys.executable, "-m", "bench.run", "--child", str(store), *common]
             _, text, err = command(args, env)
             if "(exit 0)" not in err:
@@ -354,14 +373,14 @@ def part_scaling(store: Path, env: dict[str, str], rows_list: list[int], epochs:
 def child(store: Path, rows: int, batch: int, epochs: int) -> None:
     """One losslab regression run in this fresh process; prints fit time and peak memory."""
     lab = Losslab(store)
+    common = ["loss=mse", "trainer.enable_progress_bar=false", "logger.log_model=false"]
+    lab.run([*common, "trainer.max_epochs=1"])  # warm-up: first-call costs, as the baseline's
     result = lab.run(
         [
-            "loss=mse",
+            *common,
             f"dataset.generator.n_samples={rows}",
             f"dataset.batch_size={batch}",
             f"trainer.max_epochs={epochs}",
-            "trainer.enable_progress_bar=false",
-            "logger.log_model=false",
         ]
     )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -373,7 +392,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=None, help="default 5, quick 3")
     parser.add_argument("--quick", action="store_true", help="3 repeats, fewer epochs and rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--members", type=int, default=10)
@@ -394,7 +413,7 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
-    repeats = 3 if args.quick else args.repeats
+    repeats = args.repeats or (3 if args.quick else 5)
     epochs = 20 if args.quick else None  # None: the study's 100 / 200
     rows_list = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     print(

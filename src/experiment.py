@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import tempfile
 import time
 import traceback
 import warnings
@@ -145,7 +146,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     for k in range(len(seeds)):
         runs.log_text(k, config_yaml, "config/config.yaml")
         runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
-    runs.log_figure_all(plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
+    runs.log_file_all(_dataset_png(split, typed))
 
     single = job.sweep_dir is None
     callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs)]
@@ -246,6 +247,22 @@ def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
         f"{name} Train: {final[f'final/train/{name}']:.3f}, Test: {final[f'final/test/{name}']:.3f}"
         for name in [metric, *extra]
     )
+
+
+_RENDERED = tempfile.TemporaryDirectory(prefix="losslab-figures-")
+_DATASET_PNGS: dict[str, Path] = {}
+
+
+def _dataset_png(split: Split, typed: LosslabConfig) -> Path:
+    """The data's picture, rendered once per process and dataset: every member of a job and
+    every job of a sweep on the same data shares it (rendering costs more than a short fit)."""
+    key = repr((typed.dataset, typed.loss.targets))
+    if key not in _DATASET_PNGS:
+        folder = Path(_RENDERED.name) / str(len(_DATASET_PNGS))
+        folder.mkdir()
+        plots.dataset(split, f"{typed.dataset.name} data").savefig(folder / "dataset.png")
+        _DATASET_PNGS[key] = folder / "dataset.png"
+    return _DATASET_PNGS[key]
 
 
 def _log_checkpoint(runs: tracking.RunSet, member: int, folder: Path) -> None:

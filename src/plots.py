@@ -30,7 +30,8 @@ def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: 
 def dataset(split: Split, title: str) -> Figure:
     """Two-feature data as a scatter coloured by class (train dots, test crosses); wider data
     as its first principal component against the target, with the targets' histogram."""
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    fig = Figure(figsize=(10, 4.5))
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.12, wspace=0.2)
     split = _thinned(split)
     y_train, y_test = _labels(split.y_train), _labels(split.y_test)
     if split.n_inputs == 2:

@@ -118,15 +118,10 @@ class RunSet:
     def log_figure(self, member: int, figure: Any, path: str) -> None:
         self.client.log_figure(self.run_ids[member], figure, path)
 
-    def log_figure_all(self, figure: Any, path: str) -> None:
-        """The same figure in every member's run, rendered once: rendering is most of the
-        cost, and K members of one job share their data."""
-        with tempfile.TemporaryDirectory(prefix="losslab-") as folder:
-            local = Path(folder) / Path(path).name
-            figure.savefig(local)
-            parent = str(Path(path).parent)
-            for run_id in self.run_ids:
-                self.client.log_artifact(run_id, str(local), None if parent == "." else parent)
+    def log_file_all(self, local: Path, folder: str | None = None) -> None:
+        """The same file in every member's run (rendered or written once)."""
+        for run_id in self.run_ids:
+            self.client.log_artifact(run_id, str(local), folder)
 
     def log_model(
         self,
