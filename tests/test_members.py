@@ -118,3 +118,50 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, clien
                 ours = _curve(client, member.info.run_id, name)
                 assert len(curve) == 3
                 assert ours == pytest.approx(curve, abs=TOLERANCE), name
+
+
+def test_checkpoint_keeps_history_and_generators(tmp_path) -> None:
+    """Saving and loading through Lightning's hooks restores what a resumed run needs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from src import config
+    from src.data import StudyDataModule
+    from src.metrics import metrics_for
+    from src.model import MemberMLP
+    from src.module import LossModule
+
+    config.register()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["loss=mse", "members=2"])
+    typed = config.validate(cfg)
+    data = StudyDataModule(typed.dataset, typed.loss.targets)
+
+    def module() -> LossModule:
+        generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        sizes = [data.split.n_inputs, *typed.model.hidden_sizes, 1]
+        model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
+        return LossModule(
+            model,
+            typed.loss,
+            metrics_for(typed.loss.task, typed.loss.targets, []),
+            OmegaConf.to_container(cfg.optimizer),
+            typed.dataset.batch_size,
+            generators,
+            data.test,
+        )
+
+    first = module()
+    first.history = [{"train/loss": torch.tensor([float(e), e + 0.5])} for e in range(3)]
+    first.generators[1].manual_seed(7)
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+    second = module()
+    second.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=False))
+    assert [row["train/loss"].tolist() for row in second.history] == [
+        [0.0, 0.5],
+        [1.0, 1.5],
+        [2.0, 2.5],
+    ]
+    assert torch.equal(second.generators[1].get_state(), first.generators[1].get_state())
