@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -383,8 +382,9 @@ def child(store: Path, rows: int, batch: int, epochs: int) -> None:
             f"trainer.max_epochs={epochs}",
         ]
     )
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"fit_s": result["fit"], "peak_mb": peak_mb}))
+    from bench.baseline import peak_mb
+
+    print(json.dumps({"fit_s": result["fit"], "peak_mb": peak_mb()}))
 
 
 def main() -> None:
