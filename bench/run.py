@@ -102,9 +102,13 @@ class Losslab:
         self.config, self.experiment = config, experiment
         self.compose, self.initialize = compose, initialize_config_dir
         self.out = store / "outputs"
-        self.fit, self.runs, self.figures, self.model = (Stopwatch() for _ in range(4))
+        self.fit, self.metrics, self.runs, self.figures, self.model = (
+            Stopwatch() for _ in range(5)
+        )
         self.fit.wrap(pl.Trainer, "fit")
-        for name in ("start", "add_metrics", "flush", "set_tags", "log_text", "log_file", "end"):
+        for name in ("add_metrics", "flush"):
+            self.metrics.wrap(tracking.RunSet, name)
+        for name in ("start", "set_tags", "log_text", "log_file", "end"):
             self.runs.wrap(tracking.RunSet, name)
         self.runs.wrap(tracking, "ensure_experiment")
         for name in ("log_figure", "log_file_all"):
@@ -121,7 +125,8 @@ class Losslab:
         started = time.perf_counter()
         self.experiment.run(cfg, typed, job)
         total = time.perf_counter() - started
-        parts = {"runs": self.runs.take(), "figures": self.figures.take()}
+        parts = {"metrics": self.metrics.take(), "runs": self.runs.take()}
+        parts["figures"] = self.figures.take()
         parts["model"] = self.model.take()
         return {"fit": self.fit.take(), "tracking": sum(parts.values()), **parts, "total": total}
 
@@ -162,8 +167,9 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
                 f"{statistics.median(a for a, _ in pairs):.3f}",
                 f"{statistics.median(b for _, b in pairs):.3f}",
                 spread(ratios),
+                median("metrics"),
+                f"{100 * statistics.median(r['metrics'] / r['fit'] for r in runs):.1f}%",
                 median("runs"),
-                f"{100 * statistics.median(r['runs'] / r['fit'] for r in runs):.0f}%",
                 median("figures"),
                 median("model"),
                 f"{100 * statistics.median(share):.0f}%",
@@ -175,8 +181,9 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
             "baseline fit s",
             "losslab fit s",
             "ratio min / median / max",
-            "runs, params, metrics, texts, checkpoint s",
-            "of fit",
+            "metrics s",
+            "metrics / fit",
+            "runs, params, tags, texts, checkpoint s",
             "figures s",
             "model s",
             "all MLflow / fit",
