@@ -67,6 +67,14 @@ class Scaling(Enum):
     none = "none"
 
 
+class ModelFormat(Enum):
+    """How MLflow stores a run's model (mlflow.pytorch serialization_format)."""
+
+    pickle = "pickle"  # loads back as the torch.nn.Sequential that was logged; fast to save
+    pt2 = "pt2"  # torch.export graph: no pickle on load, but loads as a GraphModule and the
+    # first export in a process costs seconds
+
+
 class ScalerFit(Enum):
     all = "all"  # fit on all rows before the split, as the study does
     train = "train"  # fit on the train rows only (no test information leaks)
@@ -263,6 +271,7 @@ class LoggerConfig:
     tracking_uri: str | None = None
     experiment: str = "losslab"
     log_model: bool = True
+    model_format: ModelFormat = ModelFormat.pickle
     flush_every_n_epochs: int = 0  # 0 sends the buffered per-epoch metrics once, at the end
 
     def __post_init__(self) -> None:

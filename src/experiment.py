@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -189,6 +190,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
                     model.export(k),
                     split.x_test[:5],
                     [f"torch=={torch.__version__.split('+')[0]}"],
+                    typed.logger.model_format.value,
                 )
             _log_checkpoint(runs, k, checkpoint_dir)
             statuses.append("FAILED" if diverged else "FINISHED")
@@ -258,7 +260,7 @@ def _start_runs(
         for k in range(len(seeds)):
             runs.log_text(k, config_yaml, "config/config.yaml")
             runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
-            runs.log_figure(k, plots.dataset(split, f"{typed.dataset.name} data"), "dataset.png")
+        runs.log_file_all(_dataset_png(split, typed))
     except BaseException as error:
         _close_stopped(runs, error, None)
         raise
@@ -296,6 +298,22 @@ def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
         f"{name} Train: {final[f'final/train/{name}']:.3f}, Test: {final[f'final/test/{name}']:.3f}"
         for name in [metric, *extra]
     )
+
+
+_RENDERED = tempfile.TemporaryDirectory(prefix="losslab-figures-")
+_DATASET_PNGS: dict[str, Path] = {}
+
+
+def _dataset_png(split: Split, typed: LosslabConfig) -> Path:
+    """The data's picture, rendered once per process and dataset: every member of a job and
+    every job of a sweep on the same data shares it (rendering costs more than a short fit)."""
+    key = repr((typed.dataset, typed.loss.targets))
+    if key not in _DATASET_PNGS:
+        folder = Path(_RENDERED.name) / str(len(_DATASET_PNGS))
+        folder.mkdir()
+        plots.dataset(split, f"{typed.dataset.name} data").savefig(folder / "dataset.png")
+        _DATASET_PNGS[key] = folder / "dataset.png"
+    return _DATASET_PNGS[key]
 
 
 def _log_checkpoint(runs: tracking.RunSet, member: int, folder: Path) -> None:

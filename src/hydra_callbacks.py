@@ -69,6 +69,10 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     loader = GlobalHydra.instance().config_loader()
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # glob()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    if cfg.hydra.sweeper.get("batch_seeds"):  # losslab's sweeper: seed runs share a job
+        from hydra_plugins.losslab.sweeper import batch_seeds
+
+        jobs = batch_seeds(jobs)
     configs = []
     for job in jobs:
         composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does
@@ -81,6 +85,17 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
             )
         configs.append(composed)
     return configs
+
+
+def _is_grid(sweeper_target: str) -> bool:
+    """A BasicSweeper or a subclass (losslab's LosslabSweeper): the grid is known upfront."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(sweeper_target), BasicSweeper)
+    except Exception:  # a sweeper that cannot be imported here is not a grid we can list
+        return False
 
 
 class LosslabCallback(Callback):
@@ -96,7 +111,7 @@ class LosslabCallback(Callback):
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        grid = config.hydra.sweeper._target_.endswith("BasicSweeper")
+        grid = _is_grid(config.hydra.sweeper._target_)
         jobs = _sweep_configs(config) if grid else [config]
         checked = [validate(job) for job in jobs]  # every job, before anything is created
         typed = checked[0]

@@ -21,11 +21,12 @@ ACTIVATED = {
     Output.tanh: torch.tanh,
     Output.softmax: lambda t: torch.softmax(t, dim=-1),
 }
+# Hidden activations: the function the forward pass calls, and the module export() builds.
 HIDDEN = {
-    Activation.relu: nn.ReLU,
-    Activation.tanh: nn.Tanh,
-    Activation.sigmoid: nn.Sigmoid,
-    Activation.gelu: nn.GELU,
+    Activation.relu: (torch.relu, nn.ReLU),
+    Activation.tanh: (torch.tanh, nn.Tanh),
+    Activation.sigmoid: (torch.sigmoid, nn.Sigmoid),
+    Activation.gelu: (nn.functional.gelu, nn.GELU),
 }
 _EXPORT = {
     Output.identity: nn.Identity,
@@ -45,7 +46,7 @@ class MemberMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.sizes = sizes
-        self.activation = HIDDEN[activation]()
+        self.activation, self.activation_module = HIDDEN[activation]
         self.output = output
         members = len(generators)
         self.weights = nn.ParameterList()
@@ -59,6 +60,9 @@ class MemberMLP(nn.Module):
                 weight[k].uniform_(-bound, bound, generator=generator)
             self.weights.append(nn.Parameter(weight))
             self.biases.append(nn.Parameter(torch.zeros(members, 1, fan_out)))
+        # The same Parameter objects as a plain list: indexing a ParameterList costs more per
+        # call than a minibatch's matmul. Loading a state dict copies into these in place.
+        self.layers = list(zip(self.weights, self.biases))
 
     @property
     def members(self) -> int:
@@ -67,12 +71,10 @@ class MemberMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (members, batch, inputs) or (batch, inputs) shared by all members.
         Returns the raw last layer (logits), (members, batch, outputs)."""
-        n_layers = len(self.weights)
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight) if x.dim() == 3 else torch.matmul(x, weight) + bias
-            if i < n_layers - 1:
-                x = self.activation(x)
-        return x
+        *hidden, (weight, bias) = self.layers
+        for w, b in hidden:
+            x = self.activation(torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b)
+        return torch.baddbmm(bias, x, weight) if x.dim() == 3 else torch.matmul(x, weight) + bias
 
     def predict_from(self, logits: torch.Tensor) -> torch.Tensor:
         """Activated output (what metrics and users see) from the raw last layer."""
@@ -89,6 +91,6 @@ class MemberMLP(nn.Module):
                 linear.bias.copy_(bias[member, 0])
             layers.append(linear)
             if i < len(self.weights) - 1:
-                layers.append(type(self.activation)())
+                layers.append(self.activation_module())
         layers.append(_EXPORT[self.output]())
         return nn.Sequential(*layers).eval()

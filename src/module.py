@@ -3,12 +3,14 @@
 One Lightning training step is one epoch: the module shuffles the train set for each member
 with that member's own generator and steps SGD through minibatches itself (manual
 optimization), then scores the test set, as Keras' fit(validation_data=...) does. Per-step
-Lightning bookkeeping and host syncs stay out of the inner loop; metrics accumulate on the
-device and are read once per epoch.
+Lightning bookkeeping, metric work and host syncs stay out of the inner loop: a step is a
+forward pass, the loss, gradients and the SGD update (src/optim.py); train metrics are computed
+once per epoch from the outputs the steps saw.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +22,18 @@ from src.config import LossConfig
 from src.losses import per_member
 from src.metrics import Metric
 from src.model import MemberMLP
+from src.optim import updater
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _plain(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Hydra's ``_partial_`` result re-checks its target policy on every call (about 0.1 ms,
+    a third of a plain training step); once instantiated and so authorised, call the bare
+    ``functools.partial``."""
+    if isinstance(fn, functools.partial):
+        return functools.partial(fn.func, *fn.args, **fn.keywords)
+    return fn
 
 
 class Diverged(RuntimeError):
@@ -42,7 +54,7 @@ class LossModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = instantiate(loss.fn)
+        self.loss_fn = _plain(instantiate(loss.fn))
         self.from_logits = loss.from_logits
         self.metrics = metrics
         self.optimizer_cfg = optimizer
@@ -75,23 +87,20 @@ class LossModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
         n = x.shape[0]
-        optimizer = self.optimizers().optimizer  # the torch optimizer: no per-step wrapping
+        step = updater(self.optimizers().optimizer)  # the torch optimizer: no per-step wrapping
         order = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
-        sums: dict[str, torch.Tensor] = {}
+        xs, ys = x[order], y[order]  # one gather per epoch; minibatches below are views
+        # The raw outputs each minibatch saw before its update: the epoch's train loss and
+        # metrics are computed from them once, not per step (Keras' batch-weighted mean).
+        seen = torch.empty(self.model.members, n, self.model.sizes[-1])
         for start in range(0, n, self.batch_size):
-            rows = order[:, start : start + self.batch_size]
-            xb, yb = x[rows], y[rows]
-            logits = self.model(xb)
-            losses = self._loss(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # members are independent: the sum keeps their gradients apart
-            optimizer.step()
-            # Like Keras' history: batch-size-weighted mean over the epoch, before each update.
-            with torch.no_grad():
-                scores = {"loss": losses.detach(), **self._scores(logits.detach(), yb)}
-                for name, value in scores.items():
-                    sums[name] = sums.get(name, 0.0) + value * rows.shape[1]
-        record = {f"train/{name}": total / n for name, total in sums.items()}
+            end = start + self.batch_size
+            logits = self.model(xs[:, start:end])
+            step(self._loss(logits, ys[:, start:end]).sum())  # members stay independent
+            seen[:, start:end] = logits.detach()
+        with torch.no_grad():
+            train = {"loss": self._loss(seen, ys), **self._scores(seen, ys)}
+        record = {f"train/{name}": value for name, value in train.items()}
         record.update({f"test/{k}": v for k, v in self.evaluate(*self.test).items()})
         self.history.append(record)
         bad = ~torch.isfinite(record["train/loss"]) & (self.diverged_at == 0)
@@ -103,10 +112,15 @@ class LossModule(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Generator states make a resumed run shuffle exactly as the uninterrupted one.
+        # Generator states make a resumed run shuffle exactly as the uninterrupted one. The
+        # history goes in as one (epochs, members) tensor per key: pickling hundreds of
+        # one-value tensors made each checkpoint cost more than ten epochs of training.
         checkpoint["losslab"] = {
             "generators": [g.get_state() for g in self.generators],
-            "history": self.history,
+            "history": {
+                key: torch.stack([row[key] for row in self.history])
+                for key in (self.history[0] if self.history else {})
+            },
             "diverged_at": self.diverged_at,
         }
 
@@ -114,5 +128,7 @@ class LossModule(pl.LightningModule):
         state = checkpoint["losslab"]
         for generator, saved in zip(self.generators, state["generators"]):
             generator.set_state(saved)
-        self.history = state["history"]
+        columns = state["history"]
+        epochs = len(next(iter(columns.values()))) if columns else 0
+        self.history = [{key: values[i] for key, values in columns.items()} for i in range(epochs)]
         self.diverged_at = state["diverged_at"]

@@ -12,7 +12,9 @@ from src.data import Split
 
 def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: str) -> Figure:
     """The study's figure: loss on top, the task's metric below, train vs test per epoch."""
-    fig = Figure(figsize=(7, 6), layout="constrained")
+    # Fixed margins: constrained layout costs a third of the rendering time.
+    fig = Figure(figsize=(7, 6))
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.08, hspace=0.08)
     epochs = np.arange(1, len(history) + 1)
     for ax, name in zip(fig.subplots(2, 1, sharex=True), ("loss", metric)):
         for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
@@ -28,7 +30,9 @@ def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: 
 def dataset(split: Split, title: str) -> Figure:
     """Two-feature data as a scatter coloured by class (train dots, test crosses); wider data
     as its first principal component against the target, with the targets' histogram."""
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    fig = Figure(figsize=(10, 4.5))
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.12, wspace=0.2)
+    split = _thinned(split)
     y_train, y_test = _labels(split.y_train), _labels(split.y_test)
     if split.n_inputs == 2:
         ax = fig.subplots()
@@ -59,6 +63,20 @@ def dataset(split: Split, title: str) -> Figure:
         hist.legend()
     fig.suptitle(title)
     return fig
+
+
+def _thinned(split: Split, most: int = 5000) -> Split:
+    """Every n-th row, at most ``most`` per side: a picture of a million rows costs seconds and
+    copies of the data, and shows no more than one of five thousand."""
+    step_train = max(1, len(split.x_train) // most)
+    step_test = max(1, len(split.x_test) // most)
+    return Split(
+        split.x_train[::step_train],
+        split.y_train[::step_train],
+        split.x_test[::step_test],
+        split.y_test[::step_test],
+        split.n_classes,
+    )
 
 
 def _labels(y: np.ndarray) -> np.ndarray:

@@ -25,6 +25,11 @@ for _name in ("mlflow", "alembic"):
 # true to see them).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+# The pickle model format is a choice made in conf/logger (model_format), not news per model.
+logging.getLogger("mlflow.pytorch").addFilter(
+    lambda record: "Pickle or CloudPickle" not in record.getMessage()
+)
+
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
 PARAM_VALUE_MAX = 6000
@@ -143,8 +148,18 @@ class RunSet:
     def log_figure(self, member: int, figure: Any, path: str) -> None:
         self.client.log_figure(self.run_ids[member], figure, path)
 
+    def log_file_all(self, local: Path, folder: str | None = None) -> None:
+        """The same file in every member's run (rendered or written once)."""
+        for run_id in self.run_ids:
+            self.client.log_artifact(run_id, str(local), folder)
+
     def log_model(
-        self, member: int, model: Any, input_example: Any, requirements: list[str]
+        self,
+        member: int,
+        model: Any,
+        input_example: Any,
+        requirements: list[str],
+        serialization: str = "pickle",
     ) -> None:
         """MLflow pytorch flavor with signature and input example; explicit requirements spare
         MLflow from inferring them in a subprocess (seconds per model)."""
@@ -157,6 +172,7 @@ class RunSet:
                 name="model",
                 input_example=input_example,
                 pip_requirements=requirements,
+                serialization_format=serialization,
             )
 
     def end(self, statuses: list[str]) -> None:

@@ -1,0 +1,450 @@
+"""``python -m bench.run``: losslab against the plain-PyTorch baseline, on the same work.
+
+The machine is shared and noisy, so every comparison alternates baseline and losslab (A/B,
+B/A, ...) inside one invocation and reports the ratio losslab / baseline of each pair as
+min / median / max, beside the absolute figures. Parts (``--only``):
+
+  single   one study run per loss, fit only; losslab through experiment.run (Trainer, module,
+           callbacks, checkpoints, MLflow); also the share of MLflow logging and artifacts
+  sweep    the five-loss sweep end to end: one ``python -m src.train -m loss=...`` against the
+           baseline's five runs in one process, imports included
+  members  5 losses x 10 seeds: members=10 per loss (fit only, in process) against 50 baseline
+           runs; with --e2e also the batched seed sweep through the CLI
+  startup  time to report a config mistake, and --help
+  scaling  regression with 1e4, 1e5, 1e6 rows, batch 32 and 1024: fit time and peak memory,
+           each in a fresh process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOSSES = ("mse", "msle", "mae", "bce", "hinge")
+PARTS = ("single", "sweep", "members", "startup", "scaling")
+
+
+def spread(values: list[float]) -> str:
+    """min / median / max."""
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    print(flush=True)
+
+
+def alternate(a: Callable[[], float], b: Callable[[], float], repeats: int) -> list[tuple]:
+    """(a, b) timings, in the order A B, B A, A B, ... so drift in load hits both sides."""
+    pairs = []
+    for i in range(repeats):
+        if i % 2 == 0:
+            first = a()
+            pairs.append((first, b()))
+        else:
+            second = b()
+            pairs.append((a(), second))
+    return pairs
+
+
+# ---------------------------------------------------------------------------- in process
+class Stopwatch:
+    """Sums the wall time spent in chosen functions (wrapped in place, for this process)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.depth = 0
+
+    def wrap(self, owner: object, name: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            self.depth += 1
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.total += time.perf_counter() - started
+
+        setattr(owner, name, timed)
+
+    def take(self) -> float:
+        total, self.total = self.total, 0.0
+        return total
+
+
+class Losslab:
+    """Runs losslab in this process through experiment.run, timing Trainer.fit and the
+    MLflow work (runs, metrics, figures, model, checkpoint) separately."""
+
+    def __init__(self, store: Path) -> None:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+        import pytorch_lightning as pl
+        from hydra import compose, initialize_config_dir
+
+        from src import config, experiment, plots, tracking
+
+        config.register()
+        self.config, self.experiment = config, experiment
+        self.compose, self.initialize = compose, initialize_config_dir
+        self.out = store / "outputs"
+        self.fit, self.metrics, self.runs, self.figures, self.model = (
+            Stopwatch() for _ in range(5)
+        )
+        self.fit.wrap(pl.Trainer, "fit")
+        for name in ("add_metrics", "flush"):
+            self.metrics.wrap(tracking.RunSet, name)
+        for name in ("start", "set_tags", "log_text", "log_file", "end"):
+            self.runs.wrap(tracking.RunSet, name)
+        self.runs.wrap(tracking, "ensure_experiment")
+        for name in ("log_figure", "log_file_all"):
+            self.figures.wrap(tracking.RunSet, name)
+        for name in ("learning_curves", "dataset"):  # figures exist only to be logged
+            self.figures.wrap(plots, name)
+        self.model.wrap(tracking.RunSet, "log_model")
+
+    def run(self, overrides: list[str]) -> dict[str, float]:
+        with self.initialize(config_dir=str(self.config.CONF_DIR), version_base="1.3"):
+            cfg = self.compose("config", overrides=overrides)
+        typed = self.config.validate(cfg)
+        job = self.experiment.JobContext(overrides, self.out, None, None)
+        started = time.perf_counter()
+        self.experiment.run(cfg, typed, job)
+        total = time.perf_counter() - started
+        parts = {"metrics": self.metrics.take(), "runs": self.runs.take()}
+        parts["figures"] = self.figures.take()
+        parts["model"] = self.model.take()
+        return {"fit": self.fit.take(), "tracking": sum(parts.values()), **parts, "total": total}
+
+
+def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
+    from bench import baseline
+
+    print("## (1) one study run per loss, fit only (in process, alternating A/B)\n")
+    extra = ["trainer.enable_progress_bar=false"]
+    if epochs:
+        extra.append(f"trainer.max_epochs={epochs}")
+    rows = []
+    for loss in LOSSES:
+        data = baseline.make_data(baseline.STUDIES[loss])
+        lab.run([f"loss={loss}", *extra])  # warm-up: first-call imports, store creation
+        baseline.train(loss, 0, data, epochs)
+        runs: list[dict[str, float]] = []
+
+        def ours(loss: str = loss, runs: list = runs) -> float:
+            runs.append(lab.run([f"loss={loss}", *extra]))
+            return runs[-1]["fit"]
+
+        def theirs(loss: str = loss, data: tuple = data) -> float:
+            started = time.perf_counter()
+            baseline.train(loss, 0, data, epochs)
+            return time.perf_counter() - started
+
+        pairs = alternate(theirs, ours, repeats)
+        ratios = [b / a for a, b in pairs]
+        share = [r["tracking"] / r["fit"] for r in runs]
+
+        def median(key: str, runs: list = runs) -> str:
+            return f"{statistics.median(r[key] for r in runs):.3f}"
+
+        rows.append(
+            (
+                loss,
+                f"{statistics.median(a for a, _ in pairs):.3f}",
+                f"{statistics.median(b for _, b in pairs):.3f}",
+                spread(ratios),
+                median("metrics"),
+                f"{100 * statistics.median(r['metrics'] / r['fit'] for r in runs):.1f}%",
+                median("runs"),
+                median("figures"),
+                median("model"),
+                f"{100 * statistics.median(share):.0f}%",
+            )
+        )
+    table(
+        (
+            "loss",
+            "baseline fit s",
+            "losslab fit s",
+            "ratio min / median / max",
+            "metrics s",
+            "metrics / fit",
+            "runs, params, tags, texts, checkpoint s",
+            "figures s",
+            "model s",
+            "all MLflow / fit",
+        ),
+        rows,
+    )
+
+
+def part_members(lab: Losslab, repeats: int, epochs: int | None, members: int) -> None:
+    from bench import baseline
+
+    print(f"## (3) 5 losses x {members} seeds, fit only: members={members} vs separate runs\n")
+    extra = ["trainer.enable_progress_bar=false", "logger.log_model=false"]
+    if epochs:
+        extra.append(f"trainer.max_epochs={epochs}")
+    rows, totals = [], []
+    for loss in LOSSES:
+        data = baseline.make_data(baseline.STUDIES[loss])
+        overrides = [f"loss={loss}", f"members={members}", *extra]
+        lab.run(overrides)  # warm-up
+
+        def ours(overrides: list[str] = overrides) -> float:
+            return lab.run(overrides)["fit"]
+
+        def theirs(loss: str = loss, data: tuple = data) -> float:
+            started = time.perf_counter()
+            for seed in range(members):
+                baseline.train(loss, seed, data, epochs)
+            return time.perf_counter() - started
+
+        pairs = alternate(theirs, ours, repeats)
+        totals.append(pairs)
+        rows.append(
+            (
+                loss,
+                f"{statistics.median(a for a, _ in pairs):.2f}",
+                f"{statistics.median(b for _, b in pairs):.2f}",
+                spread([b / a for a, b in pairs]),
+            )
+        )
+    sums = [(sum(p[i][0] for p in totals), sum(p[i][1] for p in totals)) for i in range(repeats)]
+    rows.append(
+        (
+            f"all {5 * members} runs",
+            f"{statistics.median(a for a, _ in sums):.2f}",
+            f"{statistics.median(b for _, b in sums):.2f}",
+            spread([b / a for a, b in sums]),
+        )
+    )
+    table(("loss", "baseline s", f"losslab members={members} s", "ratio"), rows)
+
+
+# ---------------------------------------------------------------------------- subprocesses
+def command(args: list[str], env: dict[str, str]) -> tuple[float, str, str]:
+    """Wall time of a subprocess run from the project root; fails loudly."""
+    started = time.perf_counter()
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    return elapsed, done.stdout, done.stderr + f"\n(exit {done.returncode})"
+
+
+def child_env(store: Path, threads: int) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def sweep_runs(store: Path, overrides: list[str], env: dict[str, str]) -> float:
+    sweep_dir = Path(tempfile.mkdtemp(dir=store, prefix="sweep-"))
+    args = [sys.executable, "-m", "src.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    elapsed, out, err = command(args, env)
+    if "(exit 0)" not in err:
+        raise SystemExit(f"losslab sweep failed:\n{out}\n{err}")
+    return elapsed
+
+
+def baseline_runs(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
+    elapsed, out, err = command([sys.executable, "-m", "bench.baseline", *args], env)
+    if "(exit 0)" not in err:
+        raise SystemExit(f"baseline failed:\n{err}")
+    return elapsed, json.loads(out.strip().splitlines()[-1])
+
+
+def part_sweep(store: Path, repeats: int, env: dict[str, str], epochs: int | None) -> None:
+    print("## (2) the five-loss sweep end to end (fresh processes, imports included)\n")
+    ours = ["loss=" + ",".join(LOSSES), "trainer.enable_progress_bar=false"]
+    theirs = []
+    if epochs:
+        ours.append(f"trainer.max_epochs={epochs}")
+        theirs = ["--epochs", str(epochs)]
+    pairs = alternate(
+        lambda: baseline_runs(theirs, env)[0], lambda: sweep_runs(store, ours, env), repeats
+    )
+    table(
+        ("command", "seconds (median)", "ratio min / median / max"),
+        [
+            (
+                "`python -m bench.baseline` (5 runs)",
+                f"{statistics.median(a for a, _ in pairs):.2f}",
+                "1",
+            ),
+            (
+                f"`python -m src.train -m {' '.join(ours)}`",
+                f"{statistics.median(b for _, b in pairs):.2f}",
+                spread([b / a for a, b in pairs]),
+            ),
+        ],
+    )
+
+
+def part_members_e2e(store: Path, env: dict[str, str], members: int, epochs: int | None) -> None:
+    print(f"## (3b) 5 losses x {members} seeds end to end (one repeat)\n")
+    seeds = ",".join(str(s) for s in range(members))
+    ours = ["loss=" + ",".join(LOSSES), f"seed={seeds}", "trainer.enable_progress_bar=false"]
+    theirs = ["--seeds", seeds]
+    if epochs:
+        ours.append(f"trainer.max_epochs={epochs}")
+        theirs += ["--epochs", str(epochs)]
+    base = baseline_runs(theirs, env)[0]
+    lab = sweep_runs(store, ours, env)
+    table(
+        ("command", "seconds", "ratio"),
+        [
+            (f"`python -m bench.baseline {' '.join(theirs)}`", f"{base:.1f}", "1"),
+            (f"`python -m src.train -m {' '.join(ours)}`", f"{lab:.1f}", f"{lab / base:.2f}"),
+        ],
+    )
+
+
+def part_startup(repeats: int, env: dict[str, str]) -> None:
+    print("## (4) start-up: time to report a mistake, and --help\n")
+    cases = {
+        "`python -m src.train loss=nope`": ["-m", "src.train", "loss=nope"],
+        "`python -m src.train --help`": ["-m", "src.train", "--help"],
+        "`python -c 'import torch, sklearn.datasets'` (the baseline's imports)": [
+            "-c",
+            "import torch, sklearn.datasets",
+        ],
+        "`python -c 'import src.experiment'` (torch, Lightning, MLflow, matplotlib)": [
+            "-c",
+            "import src.experiment",
+        ],
+    }
+    rows = []
+    for name, args in cases.items():
+        times = [command([sys.executable, *args], env)[0] for _ in range(repeats)]
+        rows.append((name, spread(times)))
+    table(("command", "seconds min / median / max"), rows)
+
+
+def part_scaling(store: Path, env: dict[str, str], rows_list: list[int], epochs: int) -> None:
+    print(f"## (5) scaling: regression, {epochs} epochs, each side in a fresh process\n")
+    out = []
+    for rows in rows_list:
+        for batch in (32, 1024):
+            common = ["--rows", str(rows), "--epochs", str(epochs), "--batch", str(batch)]
+            _, base = baseline_runs(["--losses", "mse", "--warm-up", *common], env)
+            args = [sys.executable, "-m", "bench.run", "--child", str(store), *common]
+            _, text, err = command(args, env)
+            if "(exit 0)" not in err:
+                raise SystemExit(f"losslab child failed:\n{err}")
+            ours = json.loads(text.strip().splitlines()[-1])
+            steps_rows = rows // 2 * epochs
+            out.append(
+                (
+                    f"{rows:.0e}",
+                    batch,
+                    f"{base['fit_s']:.2f}",
+                    f"{ours['fit_s']:.2f}",
+                    f"{steps_rows / ours['fit_s']:,.0f}",
+                    f"{base['fit_s'] / ours['fit_s']:.2f}",
+                    f"{base['peak_mb']:.0f}",
+                    f"{ours['peak_mb']:.0f}",
+                )
+            )
+    table(
+        (
+            "rows",
+            "batch",
+            "baseline fit s",
+            "losslab fit s",
+            "losslab rows/s",
+            "throughput vs baseline",
+            "baseline peak MB",
+            "losslab peak MB",
+        ),
+        out,
+    )
+
+
+def child(store: Path, rows: int, batch: int, epochs: int) -> None:
+    """One losslab regression run in this fresh process; prints fit time and peak memory."""
+    lab = Losslab(store)
+    common = ["loss=mse", "trainer.enable_progress_bar=false", "logger.log_model=false"]
+    lab.run([*common, "trainer.max_epochs=1"])  # warm-up: first-call costs, as the baseline's
+    result = lab.run(
+        [
+            *common,
+            f"dataset.generator.n_samples={rows}",
+            f"dataset.batch_size={batch}",
+            f"trainer.max_epochs={epochs}",
+        ]
+    )
+    from bench.baseline import peak_mb
+
+    print(json.dumps({"fit_s": result["fit"], "peak_mb": peak_mb()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument("--repeats", type=int, default=None, help="default 5, quick 3")
+    parser.add_argument("--quick", action="store_true", help="3 repeats, fewer epochs and rows")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--e2e", action="store_true", help="also the 50-run seed sweep via CLI")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child, args.rows, args.batch, args.epochs)
+        return
+    parts = args.only.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
+    repeats = args.repeats or (3 if args.quick else 5)
+    epochs = 20 if args.quick else None  # None: the study's 100 / 200
+    rows_list = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    print(
+        f"# losslab bench: torch threads={args.threads}, repeats={repeats}, "
+        f"epochs={epochs or 'study'}, load average {os.getloadavg()[0]:.1f}\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder:
+        store = Path(folder)
+        env = child_env(store, args.threads)
+        if "single" in parts or "members" in parts:
+            lab = Losslab(store)
+            if "single" in parts:
+                part_single(lab, repeats, epochs)
+            if "members" in parts:
+                part_members(lab, repeats, epochs, args.members)
+        if "sweep" in parts:
+            part_sweep(store, repeats, env, epochs)
+        if "members" in parts and args.e2e:
+            part_members_e2e(store, env, args.members, epochs)
+        if "startup" in parts:
+            part_startup(repeats, env)
+        if "scaling" in parts:
+            part_scaling(store, env, rows_list, 2)
+
+
+if __name__ == "__main__":
+    main()

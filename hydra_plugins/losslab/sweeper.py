@@ -1,0 +1,98 @@
+"""The default sweeper: Hydra's grid sweep, with seed sweeps trained as one batched model.
+
+``python -m src.train -m loss=mse,bce seed=0,1,2,3,4`` would launch ten jobs; the jobs that
+differ only in their seed are instead launched as one job with ``seed=0 members=5`` (see
+``members`` in conf/config.yaml), which trains the five seeds together and still logs one
+MLflow child run per seed. Only consecutive seeds can share a job (members are seed,
+seed+1, ...): ``seed=0,1,2,7`` becomes ``seed=0 members=3`` and ``seed=7``. Jobs that already
+set ``members`` are left alone. ``hydra.sweeper.batch_seeds=false`` launches one job per seed.
+
+Hydra only instantiates plugins from the ``hydra_plugins`` namespace package, hence this home;
+conf/hydra/sweeper/losslab.yaml selects it and conf/config.yaml makes it the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.types import Override
+
+SEED_KEYS = ("seed", "+seed", "++seed")
+
+
+def _seed(override: str) -> int | None:
+    key, _, value = override.partition("=")
+    if key not in SEED_KEYS:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def batch_seeds(jobs: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Merge jobs whose overrides differ only in a run of consecutive integer seeds into one
+    job ``[..., seed=<first>, members=<count>]``; keep the first job's position and order."""
+    groups: dict[tuple[str, ...], list[tuple[int, list[str]]]] = {}
+    order: list[tuple[str, ...] | int] = []
+    for index, job in enumerate(jobs):
+        seeds = [s for s in map(_seed, job) if s is not None]
+        explicit_members = any(o.partition("=")[0].lstrip("+") == "members" for o in job)
+        if len(seeds) != 1 or explicit_members:
+            order.append(index)  # nothing to batch: launched as it is
+            continue
+        rest = tuple(o for o in job if _seed(o) is None)
+        if rest not in groups:
+            groups[rest] = []
+            order.append(rest)
+        groups[rest].append((seeds[0], list(job)))
+    merged: list[list[str]] = []
+    for item in order:
+        if isinstance(item, int):
+            merged.append(list(jobs[item]))
+            continue
+        runs: list[list[tuple[int, list[str]]]] = []
+        for seed, job in groups[item]:
+            if runs and seed == runs[-1][-1][0] + 1:
+                runs[-1].append((seed, job))
+            else:
+                runs.append([(seed, job)])
+        for run in runs:
+            first_job = run[0][1]
+            merged.append(first_job + ([f"members={len(run)}"] if len(run) > 1 else []))
+    return merged
+
+
+class LosslabSweeper(BasicSweeper):
+    """BasicSweeper whose grid launches each seed sweep as one members=K job."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        batch_seeds: bool = True,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.batch_seeds = batch_seeds
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Skipped: losslab's callback (on_multirun_start) has already composed and validated
+        every job of the sweep before anything was created; composing each again costs about
+        0.3 s per job."""
+
+    def split_arguments(  # an instance method here: it needs batch_seeds
+        self, overrides: list[Override], max_batch_size: int | None
+    ) -> list[list[list[str]]]:
+        batches = BasicSweeper.split_arguments(overrides, None)
+        jobs = [job for batch in batches for job in batch]
+        if self.batch_seeds:
+            merged = batch_seeds(jobs)
+            if len(merged) < len(jobs):
+                print(
+                    f"losslab: {len(jobs)} runs launched as {len(merged)} jobs (seeds as members)"
+                )
+            jobs = merged
+        return [
+            list(chunk) for chunk in BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size)
+        ]

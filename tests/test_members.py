@@ -1,0 +1,167 @@
+"""K seeds as one model: member k is the run with seed k, seed sweeps are batched, and the fast
+SGD update is torch.optim.SGD's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hydra_plugins.losslab.sweeper import batch_seeds
+from src.optim import updater
+from tests.conftest import runs_of
+
+TOLERANCE = 1e-5
+
+
+def test_consecutive_seeds_become_one_job_per_configuration() -> None:
+    jobs = [[f"loss={loss}", f"seed={seed}"] for loss in ("mse", "bce") for seed in (0, 1, 2)]
+    assert batch_seeds(jobs) == [
+        ["loss=mse", "seed=0", "members=3"],
+        ["loss=bce", "seed=0", "members=3"],
+    ]
+
+
+def test_gaps_explicit_members_and_seedless_jobs_are_kept_apart() -> None:
+    gaps = [["seed=0"], ["seed=1"], ["seed=5"], ["seed=6"], ["seed=9"]]
+    assert batch_seeds(gaps) == [["seed=0", "members=2"], ["seed=5", "members=2"], ["seed=9"]]
+    explicit = [["seed=0", "members=2"], ["seed=1", "members=2"]]
+    assert batch_seeds(explicit) == explicit
+    assert batch_seeds([["loss=mse"], ["loss=bce"]]) == [["loss=mse"], ["loss=bce"]]
+
+
+def _train(optimizer_cls: type, steps: int = 5, **options: float) -> list[torch.Tensor]:
+    """A few updates of a small model through ``updater``, or through the plain torch path."""
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+    optimizer = optimizer_cls(weights, lr=0.1, **options)
+    step = updater(optimizer)
+    x = torch.randn(8, 3)
+    for _ in range(steps):
+        step(((x @ weights[0] + weights[1]) ** 2).mean())
+    return [w.detach().clone() for w in weights]
+
+
+def _reference(optimizer_cls: type, steps: int = 5, **options: float) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+    optimizer = optimizer_cls(weights, lr=0.1, **options)
+    x = torch.randn(8, 3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        ((x @ weights[0] + weights[1]) ** 2).mean().backward()
+        optimizer.step()
+    return [w.detach().clone() for w in weights]
+
+
+@pytest.mark.parametrize(
+    ("optimizer_cls", "options"),
+    [
+        (torch.optim.SGD, {"momentum": 0.9}),
+        (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+        (torch.optim.SGD, {"momentum": 0.5, "dampening": 0.1, "maximize": True}),
+        (torch.optim.SGD, {}),
+        (torch.optim.Adam, {}),  # any torch.optim class: the ordinary path
+    ],
+)
+def test_update_is_exactly_the_torch_optimizer(optimizer_cls: type, options: dict) -> None:
+    ours, theirs = _train(optimizer_cls, **options), _reference(optimizer_cls, **options)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_momentum_buffers_live_in_the_optimizer_state() -> None:
+    weight = torch.ones(2, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    updater(optimizer)((weight * torch.tensor([1.0, 2.0])).sum())
+    # a checkpoint saves optimizer.state_dict(): the buffer must be there, as step() leaves it
+    assert optimizer.state[weight]["momentum_buffer"].tolist() == [1.0, 2.0]
+
+
+def _by_seed(runs: list, members: str) -> dict[tuple[str, str], object]:
+    return {
+        (r.data.tags["loss"], r.data.tags["seed"]): r
+        for r in runs
+        if r.data.tags.get("members") == members
+    }
+
+
+def _curve(client, run_id: str, name: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, client) -> None:
+    common = ("trainer.max_epochs=3", "logger.log_model=false")
+    batched = run_cli("-m", "loss=mse,hinge", "seed=0,1,2", *common)
+    assert batched.returncode == 0, batched.stderr
+    assert "6 runs launched as 2 jobs" in batched.stdout
+    separate = run_cli(
+        "-m", "loss=mse,hinge", "seed=1,2", "hydra.sweeper.batch_seeds=false", *common
+    )
+    assert separate.returncode == 0, separate.stderr
+
+    runs = runs_of(client)
+    together, alone = _by_seed(runs, "3"), _by_seed(runs, "1")
+    # two jobs of three members: one child run per seed, with its own seed tag
+    assert sorted(together) == sorted((loss, s) for loss in ("mse", "hinge") for s in "012")
+    assert len({r.data.tags["output_dir"] for r in together.values()}) == 2
+    assert {r.data.tags["member"] for r in together.values()} == {"0", "1", "2"}
+    assert len(alone) == 4 and len({r.data.tags["output_dir"] for r in alone.values()}) == 4
+
+    for key, single in alone.items():
+        member = together[key]
+        assert member.data.tags["member"] == str(int(key[1]))  # seed 0 + member k = seed k
+        assert set(member.data.metrics) == set(single.data.metrics)
+        for name, value in single.data.metrics.items():
+            assert member.data.metrics[name] == pytest.approx(value, abs=TOLERANCE), name
+            if name.startswith(("train/", "test/")):
+                curve = _curve(client, single.info.run_id, name)
+                ours = _curve(client, member.info.run_id, name)
+                assert len(curve) == 3
+                assert ours == pytest.approx(curve, abs=TOLERANCE), name
+
+
+def test_checkpoint_keeps_history_and_generators(tmp_path) -> None:
+    """Saving and loading through Lightning's hooks restores what a resumed run needs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from src import config
+    from src.data import StudyDataModule
+    from src.metrics import metrics_for
+    from src.model import MemberMLP
+    from src.module import LossModule
+
+    config.register()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["loss=mse", "members=2"])
+    typed = config.validate(cfg)
+    data = StudyDataModule(typed.dataset, typed.loss.targets)
+
+    def module() -> LossModule:
+        generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        sizes = [data.split.n_inputs, *typed.model.hidden_sizes, 1]
+        model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
+        return LossModule(
+            model,
+            typed.loss,
+            metrics_for(typed.loss.task, typed.loss.targets, []),
+            OmegaConf.to_container(cfg.optimizer),
+            typed.dataset.batch_size,
+            generators,
+            data.test,
+        )
+
+    first = module()
+    first.history = [{"train/loss": torch.tensor([float(e), e + 0.5])} for e in range(3)]
+    first.generators[1].manual_seed(7)
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+    second = module()
+    second.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=False))
+    assert [row["train/loss"].tolist() for row in second.history] == [
+        [0.0, 0.5],
+        [1.0, 1.5],
+        [2.0, 2.5],
+    ]
+    assert torch.equal(second.generators[1].get_state(), first.generators[1].get_state())
