@@ -85,7 +85,7 @@ def trivial_score(split: Split, task: Task) -> float:
 
 
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
-NOT_IN_NAME = ("loss", "seed", "members", "resume", "trainer.enable_progress_bar")
+NOT_IN_NAME = ("loss", "seed", "members", "resume", "hparams_search", "trainer.enable_progress_bar")
 NOT_IN_NAME_PREFIXES = ("logger.", "hydra.")
 
 
