@@ -237,14 +237,17 @@ def compare(results: Sequence[Result]) -> list[dict[str, object]]:
     return rows
 
 
-def lost_jobs(sweep_dir: Path, results: Sequence[Result]) -> list[tuple[str, str]]:
-    """Jobs whose output dir exists but that left no run (they failed before tracking began)."""
+def lost_jobs(sweep_dir: Path, results: Sequence[Result], since: float) -> list[tuple[str, str]]:
+    """Jobs of this sweep (output dir written after ``since``, the parent run's start in
+    seconds) that left no run: they failed before tracking began. Older job dirs belong to an
+    earlier sweep into the same folder."""
     if not sweep_dir.is_dir():
         return []
     tracked = {Path(r.job_dir).resolve() for r in results if r.job_dir}
     lost = []
-    for job in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")):
-        if job.resolve() not in tracked:
+    for marker in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job = marker.parent.parent
+        if job.resolve() not in tracked and marker.stat().st_mtime >= since:
             error_file = job / "error.txt"
             error = error_file.read_text().strip() if error_file.exists() else "see the job's log"
             lost.append((str(job), error))
@@ -372,7 +375,9 @@ def build(uri: str, parent_run_id: str, sweep_dir: Path) -> Report:
         results=results,
         summary=summarize_groups(results),
         comparisons=compare(results),
-        lost_jobs=lost_jobs(sweep_dir, results),
+        lost_jobs=lost_jobs(
+            sweep_dir, results, client.get_run(parent_run_id).info.start_time / 1000
+        ),
         markdown="",
     )
     report.markdown = to_markdown(report, f"Sweep {sweep_dir.name}: which loss?")
