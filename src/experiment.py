@@ -39,8 +39,9 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 EXPERIMENT_DESCRIPTION = (
-    "losslab: which loss function fits the problem? Runs of the loss-function study "
-    "(regression: mse, msle, mae; binary: bce, hinge), one child run per job under a sweep."
+    "losslab: which loss function fits the problem? Runs of the loss-function study and "
+    "beyond (regression, binary and multi-class losses; conf/loss/), one run per seed; a "
+    "sweep is a parent run with its comparison report under report/."
 )
 
 
@@ -161,48 +162,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     )
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
-        train_scores = module.evaluate(*data.train)
-        test_scores = module.evaluate(*data.test)
-        baseline = trivial_score(split, typed.loss.task)
-        statuses = []
-        finals = []
-        final_all = {f"final/train/{n}": v.tolist() for n, v in train_scores.items()}
-        final_all.update({f"final/test/{n}": v.tolist() for n, v in test_scores.items()})
-        runs.add_metrics(len(history), final_all)
-        for k in range(len(seeds)):
-            final = {name: values[k] for name, values in final_all.items()}
-            member_history = [{key: values[k] for key, values in row.items()} for row in history]
-            fig = plots.learning_curves(member_history, metric, f"{names[k]}: loss and {metric}")
-            runs.log_figure(k, fig, "learning_curves.png")
-            diverged = int(module.diverged_at[k])
-            test_value = final[f"final/test/{metric}"]
-            if diverged:
-                outcome = "diverged"
-            elif (test_value >= baseline) if lower_is_better(metric) else (test_value <= baseline):
-                outcome = "collapsed"
-            else:
-                outcome = "ok"
-            runs.set_tags(k, {"outcome": outcome, "trivial_test_score": f"{baseline:.4f}"})
-            if typed.logger.log_model and not diverged:
-                runs.log_model(
-                    k,
-                    model.export(k),
-                    split.x_test[:5],
-                    [f"torch=={torch.__version__.split('+')[0]}"],
-                    typed.logger.model_format.value,
-                )
-            _log_checkpoint(runs, k, checkpoint_dir)
-            statuses.append("FAILED" if diverged else "FINISHED")
-            if diverged:
-                runs.set_tags(k, {"error": f"loss became non-finite at epoch {diverged}"})
-            finals.append(final)
-            line = _study_line(final, metric, typed.loss.metrics)
-            prefix = f"#{job.job_num} " if job.job_num is not None else ""
-            elapsed = time.perf_counter() - started
-            log.info(f"{prefix}{names[k]}: {line} [{outcome}, {elapsed:.1f}s]")
-        runs.flush()
-        runs.end(statuses)
+        finals = _finish(runs, module, data, typed, names, checkpoint_dir)
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -212,7 +172,68 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
                 print(f"losslab: continue it with: python -m src.train {again}", file=sys.stderr)
             raise KeyboardInterrupt from error
         raise
+    elapsed = time.perf_counter() - started
+    prefix = f"#{job.job_num} " if job.job_num is not None else ""
+    for name, final in zip(names, finals):
+        line = _study_line(final, metric, typed.loss.metrics)
+        log.info(f"{prefix}{name}: {line} [{final['outcome']}, {elapsed:.1f}s]")
     return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+
+
+def _outcome(test_value: float, trivial: float, metric: str, diverged: bool) -> str:
+    """ok, diverged (non-finite loss), or collapsed: no better than ignoring the input."""
+    if diverged:
+        return "diverged"
+    no_better = test_value >= trivial if lower_is_better(metric) else test_value <= trivial
+    return "collapsed" if no_better else "ok"
+
+
+def _finish(
+    runs: tracking.RunSet,
+    module: LossModule,
+    data: StudyDataModule,
+    typed: LosslabConfig,
+    names: list[str],
+    checkpoint_dir: Path,
+) -> list[dict]:
+    """Final evaluation of every member, its figures, model, outcome and true status.
+    Returns each member's final metrics (with its outcome)."""
+    metric = primary_name(typed.loss.task)
+    history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
+    scores = {"train": module.evaluate(*data.train), "test": module.evaluate(*data.test)}
+    final_all = {
+        f"final/{split}/{name}": values.tolist()
+        for split, by_name in scores.items()
+        for name, values in by_name.items()
+    }
+    runs.add_metrics(len(history), final_all)
+    trivial = trivial_score(data.split, typed.loss.task)
+    statuses, finals = [], []
+    for k, name in enumerate(names):
+        final: dict = {key: values[k] for key, values in final_all.items()}
+        member_history = [{key: values[k] for key, values in row.items()} for row in history]
+        fig = plots.learning_curves(member_history, metric, f"{name}: loss and {metric}")
+        runs.log_figure(k, fig, "learning_curves.png")
+        diverged = int(module.diverged_at[k])
+        final["outcome"] = _outcome(final[f"final/test/{metric}"], trivial, metric, diverged > 0)
+        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.4f}"}
+        if diverged:
+            tags["error"] = f"loss became non-finite at epoch {diverged}"
+        runs.set_tags(k, tags)
+        if typed.logger.log_model and not diverged:
+            runs.log_model(
+                k,
+                module.model.export(k),
+                data.split.x_test[:5],
+                [f"torch=={torch.__version__.split('+')[0]}"],
+                typed.logger.model_format.value,
+            )
+        _log_checkpoint(runs, k, checkpoint_dir)
+        statuses.append("FAILED" if diverged else "FINISHED")
+        finals.append(final)
+    runs.flush()
+    runs.end(statuses)
+    return finals
 
 
 def _start_runs(
