@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -192,10 +191,3 @@ def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path
         return Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(folder)))
     except (MlflowException, OSError):
         return None
-
-
-def write_temp(text: str, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="losslab-"))
-    path = folder / name
-    path.write_text(text)
-    return path
