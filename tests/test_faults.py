@@ -116,14 +116,15 @@ CATALOGUE = [
 def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, CliResult]]:
     """Every catalogue row run through the real CLI, each in its own empty folder."""
 
-    def one(row) -> tuple[Path, CliResult]:
+    def one(row, folder: Path) -> tuple[Path, CliResult]:
         args, _, env = row.values
-        folder = tmp_path_factory.mktemp("bad")
         store = f"sqlite:///{folder / 'mlflow.db'}"
         return folder, invoke(folder, store, *shlex.split(args), env=env, timeout=60)
 
+    # Folders first, in this thread: pytest's numbered mktemp is not thread-safe.
+    folders = [tmp_path_factory.mktemp("bad") for _ in CATALOGUE]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip((row.id for row in CATALOGUE), pool.map(one, CATALOGUE)))
+        return dict(zip((row.id for row in CATALOGUE), pool.map(one, CATALOGUE, folders)))
 
 
 @pytest.mark.parametrize(("args", "expected", "env"), CATALOGUE)
