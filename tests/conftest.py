@@ -88,3 +88,14 @@ def runs_of(client, experiment: str = "losslab") -> list:
     if found is None:
         return []
     return client.search_runs([found.experiment_id], max_results=10000)
+
+
+def compose_cfg(*overrides: str, hydra_node: bool = False):
+    """The config the CLI would compose for these overrides (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    from src import config
+
+    config.register()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)

@@ -7,21 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from src import config
-from src.config import CONF_DIR, ConfigError, Targets, Task
+from src.config import ConfigError, Targets, Task
 from src.data import make_split
 from src.losses import hinge, msle, per_member
 from src.metrics import accuracy_for, rounded_accuracy
-from tests.conftest import runs_of
-
-config.register()
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from tests.conftest import compose_cfg, runs_of
 
 
 def test_msle_clips_negative_targets_and_predictions_like_keras() -> None:

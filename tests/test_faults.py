@@ -28,7 +28,15 @@ from pathlib import Path
 import pytest
 
 from src.config import CONF_DIR
-from tests.conftest import ROOT, CliResult, cli_command, cli_env, invoke, runs_of
+from tests.conftest import (
+    ROOT,
+    CliResult,
+    cli_command,
+    cli_env,
+    compose_cfg,
+    invoke,
+    runs_of,
+)
 
 
 def closed_port() -> int:
@@ -421,16 +429,12 @@ def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlf
 
 
 def test_instantiate_is_fed_project_targets_unless_the_user_widens_the_list():
-    from hydra import compose, initialize_config_dir
-
     from src import config
 
-    config.register()
     foreign = "dataset.generator._target_=mylab.data.make_spirals"
-    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
-        refused = compose("config", overrides=[foreign])
-        trusted = "allowed_target_prefixes=[src.,sklearn.datasets.,torch.,mylab.]"
-        widened = compose("config", overrides=[foreign, trusted])
+    refused = compose_cfg(foreign)
+    trusted = "allowed_target_prefixes=[src.,sklearn.datasets.,torch.,mylab.]"
+    widened = compose_cfg(foreign, trusted)
     assert config.DEFAULT_TARGET_PREFIXES == (
         "src.",
         "sklearn.datasets.",

@@ -8,23 +8,21 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from src import config
-from src.config import CONF_DIR, ConfigError, Targets
+from src.config import ConfigError, Targets
 from src.data import make_split
 from src.losses import EPS, cross_entropy, kl_divergence, log_cosh, per_member, squared_hinge
 from src.metrics import accuracy_for
-from tests.conftest import runs_of
+from tests.conftest import compose_cfg, runs_of
 
 config.register()
 
 
 def typed(*overrides: str) -> config.LosslabConfig:
     """The validated config for these overrides, composed as the CLI composes it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return config.validate(compose("config", overrides=list(overrides)))
+    return config.validate(compose_cfg(*overrides))
 
 
 def loss_value(cfg: config.LosslabConfig, output: torch.Tensor, target: torch.Tensor) -> list:
@@ -216,8 +214,7 @@ def test_outliers_land_in_train_only_unless_asked(in_test: bool) -> None:
     ],
 )
 def test_each_preset_sweeps_its_section(experiment: str, losses: str, dataset: str | None) -> None:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_cfg(f"experiment={experiment}", hydra_node=True)
     params = dict(cfg.hydra.sweeper.params)
     assert params.pop("loss") == losses and params.pop("dataset", None) == dataset
     assert not params and cfg.members == 5

@@ -8,7 +8,7 @@ import torch
 
 from hydra_plugins.losslab.sweeper import batch_seeds
 from src.optim import updater
-from tests.conftest import runs_of
+from tests.conftest import compose_cfg, runs_of
 
 TOLERANCE = 1e-5
 
@@ -122,7 +122,6 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, clien
 
 def test_checkpoint_keeps_history_and_generators(tmp_path) -> None:
     """Saving and loading through Lightning's hooks restores what a resumed run needs."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from src import config
@@ -131,9 +130,7 @@ def test_checkpoint_keeps_history_and_generators(tmp_path) -> None:
     from src.model import MemberMLP
     from src.module import LossModule
 
-    config.register()
-    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["loss=mse", "members=2"])
+    cfg = compose_cfg("loss=mse", "members=2")
     typed = config.validate(cfg)
     data = StudyDataModule(typed.dataset, typed.loss.targets)
 
