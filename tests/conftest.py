@@ -99,3 +99,10 @@ def compose_cfg(*overrides: str, hydra_node: bool = False):
     config.register()
     with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def finished_children(client) -> dict[str, object]:
+    """The child runs of the store's sweep, by loss; every one must have FINISHED."""
+    children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
+    assert all(r.info.status == "FINISHED" for r in children), [r.info for r in children]
+    return {r.data.tags["loss"]: r for r in children}

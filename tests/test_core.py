@@ -13,7 +13,7 @@ from src.config import ConfigError, Targets, Task
 from src.data import make_split
 from src.losses import hinge, msle, per_member
 from src.metrics import accuracy_for, rounded_accuracy
-from tests.conftest import compose_cfg, runs_of
+from tests.conftest import compose_cfg, finished_children, runs_of
 
 
 def test_msle_clips_negative_targets_and_predictions_like_keras() -> None:
@@ -160,15 +160,14 @@ def test_five_loss_sweep_pairs_every_loss(run_cli, client) -> None:
         "-m", "loss=mse,msle,mae,bce,hinge", "trainer.max_epochs=2", "logger.log_model=false"
     )
     assert result.returncode == 0, result.stderr
-    children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
-    assert {r.data.tags["loss"]: r.data.tags["dataset"] for r in children} == {
+    children = finished_children(client)
+    assert {loss: r.data.tags["dataset"] for loss, r in children.items()} == {
         "mse": "regression",
         "msle": "regression",
         "mae": "regression",
         "bce": "circles",
         "hinge": "circles",
     }
-    assert all(r.info.status == "FINISHED" for r in children)
 
 
 @pytest.mark.parametrize(

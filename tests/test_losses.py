@@ -15,7 +15,7 @@ from src.config import ConfigError, Targets
 from src.data import make_split
 from src.losses import EPS, cross_entropy, kl_divergence, log_cosh, per_member, squared_hinge
 from src.metrics import accuracy_for
-from tests.conftest import compose_cfg, runs_of
+from tests.conftest import compose_cfg, finished_children, runs_of
 
 config.register()
 
@@ -247,14 +247,13 @@ def test_new_losses_train_through_the_cli(run_cli, client) -> None:
         "logger.log_model=false",
     )
     assert result.returncode == 0, result.stderr
-    children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
-    assert {r.data.tags["loss"]: r.data.tags["dataset"] for r in children} == {
+    children = finished_children(client)
+    assert {loss: r.data.tags["dataset"] for loss, r in children.items()} == {
         "squared_hinge": "circles",
         "cce": "blobs",
         "sparse_cce": "blobs",
     }
-    assert all(r.info.status == "FINISHED" for r in children)
-    by_loss = {r.data.tags["loss"]: r.data.metrics for r in children}
+    by_loss = {loss: r.data.metrics for loss, r in children.items()}
     assert "final/test/rounded_accuracy" in by_loss["squared_hinge"]
     # one-hot and integer labels are the same loss on the same data: the same numbers
     assert by_loss["cce"] == by_loss["sparse_cce"]
