@@ -265,6 +265,7 @@ def _start_runs(
             "seed": str(seed),
             "members": str(typed.members),
             "member": str(k),
+            **({"job": str(job.job_num)} if job.job_num is not None else {}),
             "overrides": " ".join(job.overrides),
             "output_dir": str(job.output_dir),
             "mlflow.source.name": "src.train",

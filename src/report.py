@@ -71,14 +71,22 @@ class Report:
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:
+    """The sweep's runs in sweep order (job number, then member), whatever order parallel
+    jobs started in, so the report's rows follow the command line."""
     client = tracking.get_client(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs(
+    runs = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         order_by=["attributes.start_time ASC"],
         max_results=10000,
     )
+
+    def position(run) -> tuple[int, int]:
+        tags = run.data.tags
+        return int(tags.get("job", sys.maxsize)), int(tags.get("member", 0))
+
+    return sorted(runs, key=position)
 
 
 def parse_overrides(text: str) -> dict[str, str]:
