@@ -130,15 +130,22 @@ def test_failing_jobs_do_not_stop_the_sweep(run_cli, client, tmp_path) -> None:
 
 
 def test_submitit_local_runs_a_two_job_sweep(run_cli, client, tmp_path) -> None:
+    one_job_per_seed = "hydra.sweeper.batch_seeds=false"  # two real submitit jobs
     result = run_cli(
-        "-m", "hydra/launcher=local", "loss=mse", "seed=0,1", "trainer.threads=1", *FAST
+        "-m",
+        "hydra/launcher=local",
+        "loss=mse",
+        "seed=0,1",
+        one_job_per_seed,
+        "trainer.threads=1",
+        *FAST,
     )
     assert result.returncode == 0, result.stderr
     parents, children = _split(runs_of(client))
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["seed"] for c in children) == ["0", "1"]
     assert all(c.info.status == "FINISHED" for c in children)
-    assert list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))
+    assert len(list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))) == 2
 
 
 def test_optuna_search_tags_its_best_trial(run_cli, client, tmp_path) -> None:
