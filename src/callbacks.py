@@ -65,23 +65,22 @@ class MlflowHistory(pl.Callback):
         self.flush_every = flush_every
         self.sent = logged  # epochs already buffered or in the store
 
-    def _buffer(self, pl_module: LossModule) -> None:
+    def _send(self, pl_module: LossModule) -> None:
+        """Buffer the epochs not yet sent, then send everything buffered."""
         for epoch, record in enumerate(pl_module.history[self.sent :], start=self.sent + 1):
             self.runs.add_metrics(epoch, {key: value.tolist() for key, value in record.items()})
         self.sent = max(self.sent, len(pl_module.history))
+        self.runs.flush()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
         if self.flush_every and len(pl_module.history) % self.flush_every == 0:
-            self._buffer(pl_module)
-            self.runs.flush()
+            self._send(pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
-        self._buffer(pl_module)
-        self.runs.flush()
+        self._send(pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: LossModule, exception: Any) -> None:
-        self._buffer(pl_module)
-        self.runs.flush()
+        self._send(pl_module)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
