@@ -5,7 +5,8 @@ B/A, ...) inside one invocation and reports the ratio losslab / baseline of each
 min / median / max, beside the absolute figures. Parts (``--only``):
 
   single   one study run per loss, fit only; losslab through experiment.run (Trainer, module,
-           callbacks, checkpoints, MLflow); also the share of MLflow logging and artifacts
+           callbacks, checkpoints, MLflow); also how long the job waits on MLflow, alone and
+           as a sweep's jobs (which leave the waiting to the sweep's end)
   sweep    the five-loss sweep end to end: one ``python -m src.train -m loss=...`` against the
            baseline's five runs in one process, imports included
   members  5 losses x 10 seeds: members=10 per loss (fit only, in process) against 50 baseline
@@ -27,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("mse", "msle", "mae", "bce", "hinge")
@@ -88,34 +90,33 @@ class Stopwatch:
 
 
 class Losslab:
-    """Runs losslab in this process through experiment.run, timing Trainer.fit and the
-    MLflow work (runs, metrics, figures, model, checkpoint) separately."""
+    """Runs losslab in this process through experiment.run, timing Trainer.fit, the time the
+    job spends on MLflow (handing work to the tracking process, and waiting for it), and the
+    tracking process's own time per kind of work."""
+
+    KINDS: ClassVar[dict[str, tuple[str, ...]]] = {  # the tracking process's methods, by kind
+        "metrics": ("log_metrics",),
+        "runs": ("start", "set_tags", "log_text", "log_file", "end"),
+        "figures": ("log_dataset", "log_learning_curves"),
+        "model": ("log_model",),
+    }
 
     def __init__(self, store: Path) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
         import pytorch_lightning as pl
         from hydra import compose, initialize_config_dir
 
-        from src import config, experiment, plots, tracking
+        from src import config, experiment, tracking, writer
 
         config.register()
-        self.config, self.experiment = config, experiment
+        self.config, self.experiment, self.tracking = config, experiment, tracking
         self.compose, self.initialize = compose, initialize_config_dir
         self.out = store / "outputs"
-        self.fit, self.metrics, self.runs, self.figures, self.model = (
-            Stopwatch() for _ in range(5)
-        )
+        self.uri = os.environ["MLFLOW_TRACKING_URI"]
+        self.fit, self.blocked = Stopwatch(), Stopwatch()
         self.fit.wrap(pl.Trainer, "fit")
-        for name in ("add_metrics", "flush"):
-            self.metrics.wrap(tracking.RunSet, name)
-        for name in ("start", "set_tags", "log_text", "log_file", "end"):
-            self.runs.wrap(tracking.RunSet, name)
-        self.runs.wrap(tracking, "ensure_experiment")
-        for name in ("log_figure", "log_file_all"):
-            self.figures.wrap(tracking.RunSet, name)
-        for name in ("learning_curves", "dataset"):  # figures exist only to be logged
-            self.figures.wrap(plots, name)
-        self.model.wrap(tracking.RunSet, "log_model")
+        for name in ("send", "result"):
+            self.blocked.wrap(writer.Writer, name)
 
     def run(self, overrides: list[str]) -> dict[str, float]:
         with self.initialize(config_dir=str(self.config.CONF_DIR), version_base="1.3"):
@@ -125,10 +126,14 @@ class Losslab:
         started = time.perf_counter()
         self.experiment.run(cfg, typed, job)
         total = time.perf_counter() - started
-        parts = {"metrics": self.metrics.take(), "runs": self.runs.take()}
-        parts["figures"] = self.figures.take()
-        parts["model"] = self.model.take()
-        return {"fit": self.fit.take(), "tracking": sum(parts.values()), **parts, "total": total}
+        return {"fit": self.fit.take(), "blocked": self.blocked.take(), "total": total}
+
+    def background(self) -> dict[str, float]:
+        """The tracking process's seconds per kind of work since the last ask (waits for it)."""
+        seconds = self.tracking.writer(self.uri).call("__seconds__")
+        self.blocked.take()  # asking is not the job's time
+        kinds = {k: sum(seconds.get(m, 0.0) for m in ms) for k, ms in self.KINDS.items()}
+        return {**kinds, "all": sum(seconds.values())}
 
 
 def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
@@ -142,11 +147,13 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
     for loss in LOSSES:
         data = baseline.make_data(baseline.STUDIES[loss])
         lab.run([f"loss={loss}", *extra])  # warm-up: first-call imports, store creation
+        lab.background()
         baseline.train(loss, 0, data, epochs)
         runs: list[dict[str, float]] = []
 
         def ours(loss: str = loss, runs: list = runs) -> float:
             runs.append(lab.run([f"loss={loss}", *extra]))
+            runs[-1].update({f"bg {k}": v for k, v in lab.background().items()})
             return runs[-1]["fit"]
 
         def theirs(loss: str = loss, data: tuple = data) -> float:
@@ -155,8 +162,6 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
             return time.perf_counter() - started
 
         pairs = alternate(theirs, ours, repeats)
-        ratios = [b / a for a, b in pairs]
-        share = [r["tracking"] / r["fit"] for r in runs]
 
         def median(key: str, runs: list = runs) -> str:
             return f"{statistics.median(r[key] for r in runs):.3f}"
@@ -166,13 +171,10 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
                 loss,
                 f"{statistics.median(a for a, _ in pairs):.3f}",
                 f"{statistics.median(b for _, b in pairs):.3f}",
-                spread(ratios),
-                median("metrics"),
-                f"{100 * statistics.median(r['metrics'] / r['fit'] for r in runs):.1f}%",
-                median("runs"),
-                median("figures"),
-                median("model"),
-                f"{100 * statistics.median(share):.0f}%",
+                spread([b / a for a, b in pairs]),
+                median("blocked"),
+                f"{100 * statistics.median(r['blocked'] / r['fit'] for r in runs):.1f}%",
+                " / ".join(median(f"bg {k}") for k in (*Losslab.KINDS, "all")),
             )
         )
     table(
@@ -181,14 +183,52 @@ def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
             "baseline fit s",
             "losslab fit s",
             "ratio min / median / max",
-            "metrics s",
-            "metrics / fit",
-            "runs, params, tags, texts, checkpoint s",
-            "figures s",
-            "model s",
-            "all MLflow / fit",
+            "job waits on MLflow s",
+            "of fit",
+            "tracking process s: metrics / runs / figures / model / all",
         ),
         rows,
+    )
+
+
+def part_held(lab: Losslab, repeats: int, epochs: int | None) -> None:
+    """The five-loss sweep as Hydra's default launcher runs it (jobs in one process, the
+    sweep waits for MLflow once, at its end), in process so Trainer.fit can be timed."""
+    print("## (2a) MLflow on the sweep's path: five losses in one process, as a sweep\n")
+    extra = ["trainer.enable_progress_bar=false"]
+    if epochs:
+        extra.append(f"trainer.max_epochs={epochs}")
+    rows = []
+    for _ in range(repeats):
+        lab.tracking.hold(lab.uri)
+        fit = blocked = 0.0
+        for loss in LOSSES:
+            result = lab.run([f"loss={loss}", *extra])
+            fit, blocked = fit + result["fit"], blocked + result["blocked"]
+        started = time.perf_counter()
+        lab.tracking.settle(lab.uri)  # the sweep's one wait, before its report
+        settle = time.perf_counter() - started
+        lab.blocked.take()
+        background = lab.background()["all"]
+        rows.append((fit, blocked, settle, background))
+    table(
+        (
+            "fit s (5 runs)",
+            "job waits s",
+            "sweep's final wait s",
+            "MLflow on the path / fit",
+            "tracking process s",
+        ),
+        [
+            (
+                f"{fit:.2f}",
+                f"{blocked:.3f}",
+                f"{settle:.3f}",
+                f"{100 * (blocked + settle) / fit:.1f}%",
+                f"{background:.2f}",
+            )
+            for fit, blocked, settle, background in rows
+        ],
     )
 
 
@@ -434,6 +474,7 @@ def main() -> None:
             lab = Losslab(store)
             if "single" in parts:
                 part_single(lab, repeats, epochs)
+                part_held(lab, repeats, epochs)
             if "members" in parts:
                 part_members(lab, repeats, epochs, args.members)
         if "sweep" in parts:

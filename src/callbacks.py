@@ -54,7 +54,8 @@ class EpochProgressBar(pl.Callback):
 
 class MlflowHistory(pl.Callback):
     """Buffers each epoch's metrics (step = epoch) and sends them in batches: every
-    ``flush_every`` epochs if > 0, and always when training ends or stops on an error.
+    ``flush_every`` epochs if > 0, and when training stops on an error. When training ends
+    they stay buffered: the job sends them after its models (src/experiment.py).
 
     ``logged`` epochs are already in the runs (a resumed run): they are not sent again. A run
     resumed from epoch C after being killed at epoch E > C recomputes epochs C+1..E; the store
@@ -63,24 +64,25 @@ class MlflowHistory(pl.Callback):
     def __init__(self, runs: RunSet, flush_every: int, logged: int = 0) -> None:
         self.runs = runs
         self.flush_every = flush_every
-        self.sent = logged  # epochs already buffered or in the store
+        self.buffered = logged  # epochs already buffered or in the store
 
-    def _send(self, pl_module: LossModule) -> None:
-        """Buffer the epochs not yet sent, then send everything buffered."""
-        for epoch, record in enumerate(pl_module.history[self.sent :], start=self.sent + 1):
+    def _buffer(self, pl_module: LossModule) -> None:
+        """Buffer the epochs not yet buffered."""
+        for epoch, record in enumerate(pl_module.history[self.buffered :], self.buffered + 1):
             self.runs.add_metrics(epoch, {key: value.tolist() for key, value in record.items()})
-        self.sent = max(self.sent, len(pl_module.history))
-        self.runs.flush()
+        self.buffered = max(self.buffered, len(pl_module.history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
         if self.flush_every and len(pl_module.history) % self.flush_every == 0:
-            self._send(pl_module)
+            self._buffer(pl_module)
+            self.runs.flush()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
-        self._send(pl_module)
+        self._buffer(pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: LossModule, exception: Any) -> None:
-        self._send(pl_module)
+        self._buffer(pl_module)
+        self.runs.flush()
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

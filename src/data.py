@@ -37,6 +37,24 @@ class Split:
             return self.n_classes
         return self.y_train.shape[1]
 
+    def thinned(self, most: int = 5000) -> Split:
+        """Every n-th row, at most ``most`` per side: a picture of a million rows costs seconds
+        and copies of the data, and shows no more than one of five thousand."""
+        step_train = max(1, len(self.x_train) // most)
+        step_test = max(1, len(self.x_test) // most)
+        return Split(
+            self.x_train[::step_train],
+            self.y_train[::step_train],
+            self.x_test[::step_test],
+            self.y_test[::step_test],
+            self.n_classes,
+        )
+
+
+def labels(y: np.ndarray) -> np.ndarray:
+    """Targets as one value per row: class index for one-hot, the value otherwise."""
+    return y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
+
 
 def _scale(values: np.ndarray, how: Scaling, fit_rows: slice) -> np.ndarray:
     if how == Scaling.none:

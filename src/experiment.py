@@ -5,16 +5,12 @@ Imported only after the config is validated, because it pulls in torch, Lightnin
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +19,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src import plots, resume, store, tracking
+from src import store, tracking
 from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
 from src.config import LosslabConfig, Task
-from src.data import Split, StudyDataModule
+from src.data import Split, StudyDataModule, labels
 from src.metrics import lower_is_better, metrics_for, primary_name
 from src.model import MemberMLP
 from src.module import Diverged, LossModule
@@ -37,12 +33,6 @@ log = logging.getLogger("losslab")
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
-PARENT_RUN_FILE = "mlflow_parent_run_id"
-EXPERIMENT_DESCRIPTION = (
-    "losslab: which loss function fits the problem? Runs of the loss-function study and "
-    "beyond (regression, binary and multi-class losses; conf/loss/), one run per seed; a "
-    "sweep is a parent run with its comparison report under report/."
-)
 
 
 @dataclass
@@ -55,19 +45,6 @@ class JobContext:
     job_num: int | None
 
 
-def git_version() -> str:
-    """The code version: commit hash, with +dirty when the work tree has changes."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=store.PROJECT_ROOT, capture_output=True, text=True, timeout=10
-        )
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def default_threads() -> int:
     """torch's own default: $OMP_NUM_THREADS when set, else the cores this process may use."""
     return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
@@ -78,9 +55,9 @@ def trivial_score(split: Split, task: Task) -> float:
     (regression) or the majority class. A run that does no better has collapsed."""
     if task == Task.regression:
         return float(np.mean((split.y_test - split.y_train.mean()) ** 2))
-    labels = plots._labels(split.y_train)
-    majority = np.bincount((labels > 0).astype(int) if task == Task.binary else labels).argmax()
-    test = plots._labels(split.y_test)
+    train = labels(split.y_train)
+    majority = np.bincount((train > 0).astype(int) if task == Task.binary else train).argmax()
+    test = labels(split.y_test)
     test = (test > 0).astype(int) if task == Task.binary else test
     return float(np.mean(test == majority))
 
@@ -127,19 +104,20 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
 
     # Tracking: one run per member, children of the sweep's parent run when there is one.
     uri = store.resolve_uri(typed.logger.tracking_uri)
-    client = tracking.get_client(uri)
     names = [run_name(typed.loss.name, job.overrides, seed) for seed in seeds]
     checkpoint_dir = job.output_dir / "checkpoints"
     logged = 0
     ckpt_path = None
     if typed.resume:
+        from src import resume  # reads the store here; only a resume needs it
+
         found = resume.locate(typed.resume, uri, cfg)
         ckpt_path, logged = found.checkpoint, found.logged
         resumed = {"resumed_from": f"epoch {found.epoch}: {found.checkpoint}"}
-        runs = tracking.RunSet.reopen(client, found.run_ids, resumed)
+        runs = tracking.RunSet.reopen(uri, found.run_ids, resumed)
         log.info(f"resuming {len(found.run_ids)} run(s) from epoch {found.epoch}")
     else:
-        runs = _start_runs(cfg, typed, job, client, names, seeds, split)
+        runs = _start_runs(cfg, typed, job, uri, names, seeds, split)
 
     single = job.sweep_dir is None
     callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs, logged)]
@@ -212,8 +190,7 @@ def _finish(
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
         member_history = [{key: values[k] for key, values in row.items()} for row in history]
-        fig = plots.learning_curves(member_history, metric, f"{name}: loss and {metric}")
-        runs.log_figure(k, fig, "learning_curves.png")
+        runs.log_learning_curves(k, member_history, metric, f"{name}: loss and {metric}")
         diverged = int(module.diverged_at[k])
         final["outcome"] = _outcome(final[f"final/test/{metric}"], trivial, metric, diverged > 0)
         tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.4f}"}
@@ -231,8 +208,11 @@ def _finish(
         _log_checkpoint(runs, k, checkpoint_dir)
         statuses.append("FAILED" if diverged else "FINISHED")
         finals.append(final)
+    # Metrics after the models: MLflow copies a run's metrics into each model it logs, reading
+    # every metric's history to do so (a tenth of a second per model) when there are any yet.
     runs.flush()
     runs.end(statuses)
+    runs.wait()
     return finals
 
 
@@ -240,21 +220,18 @@ def _start_runs(
     cfg: DictConfig,
     typed: LosslabConfig,
     job: JobContext,
-    client: tracking.MlflowClient,
+    uri: str,
     names: list[str],
     seeds: list[int],
     split: Split,
 ) -> tracking.RunSet:
     """New runs, one per member, with their tags, params, config files and data figure."""
-    experiment_id = tracking.ensure_experiment(
-        client, typed.logger.experiment, EXPERIMENT_DESCRIPTION
-    )
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    parent = None
-    if job.sweep_dir is not None and (job.sweep_dir / PARENT_RUN_FILE).exists():
-        parent = (job.sweep_dir / PARENT_RUN_FILE).read_text().strip()
-    version = git_version()
+    parent_file = job.sweep_dir / tracking.PARENT_RUN_FILE if job.sweep_dir else None
+    source = tracking.source_tags(job.overrides, job.sweep_dir)
+    if parent_file is not None and parent_file.exists():
+        source["mlflow.parentRunId"] = parent_file.read_text().strip()
     tags = []
     params = []
     for k, seed in enumerate(seeds):
@@ -266,52 +243,44 @@ def _start_runs(
             "members": str(typed.members),
             "member": str(k),
             **({"job": str(job.job_num)} if job.job_num is not None else {}),
-            "overrides": " ".join(job.overrides),
             "output_dir": str(job.output_dir),
-            "mlflow.source.name": "src.train",
-            "mlflow.source.git.commit": version,
+            **source,
         }
-        if job.sweep_dir is not None:
-            run_tags["sweep_dir"] = str(job.sweep_dir)
-        if parent:
-            run_tags["mlflow.parentRunId"] = parent
-        tags.append({key: store.redact(value) for key, value in run_tags.items()})
+        tags.append(run_tags)
         params.append({**tracking.flatten(resolved), "seed": seed})
-    runs = tracking.RunSet.start(client, experiment_id, names, tags, params)
-    try:
-        for k in range(len(seeds)):
-            runs.log_text(k, config_yaml, "config/config.yaml")
-            runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
-        runs.log_file_all(_dataset_png(split, typed))
-    except BaseException as error:
-        _close_stopped(runs, error, None)
-        raise
+    runs = tracking.RunSet.start(uri, typed.logger.experiment, names, tags, params)
+    for k in range(len(seeds)):
+        runs.log_text(k, config_yaml, "config/config.yaml")
+        runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
+    thin = split.thinned()
+    arrays = (thin.x_train, labels(thin.y_train), thin.x_test, labels(thin.y_test))
+    key = repr((typed.dataset, typed.loss.targets))
+    runs.log_dataset(key, arrays, f"{typed.dataset.name} data")
     return runs
 
 
 def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | None) -> None:
     """Close runs that stopped early with the truth: KILLED (Ctrl-C, SIGTERM) or FAILED with
-    the reason as a tag, keeping the metrics buffered so far and the last checkpoint. Each
-    write is attempted on its own, so a failing artifact store cannot leave a run RUNNING."""
+    the reason as a tag, keeping the metrics buffered so far and the last checkpoint. The
+    tracking process attempts each write on its own, so a failing artifact store cannot
+    leave a run RUNNING."""
     interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
     status = "KILLED" if interrupted else "FAILED"
     reason = "interrupted" if interrupted else f"{type(error).__name__}: {error}"
     tags = {"outcome": "diverged" if isinstance(error, Diverged) else status.lower()}
     tags["error"] = reason[:5000]
-    details = traceback.format_exc()
-    steps: list[Callable[[], object]] = [runs.flush]
-    for k in range(len(runs.run_ids)):
-        steps.append(functools.partial(runs.set_tags, k, tags))
-        if not interrupted:
-            steps.append(functools.partial(runs.log_text, k, details, "error.txt"))
-        if folder is not None:
-            steps.append(functools.partial(_log_checkpoint, runs, k, folder))
-    for step in steps:
-        try:
-            step()
-        except Exception as failed:  # keep closing; the store may be what failed
-            log.warning(f"losslab: could not record the stop in MLflow: {failed}")
-    runs.end([status] * len(runs.run_ids))
+    try:
+        runs.flush()
+        for k in range(runs.members):
+            runs.set_tags(k, tags)
+            if not interrupted:
+                runs.log_text(k, traceback.format_exc(), "error.txt")
+            if folder is not None:
+                _log_checkpoint(runs, k, folder)
+        runs.end([status] * runs.members)
+        runs.wait()
+    except tracking.TrackingError as failed:  # the store may be what failed
+        log.warning(f"losslab: could not record the stop in MLflow: {failed}")
 
 
 def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
@@ -320,22 +289,6 @@ def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
         f"{name} Train: {final[f'final/train/{name}']:.3f}, Test: {final[f'final/test/{name}']:.3f}"
         for name in [metric, *extra]
     )
-
-
-_RENDERED = tempfile.TemporaryDirectory(prefix="losslab-figures-")
-_DATASET_PNGS: dict[str, Path] = {}
-
-
-def _dataset_png(split: Split, typed: LosslabConfig) -> Path:
-    """The data's picture, rendered once per process and dataset: every member of a job and
-    every job of a sweep on the same data shares it (rendering costs more than a short fit)."""
-    key = repr((typed.dataset, typed.loss.targets))
-    if key not in _DATASET_PNGS:
-        folder = Path(_RENDERED.name) / str(len(_DATASET_PNGS))
-        folder.mkdir()
-        plots.dataset(split, f"{typed.dataset.name} data").savefig(folder / "dataset.png")
-        _DATASET_PNGS[key] = folder / "dataset.png"
-    return _DATASET_PNGS[key]
 
 
 def _log_checkpoint(runs: tracking.RunSet, member: int, folder: Path) -> None:

@@ -20,8 +20,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src import store
+from src import store, tracking
 from src.config import ConfigError, validate
+from src.writer import WriterError
+
+# Hydra's default launcher: jobs run one after another in the launching process.
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 @dataclass
@@ -108,6 +112,7 @@ class LosslabCallback(Callback):
             from src import resume
 
             resume.locate(typed.resume, uri, config)
+        tracking.writer(uri)  # starts importing MLflow while the job imports torch
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -120,35 +125,32 @@ class LosslabCallback(Callback):
         uri = store.resolve_uri(typed.logger.tracking_uri)
         store.check(uri)
 
-        from src import tracking  # MLflow: only once the sweep is known to be valid
-
-        client = tracking.get_client(uri)  # creates and migrates a fresh store, once
-        from src.experiment import EXPERIMENT_DESCRIPTION, PARENT_RUN_FILE, git_version
-
-        experiment_id = tracking.ensure_experiment(
-            client, typed.logger.experiment, EXPERIMENT_DESCRIPTION
-        )
+        # The tracking process creates (and migrates) the store, the experiment and the parent
+        # once, here: parallel jobs never race on a fresh sqlite database.
+        writer = tracking.writer(uri)
         sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = " ".join(config.hydra.overrides.task)
-        parent = client.create_run(
-            experiment_id,
-            run_name=f"sweep {sweep_dir.name}: {overrides or 'defaults'}",
-            tags={
-                "losslab.sweep": "parent",
-                "overrides": store.redact(overrides),
-                "sweep_dir": str(sweep_dir),
-                "mlflow.source.name": "src.train",
-                "mlflow.source.git.commit": git_version(),
-            },
-        )
+        overrides = list(config.hydra.overrides.task)
+        name = f"sweep {sweep_dir.name}: {' '.join(overrides) or 'defaults'}"
+        tags = {"losslab.sweep": "parent", **tracking.source_tags(overrides, sweep_dir)}
+        call = writer.send("start_parent", typed.logger.experiment, name, tags, reply=True)
+        if config.hydra.launcher._target_ == IN_PROCESS_LAUNCHER:
+            # The jobs run in this process: they leave their MLflow work to the tracking
+            # process and the sweep waits for it once, at its end; and torch and Lightning are
+            # imported now, while the tracking process sets up the store.
+            tracking.hold(uri)
+            import src.experiment  # noqa: F401
+        try:
+            parent = writer.result(call)
+        except WriterError as error:
+            raise ConfigError(f"MLflow could not start the sweep's parent run: {error}") from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(parent.info.run_id)
-        SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir = uri, parent.info.run_id, sweep_dir
+        (sweep_dir / tracking.PARENT_RUN_FILE).write_text(parent)
+        SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir = uri, parent, sweep_dir
         SWEEP.reported = False
         SWEEP.local = not config.hydra.launcher._target_.endswith("SlurmLauncher")
         sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
         size = f"{len(jobs)} job(s)" if grid else f"jobs chosen by {sweeper}"
-        print(f"losslab: sweep of {size} -> {sweep_dir} (MLflow parent run {parent.info.run_id})")
+        print(f"losslab: sweep of {size} -> {sweep_dir} (MLflow parent run {parent})")
 
     @_abort_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -157,57 +159,45 @@ class LosslabCallback(Callback):
 
 
 def report() -> None:
-    """Write the comparison report of the open sweep, log it to the parent, tag an Optuna
-    search's best trial, and count the failures. Runs at most once per sweep."""
+    """Wait for the jobs' MLflow work, then write the comparison report of the open sweep,
+    log it to the parent, tag an Optuna search's best trial, and count the failures. Runs at
+    most once per sweep."""
     if SWEEP.parent_run_id is None or SWEEP.reported:
         return
     SWEEP.reported = True
-    from src import report as sweep_report
-
-    best = sweep_report.tag_best_trial(SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir)
-    built = sweep_report.build(SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir)
-    print(built.markdown)
-    SWEEP.failures = built.failures
-    runs = len(built.results) + len(built.lost_jobs)
+    for failure in tracking.settle(SWEEP.uri):  # those runs are marked FAILED; counted below
+        print(f"losslab: MLflow could not record: {failure}", file=sys.stderr)
+    built = tracking.writer(SWEEP.uri).call("report", SWEEP.parent_run_id, SWEEP.sweep_dir)
+    print(built["markdown"], flush=True)
+    SWEEP.failures = built["failures"]
     SWEEP.summary = (
-        f"{built.failures} of {runs} run(s) failed"
-        if built.failures
-        else f"all {runs} run(s) finished"
+        f"{built['failures']} of {built['runs']} run(s) failed"
+        if built["failures"]
+        else f"all {built['runs']} run(s) finished"
     ) + f"; report in {SWEEP.sweep_dir}/report.md"
-    if best:
-        SWEEP.summary += f"; best trial tagged best_trial=true ({len(best)} run(s))"
+    if built["best"]:
+        SWEEP.summary += f"; best trial tagged best_trial=true ({built['best']} run(s))"
 
 
 def close_sweep(status: str) -> None:
     """Close the open parent run (if any) with ``status``; safe to call more than once.
 
     A sweep that ends on an error or Ctrl-C (Hydra then skips ``on_multirun_end``) first closes
-    child runs its dead local workers left RUNNING (loky workers ignore SIGINT and are
-    terminated by joblib), then writes the report, so every run ends with a true status.
+    child runs its dead local workers left RUNNING, then writes the report, so every run ends
+    with a true status.
     """
     if SWEEP.parent_run_id is None:
         return
-    from src import tracking
-
-    client = tracking.get_client(SWEEP.uri)
-    if status != "FINISHED":
-        try:
-            if SWEEP.local:
-                _close_orphans(client, status)
-            if status == "FAILED":
-                report()
-        except Exception as error:  # the parent must be closed even if this cannot be done
-            print(f"losslab: no report ({type(error).__name__}: {error})", file=sys.stderr)
-    client.set_terminated(SWEEP.parent_run_id, status)
+    writer = tracking.writer(SWEEP.uri)
+    try:
+        if status != "FINISHED" and SWEEP.local:
+            writer.call("close_orphans", SWEEP.parent_run_id, status)
+        if status == "FAILED":
+            report()
+    except Exception as error:  # the parent must be closed even if this cannot be done
+        print(f"losslab: no report ({type(error).__name__}: {error})", file=sys.stderr)
+    try:
+        writer.call("end_parent", SWEEP.parent_run_id, status)
+    except WriterError as error:
+        print(f"losslab: could not close the sweep's MLflow run: {error}", file=sys.stderr)
     SWEEP.parent_run_id = None
-
-
-def _close_orphans(client: Any, status: str) -> None:
-    from src.report import child_runs
-
-    for run in child_runs(SWEEP.uri, SWEEP.parent_run_id):
-        if run.info.status == "RUNNING":
-            reason = f"the sweep ended ({status}) while this run was running"
-            client.set_tag(run.info.run_id, "outcome", status.lower())
-            client.set_tag(run.info.run_id, "error", reason)
-            client.set_terminated(run.info.run_id, status)

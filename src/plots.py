@@ -1,4 +1,6 @@
-"""Pictures a person would rather look at than read: learning curves and the data."""
+"""Pictures a person would rather look at than read: learning curves and the data.
+
+Drawn in the tracking process (src/tracking.py), which imports neither torch nor Lightning."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-
-from src.data import Split
 
 
 def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: str) -> Figure:
@@ -27,20 +27,20 @@ def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: 
     return fig
 
 
-def dataset(split: Split, title: str) -> Figure:
+def dataset(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, title: str
+) -> Figure:
     """Two-feature data as a scatter coloured by class (train dots, test crosses); wider data
-    as its first principal component against the target, with the targets' histogram."""
+    as its first principal component against the target, with the targets' histogram. The
+    targets come one value per row (``data.labels``)."""
     fig = Figure(figsize=(10, 4.5))
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.12, wspace=0.2)
-    split = _thinned(split)
-    y_train, y_test = _labels(split.y_train), _labels(split.y_test)
-    if split.n_inputs == 2:
+    if x_train.shape[1] == 2:
         ax = fig.subplots()
-        both = np.concatenate([y_train, y_test])
-        for label in np.unique(both):
+        for label in np.unique(np.concatenate([y_train, y_test])):
             for x, y, marker, name in (
-                (split.x_train, y_train, "o", "train"),
-                (split.x_test, y_test, "x", "test"),
+                (x_train, y_train, "o", "train"),
+                (x_test, y_test, "x", "test"),
             ):
                 rows = y == label
                 ax.scatter(*x[rows].T, s=10, marker=marker, label=f"{name} class {label:g}")
@@ -50,10 +50,10 @@ def dataset(split: Split, title: str) -> Figure:
         ax.legend(fontsize="small", markerscale=1.5)
     else:
         scatter, hist = fig.subplots(1, 2)
-        x_all = np.concatenate([split.x_train, split.x_test])
+        x_all = np.concatenate([x_train, x_test])
         centred = x_all - x_all.mean(axis=0)
         component = np.linalg.svd(centred, full_matrices=False)[2][0]
-        for x, y, name in ((split.x_train, y_train, "train"), (split.x_test, y_test, "test")):
+        for x, y, name in ((x_train, y_train, "train"), (x_test, y_test, "test")):
             scatter.scatter((x - x_all.mean(axis=0)) @ component, y, s=6, alpha=0.6, label=name)
             hist.hist(y, bins=40, alpha=0.6, label=name)
         scatter.set_xlabel("first principal component of X")
@@ -63,25 +63,6 @@ def dataset(split: Split, title: str) -> Figure:
         hist.legend()
     fig.suptitle(title)
     return fig
-
-
-def _thinned(split: Split, most: int = 5000) -> Split:
-    """Every n-th row, at most ``most`` per side: a picture of a million rows costs seconds and
-    copies of the data, and shows no more than one of five thousand."""
-    step_train = max(1, len(split.x_train) // most)
-    step_test = max(1, len(split.x_test) // most)
-    return Split(
-        split.x_train[::step_train],
-        split.y_train[::step_train],
-        split.x_test[::step_test],
-        split.y_test[::step_test],
-        split.n_classes,
-    )
-
-
-def _labels(y: np.ndarray) -> np.ndarray:
-    """Targets as one value per row: class index for one-hot, the value otherwise."""
-    return y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
 
 
 def _by_task(results: Sequence) -> dict[str, list]:

@@ -440,13 +440,12 @@ def tag_best_trial(uri: str, parent_run_id: str, sweep_dir: Path) -> list[str]:
 
 def resolve(target: str, uri: str) -> tuple[str, Path]:
     """A sweep dir (holding mlflow_parent_run_id) or a parent run id -> (run id, sweep dir)."""
-    from src.experiment import PARENT_RUN_FILE
 
     path = Path(target)
     if path.is_dir():
-        id_file = path / PARENT_RUN_FILE
+        id_file = path / tracking.PARENT_RUN_FILE
         if not id_file.exists():
-            raise ConfigError(f"{path} is not a sweep dir: it has no {PARENT_RUN_FILE}")
+            raise ConfigError(f"{path} is not a sweep dir: it has no {tracking.PARENT_RUN_FILE}")
         return id_file.read_text().strip(), path
     from mlflow.exceptions import MlflowException
 

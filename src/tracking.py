@@ -1,44 +1,207 @@
-"""The one home of MLflow: experiments, runs (children under a sweep's parent), buffered
-per-epoch metrics sent in batches, artifacts, models, and the true final status."""
+"""The one home of MLflow: experiments, runs (children under a sweep's parent), per-epoch
+metrics sent in batches, figures, models, the sweep's report, and every run's true status.
+
+Two halves. ``Tracker`` owns the MlflowClient and makes every MLflow call; it lives in a
+helper process (``src/writer.py``), so training never waits on the store: the helper imports
+MLflow and matplotlib while the job imports torch, and it logs one job's figures and model
+while the next one trains. ``RunSet`` is what a job holds: it buffers each epoch's metrics
+and sends the work over. Importing this module imports neither MLflow nor matplotlib.
+"""
 
 from __future__ import annotations
 
 import fcntl
+import importlib
+import itertools
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
 from src import store
+from src.writer import Writer, WriterError
 
-# MLflow sets its own log level on import; its database-migration lines are not news.
-for _name in ("mlflow", "alembic"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-# Nor are its artifact progress bars (they would break the one line per job; set it to
-# true to see them).
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-# The pickle model format is a choice made in conf/logger (model_format), not news per model.
-logging.getLogger("mlflow.pytorch").addFilter(
-    lambda record: "Pickle or CloudPickle" not in record.getMessage()
+EXPERIMENT_DESCRIPTION = (
+    "losslab: which loss function fits the problem? Runs of the loss-function study and "
+    "beyond (regression, binary and multi-class losses; conf/loss/), one run per seed; a "
+    "sweep is a parent run with its comparison report under report/."
 )
-
+PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a sweep's folder: its jobs' parent run
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
 PARAM_VALUE_MAX = 6000
 
 
-def get_client(uri: str) -> MlflowClient:
-    """A client on ``uri``. MLflow creates and migrates a fresh sqlite store when the client is
-    made; processes starting together on a new database race on those migrations ("table
-    already exists", "Online migration expected to match one row"), so for sqlite the client
-    is made under an exclusive lock on the database's folder: one migrates, the rest wait."""
+class TrackingError(RuntimeError):
+    """MLflow could not record something; the runs concerned are marked FAILED."""
+
+
+def git_version() -> str:
+    """The code version: commit hash, with +dirty when the work tree has changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=store.PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def source_tags(overrides: list[str], sweep_dir: Path | None) -> dict[str, str]:
+    """What every run (a job's or a sweep's parent) records about where it came from."""
+    tags = {
+        "overrides": " ".join(overrides),
+        "mlflow.source.name": "src.train",
+        "mlflow.source.git.commit": git_version(),
+    }
+    if sweep_dir is not None:
+        tags["sweep_dir"] = str(sweep_dir)
+    return tags
+
+
+# ------------------------------------------------------------------- the job's side
+_WRITERS: dict[str, Writer] = {}
+_HELD: set[str] = set()  # URIs whose waits a sweep in this process takes at its end
+_HANDLES = itertools.count(1)
+
+
+def writer(uri: str) -> Writer:
+    """This process's tracking process for ``uri``, started on first use (start it early: it
+    imports MLflow while this process imports torch)."""
+    found = _WRITERS.get(uri)
+    if found is None or not found.alive:
+        found = _WRITERS[uri] = Writer(Tracker, uri)
+    return found
+
+
+def hold(uri: str) -> None:
+    """Jobs in this process stop waiting for their runs to be written: the sweep that runs
+    them waits once, at its end (``settle``), so one job's figures and model are logged
+    while the next one trains."""
+    _HELD.add(uri)
+
+
+def settle(uri: str) -> list[str]:
+    """Wait until everything sent to ``uri`` is written; the failures since the last call."""
+    _HELD.discard(uri)
+    return writer(uri).call("take_failures")
+
+
+class RunSet:
+    """The MLflow runs of one job, one per member (a plain run has one), as the job sees them:
+    calls return at once and are carried out in order by the tracking process."""
+
+    def __init__(self, uri: str, handle: int, ready: int, members: int) -> None:
+        self.uri = uri
+        self.members = members
+        self.writer = writer(uri)
+        self.handle = handle
+        self._ready = ready
+        self._run_ids: list[str] | None = None
+        self._pending: list[tuple[int, int, dict[str, list[float]]]] = []
+
+    @classmethod
+    def start(
+        cls,
+        uri: str,
+        experiment: str,
+        names: list[str],
+        tags: list[dict[str, str]],
+        params: list[dict[str, Any]],
+    ) -> RunSet:
+        handle = next(_HANDLES)
+        args = (handle, experiment, names, tags, params)
+        return cls(uri, handle, writer(uri).send("start", *args, reply=True), len(names))
+
+    @classmethod
+    def reopen(cls, uri: str, run_ids: list[str], tags: dict[str, str]) -> RunSet:
+        """Continue existing runs (a resume): RUNNING again, the old error tag dropped."""
+        handle = next(_HANDLES)
+        ready = writer(uri).send("reopen", handle, run_ids, tags, reply=True)
+        return cls(uri, handle, ready, len(run_ids))
+
+    @property
+    def run_ids(self) -> list[str]:
+        if self._run_ids is None:
+            try:
+                self._run_ids = self.writer.result(self._ready)
+            except WriterError as error:
+                raise TrackingError(str(error)) from None
+        return self._run_ids
+
+    def _send(self, method: str, *args: Any) -> None:
+        try:
+            self.writer.send(method, self.handle, *args)
+        except WriterError as error:
+            raise TrackingError(str(error)) from None
+
+    def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
+        """Buffer one step's values ({key: one value per member}); nothing is sent yet."""
+        row = {key: [float(v) for v in per_member] for key, per_member in values.items()}
+        self._pending.append((step, int(time.time() * 1000), row))
+
+    def flush(self) -> None:
+        if self._pending:
+            self._send("log_metrics", self._pending)
+            self._pending = []
+
+    def set_tags(self, member: int, tags: Mapping[str, Any]) -> None:
+        self._send("set_tags", member, {key: str(value) for key, value in tags.items()})
+
+    def log_text(self, member: int, text: str, path: str) -> None:
+        self._send("log_text", member, text, path)
+
+    def log_file(self, member: int | None, local: Path, folder: str | None = None) -> None:
+        """A file (read when the tracking process gets to it) in one member's run, or in
+        every member's run when ``member`` is None."""
+        self._send("log_file", member, str(local), folder)
+
+    def log_dataset(self, key: str, arrays: tuple, title: str) -> None:
+        """dataset.png in every member's run, drawn once per tracking process and ``key``
+        from (x_train, labels_train, x_test, labels_test)."""
+        self._send("log_dataset", key, arrays, title)
+
+    def log_learning_curves(self, member: int, history: list[dict], metric: str, title: str):
+        self._send("log_learning_curves", member, history, metric, title)
+
+    def log_model(
+        self, member: int, model: Any, input_example: Any, requirements: list[str], fmt: str
+    ) -> None:
+        self._send("log_model", member, model, input_example, requirements, fmt)
+
+    def end(self, statuses: list[str]) -> None:
+        """Close every run with its true status: FINISHED, FAILED or KILLED."""
+        self._send("end", statuses)
+
+    def wait(self) -> None:
+        """Until everything is written, unless a sweep in this process waits at its end;
+        raises TrackingError on what could not be (those runs are already marked FAILED)."""
+        if self.uri in _HELD:
+            return
+        try:
+            failures = self.writer.call("take_failures")
+        except WriterError as error:
+            raise TrackingError(str(error)) from None
+        if failures:
+            raise TrackingError("; ".join(failures))
+
+
+# ------------------------------------------------------------------- the tracking process
+def get_client(uri: str) -> Any:
+    """An MlflowClient on ``uri``. MLflow creates and migrates a fresh sqlite store when the
+    client is made; processes starting together on a new database race on those migrations
+    ("table already exists"), so for sqlite the client is made under an exclusive lock on
+    the database's folder: one migrates, the rest wait."""
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow()
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
     folder = store.sqlite_path(uri).resolve().parent
@@ -51,15 +214,18 @@ def get_client(uri: str) -> MlflowClient:
         os.close(handle)  # releases the lock
 
 
-def ensure_experiment(client: MlflowClient, name: str, description: str | None = None) -> str:
+def ensure_experiment(client: Any, name: str) -> str:
     """Get or create the experiment; tolerate another process creating it at the same time."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    tags = {"mlflow.note.content": description} if description else None
     try:
         return client.create_experiment(
-            name, artifact_location=store.artifact_root(client.tracking_uri), tags=tags
+            name,
+            artifact_location=store.artifact_root(client.tracking_uri),
+            tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION},
         )
     except MlflowException:
         found = client.get_experiment_by_name(name)
@@ -80,113 +246,254 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class RunSet:
-    """The MLflow runs of one job: one per member (a plain run has one)."""
+_quieted = False
 
-    def __init__(self, client: MlflowClient, run_ids: list[str]) -> None:
-        self.client = client
-        self.run_ids = run_ids
-        self._pending: list[list[Metric]] = [[] for _ in run_ids]
 
-    @classmethod
+def quiet_mlflow() -> None:
+    """MLflow's migration lines, artifact progress bars and pickle-format warning are not news
+    here (the pickle format is a choice made in conf/logger). Call it after importing MLflow,
+    which sets its own log levels."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.pytorch").addFilter(
+        lambda record: "Pickle or CloudPickle" not in record.getMessage()
+    )
+
+
+class Tracker:
+    """Every MLflow call of a process's jobs, made in the tracking process. A job's runs are
+    known by the job's handle. A call that fails marks the job's runs: they end FAILED with
+    the reason, whatever status the job asks for, and the job hears of it when it waits."""
+
+    def __init__(self, uri: str) -> None:
+        # The helper never autologs Lightning: spare it Lightning's import (seconds), which
+        # mlflow.pytorch attempts for its checkpoint callback and tolerates failing.
+        sys.modules.setdefault("mlflow.pytorch._lightning_autolog", None)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        self.client = get_client(uri)
+        self.uri = uri
+        self.runs: dict[int, list[str]] = {}
+        self.errors: dict[str, str] = {}  # run id -> why it cannot finish
+        self.open: set[str] = set()  # started or reopened, not yet ended
+        self.failures: list[str] = []
+        self.broken: set[int] = set()  # handles whose runs could not be started
+        self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
+        self._datasets: dict[str, Path] = {}
+        self._model_experiment: str | None = None
+        # Done while the job trains, so its figures and model do not wait for them: imports,
+        # and the map of installed packages MLflow builds on a process's first model (0.5 s).
+        self._warm_up = ["src.plots", "torch", "mlflow.pytorch", "mlflow.utils.requirements_utils"]
+
+    def idle(self) -> bool:
+        if not self._warm_up:
+            return False
+        module = importlib.import_module(self._warm_up.pop(0))
+        getattr(module, "_init_packages_to_modules_map", lambda: None)()
+        return True
+
+    # -- bookkeeping
+    def failed(self, method: str, args: tuple, error: str) -> None:
+        if args and args[0] in self.broken:
+            return  # its start failed and said why; what follows cannot work
+        self.failures.append(error)
+        for run_id in self.runs.get(args[0], []) if args else []:
+            self.errors.setdefault(run_id, error)
+
+    def take_failures(self) -> list[str]:
+        failures, self.failures = self.failures, []
+        return failures
+
+    def abandoned(self) -> None:
+        """The job process died without closing its runs (SIGKILL): record that."""
+        for run_id in list(self.open):
+            try:
+                tags = {"outcome": "killed", "error": "the job process died"}
+                self._close(run_id, "KILLED", tags)
+            except Exception:
+                continue
+
+    def _close(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+        if tags:
+            self._tags(run_id, tags)
+        self.client.set_terminated(run_id, status)
+        self.open.discard(run_id)
+
+    def _tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, store.redact(value)) for key, value in tags.items()]
+        self.client.log_batch(run_id, tags=items)
+
+    def _members(self, handle: int, member: int | None) -> list[str]:
+        run_ids = self.runs[handle]
+        return run_ids if member is None else [run_ids[member]]
+
+    # -- a job's runs
     def start(
-        cls,
-        client: MlflowClient,
-        experiment_id: str,
+        self,
+        handle: int,
+        experiment: str,
         names: list[str],
         tags: list[dict[str, str]],
         params: list[dict[str, Any]],
-    ) -> RunSet:
-        run_ids = []
+    ) -> list[str]:
+        from mlflow.entities import Param
+
+        run_ids = self.runs[handle] = []
+        try:
+            experiment_id = ensure_experiment(self.client, experiment)
+        except Exception as error:
+            self.broken.add(handle)
+            self.failures.append(f"{type(error).__name__}: {error}")
+            raise
         for name, run_tags, run_params in zip(names, tags, params):
-            run = client.create_run(experiment_id, run_name=name, tags=run_tags)
-            run_ids.append(run.info.run_id)
+            redacted = {key: store.redact(value) for key, value in run_tags.items()}
+            run_id = self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
+            run_ids.append(run_id)
+            self.open.add(run_id)
             items = [
                 Param(key, store.redact(str(value))[:PARAM_VALUE_MAX])
                 for key, value in run_params.items()
             ]
             for i in range(0, len(items), PARAM_CHUNK):
-                client.log_batch(run.info.run_id, params=items[i : i + PARAM_CHUNK])
-        return cls(client, run_ids)
+                self.client.log_batch(run_id, params=items[i : i + PARAM_CHUNK])
+        return run_ids
 
-    @classmethod
-    def reopen(cls, client: MlflowClient, run_ids: list[str], tags: dict[str, str]) -> RunSet:
-        """Continue existing runs (a resume): RUNNING again, the old error tag dropped."""
+    def reopen(self, handle: int, run_ids: list[str], tags: dict[str, str]) -> list[str]:
+        self.runs[handle] = list(run_ids)
         for run_id in run_ids:
-            client.update_run(run_id, status="RUNNING")
-            if "error" in client.get_run(run_id).data.tags:
-                client.delete_tag(run_id, "error")
-        runs = cls(client, run_ids)
-        for member in range(len(run_ids)):
-            runs.set_tags(member, tags)
-        return runs
+            self.client.update_run(run_id, status="RUNNING")
+            self.open.add(run_id)
+            if "error" in self.client.get_run(run_id).data.tags:
+                self.client.delete_tag(run_id, "error")
+            self._tags(run_id, tags)
+        return run_ids
 
-    def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
-        """Buffer one step's values ({key: one value per member}); nothing is sent yet."""
-        now = int(time.time() * 1000)
-        for key, per_member in values.items():
-            for pending, value in zip(self._pending, per_member):
-                pending.append(Metric(key, float(value), now, step))
+    def log_metrics(self, handle: int, rows: list[tuple[int, int, dict[str, list[float]]]]):
+        from mlflow.entities import Metric
 
-    def flush(self) -> None:
-        for run_id, pending in zip(self.run_ids, self._pending):
-            for i in range(0, len(pending), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=pending[i : i + BATCH_LIMIT])
-            pending.clear()
+        for k, run_id in enumerate(self.runs[handle]):
+            metrics = [
+                Metric(key, values[k], timestamp, step)
+                for step, timestamp, row in rows
+                for key, values in row.items()
+            ]
+            for i in range(0, len(metrics), BATCH_LIMIT):
+                self.client.log_batch(run_id, metrics=metrics[i : i + BATCH_LIMIT])
 
-    def set_tags(self, member: int, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(key, store.redact(str(value))) for key, value in tags.items()]
-        self.client.log_batch(self.run_ids[member], tags=items)
+    def set_tags(self, handle: int, member: int, tags: dict[str, str]) -> None:
+        self._tags(self.runs[handle][member], tags)
 
-    def log_text(self, member: int, text: str, path: str) -> None:
-        self.client.log_text(self.run_ids[member], store.redact(text), path)
+    def log_text(self, handle: int, member: int, text: str, path: str) -> None:
+        self.client.log_text(self.runs[handle][member], store.redact(text), path)
 
-    def log_file(self, member: int, local: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_ids[member], str(local), folder)
+    def log_file(self, handle: int, member: int | None, local: str, folder: str | None) -> None:
+        for run_id in self._members(handle, member):
+            self.client.log_artifact(run_id, local, folder)
 
-    def log_figure(self, member: int, figure: Any, path: str) -> None:
-        self.client.log_figure(self.run_ids[member], figure, path)
+    def log_dataset(self, handle: int, key: str, arrays: tuple, title: str) -> None:
+        from src import plots
 
-    def log_file_all(self, local: Path, folder: str | None = None) -> None:
-        """The same file in every member's run (rendered or written once)."""
-        for run_id in self.run_ids:
-            self.client.log_artifact(run_id, str(local), folder)
+        if key not in self._datasets:  # every member and job on the same data shares it
+            path = Path(self._rendered.name) / str(len(self._datasets)) / "dataset.png"
+            path.parent.mkdir()
+            plots.dataset(*arrays, title).savefig(path)
+            self._datasets[key] = path
+        self.log_file(handle, None, str(self._datasets[key]), None)
+
+    def log_learning_curves(
+        self, handle: int, member: int, history: list[dict], metric: str, title: str
+    ) -> None:
+        from src import plots
+
+        figure = plots.learning_curves(history, metric, title)
+        self.client.log_figure(self.runs[handle][member], figure, "learning_curves.png")
 
     def log_model(
         self,
+        handle: int,
         member: int,
         model: Any,
         input_example: Any,
         requirements: list[str],
-        serialization: str = "pickle",
+        serialization: str,
     ) -> None:
         """MLflow pytorch flavor with signature and input example; explicit requirements spare
         MLflow from inferring them in a subprocess (seconds per model)."""
         import mlflow.pytorch
 
-        mlflow.set_tracking_uri(self.client.tracking_uri)
-        with mlflow.start_run(run_id=self.run_ids[member]):
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=input_example,
-                pip_requirements=requirements,
-                serialization_format=serialization,
-            )
+        run_id = self.runs[handle][member]
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        if experiment_id != self._model_experiment:  # where MLflow files the model
+            mlflow.set_experiment(experiment_id=experiment_id)
+            self._model_experiment = experiment_id
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            run_id=run_id,
+            input_example=input_example,
+            pip_requirements=requirements,
+            serialization_format=serialization,
+        )
 
-    def end(self, statuses: list[str]) -> None:
-        """Close every run with its true status: FINISHED, FAILED or KILLED."""
-        for run_id, status in zip(self.run_ids, statuses):
-            self.client.set_terminated(run_id, status)
+    def end(self, handle: int, statuses: list[str]) -> None:
+        for run_id, status in zip(self.runs.get(handle, []), statuses):
+            error = self.errors.pop(run_id, None)
+            if error and status == "FINISHED":
+                self._close(run_id, "FAILED", {"outcome": "failed", "error": error[:5000]})
+            else:
+                self._close(run_id, status)
+
+    # -- a sweep's parent run
+    def start_parent(self, experiment: str, name: str, tags: dict[str, str]) -> str:
+        experiment_id = ensure_experiment(self.client, experiment)
+        redacted = {key: store.redact(value) for key, value in tags.items()}
+        return self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
+
+    def report(self, parent_run_id: str, sweep_dir: Path) -> dict[str, Any]:
+        """The sweep's comparison report (src/report.py), logged to the parent."""
+        from src import report
+
+        best = report.tag_best_trial(self.uri, parent_run_id, sweep_dir)
+        built = report.build(self.uri, parent_run_id, sweep_dir)
+        return {
+            "markdown": built.markdown,
+            "failures": built.failures,
+            "runs": len(built.results) + len(built.lost_jobs),
+            "best": len(best),
+        }
+
+    def close_orphans(self, parent_run_id: str, status: str) -> None:
+        """Close child runs that dead local workers left RUNNING (loky workers ignore SIGINT
+        and are terminated by joblib)."""
+        from src.report import child_runs
+
+        reason = f"the sweep ended ({status}) while this run was running"
+        for run in child_runs(self.uri, parent_run_id):
+            if run.info.status == "RUNNING":
+                self._close(run.info.run_id, status, {"outcome": status.lower(), "error": reason})
+
+    def end_parent(self, parent_run_id: str, status: str) -> None:
+        self.client.set_terminated(parent_run_id, status)
 
 
-def logged_epochs(client: MlflowClient, run_id: str) -> int:
+# ------------------------------------------------------------------- other readers
+def logged_epochs(client: Any, run_id: str) -> int:
     """How many epochs of per-epoch metrics the run holds (its last train/loss step)."""
     return max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=0)
 
 
-def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path | None:
+def download_checkpoint(client: Any, run_id: str, folder: Path) -> Path | None:
     """The run's checkpoint artifact (checkpoints/last.ckpt) copied into ``folder``, if any."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(folder)))
     except (MlflowException, OSError):

@@ -286,17 +286,16 @@ def test_unreachable_store_fails_in_seconds_before_training(run_cli, tmp_path, s
 RACER = """
 import sys, time
 from pathlib import Path
+import mlflow.tracking
 from src import tracking
 uri, go, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 (go.parent / f"ready{seed}").touch()
 while not go.exists():  # all eight are imported and waiting: go at the same instant
     time.sleep(0.002)
-client = tracking.get_client(uri)
-experiment = tracking.ensure_experiment(client, "losslab")
-runs = tracking.RunSet.start(client, experiment, [f"seed {seed}"], [{"seed": seed}], [{}])
-runs.add_metrics(1, {"train/loss": [seed / 10]})
-runs.flush()
-runs.end(["FINISHED"])
+tracker = tracking.Tracker(uri)  # what each job's tracking process does first
+tracker.start(1, "losslab", [f"seed {seed}"], [{"seed": str(seed)}], [{}])
+tracker.log_metrics(1, [(1, 0, {"train/loss": [seed / 10]})])
+tracker.end(1, ["FINISHED"])
 """
 
 

@@ -1,0 +1,165 @@
+"""An object's methods, called in a helper process, in order, while this process goes on.
+
+Tracking uses it so training never waits on MLflow: the helper imports MLflow and
+matplotlib while this process imports torch, and it creates runs, logs metrics, renders
+figures and saves models while the next epochs or the next job train. Calls are
+fire-and-forget (``send``) or answered (``send(..., reply=True)`` then ``result``); a failed
+fire-and-forget call is kept by the served object and reported when asked.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+class WriterError(RuntimeError):
+    """A call failed in the helper process, or the helper is gone."""
+
+
+class Writer:
+    """The client end: ``Writer(factory, *args)`` starts a helper that builds
+    ``factory(*args)`` and then serves its methods."""
+
+    def __init__(self, factory: Callable[..., Any], *args: Any) -> None:
+        ours, theirs = socket.socketpair()
+        self._conn = Connection(ours.detach())
+        # A plain interpreter, not multiprocessing's spawn: that re-imports the caller's main
+        # module, and fails in a joblib worker (its start method is "loky"). A session of its
+        # own: Ctrl-C in the terminal reaches the job, which then records it through here.
+        boot = f"import sys; sys.path[:0] = {sys.path!r}; from src.writer import _main; _main()"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", boot],
+            stdin=theirs.fileno(),
+            start_new_session=True,
+        )
+        theirs.close()
+        _put(self._conn, (factory, args))
+        self._calls = itertools.count(1)
+        self._replies: dict[int, tuple[bool, Any]] = {}
+        atexit.register(self.close)
+
+    def send(self, method: str, *args: Any, reply: bool = False) -> int:
+        """Queue ``method(*args)``; returns the call's number for ``result`` when ``reply``."""
+        call = next(self._calls)
+        try:
+            _put(self._conn, (call, method, args, reply))
+        except (OSError, ValueError) as error:  # ValueError: pickled beyond the pipe's limit
+            raise WriterError(f"the tracking process is gone ({error})") from error
+        return call
+
+    def result(self, call: int) -> Any:
+        """Wait for an answered call's value (or raise its error)."""
+        while call not in self._replies:
+            try:
+                number, ok, value = _get(self._conn)
+            except (EOFError, OSError) as error:
+                raise WriterError("the tracking process died") from error
+            self._replies[number] = (ok, value)
+        ok, value = self._replies.pop(call)
+        if not ok:
+            raise WriterError(value)
+        return value
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self.result(self.send(method, *args, reply=True))
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        """Let the helper finish every queued call, then stop it."""
+        if self._conn.closed:
+            return
+        with contextlib.suppress(WriterError):
+            self.call("__close__")
+        self._conn.close()
+        self.process.wait(timeout=60)
+        atexit.unregister(self.close)
+
+
+def _put(conn: Connection, message: object) -> None:
+    """Plain pickle, not Connection.send's: torch registers shared-memory reductions there,
+    which only work between multiprocessing's own processes."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _get(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
+def _main() -> None:
+    """The helper process: its standard input is the socket to the client."""
+    conn = Connection(os.dup(0))
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    factory, args = _get(conn)
+    _serve(conn, factory, args)
+
+
+def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:
+    """The helper's loop. A call's exception becomes its reply, or, unanswered, the served
+    object's ``failed(method, args, error)``. While no call waits, the object's ``idle()``
+    runs (one small step per call, False when there is nothing left to do). When the client
+    vanishes (killed), the object's ``abandoned()`` closes what it had open."""
+    served = None
+    try:
+        served = factory(*args)
+    except Exception as error:
+        served = _Broken(f"{type(error).__name__}: {error}")
+    idle = getattr(served, "idle", lambda: False)
+    seconds: dict[str, float] = {}
+    while True:
+        while not conn.poll() and idle():  # nothing to do: prepare what later calls need
+            pass
+        try:
+            call, method, call_args, reply = _get(conn)
+        except (EOFError, OSError):
+            getattr(served, "abandoned", lambda: None)()
+            return
+        if method == "__close__":
+            _put(conn, (call, True, None))
+            return
+        if method == "__seconds__":  # time spent per method since the last ask (bench/)
+            _put(conn, (call, True, seconds))
+            seconds = {}
+            continue
+        started = time.perf_counter()
+        try:
+            value, ok = getattr(served, method)(*call_args), True
+        except Exception as error:
+            value, ok = f"{type(error).__name__}: {error}", False
+            if not reply:
+                getattr(served, "failed", lambda *a: None)(method, call_args, value)
+        seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - started
+        if reply:
+            _put(conn, (call, ok, value))
+
+
+class _Broken:
+    """Stands in for an object that could not be built: every call fails with why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def failed(self, *args: Any) -> None:
+        pass  # the reason is every answered call's reply
+
+    def abandoned(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def fail(*args: Any) -> Any:
+            raise WriterError(self.reason)
+
+        return fail
