@@ -53,9 +53,9 @@ class EpochProgressBar(pl.Callback):
 
 
 class MlflowHistory(pl.Callback):
-    """Buffers each epoch's metrics (step = epoch) and sends them in batches: every
-    ``flush_every`` epochs if > 0, and when training stops on an error. When training ends
-    they stay buffered: the job sends them after its models (src/experiment.py).
+    """Hands each epoch's metrics (step = epoch) to the runs, which send them in full
+    batches; the rest goes every ``flush_every`` epochs if > 0, and when training stops on an
+    error. When training ends it stays buffered: the job sends it after its models.
 
     ``logged`` epochs are already in the runs (a resumed run): they are not sent again. A run
     resumed from epoch C after being killed at epoch E > C recomputes epochs C+1..E; the store
@@ -73,12 +73,9 @@ class MlflowHistory(pl.Callback):
         self.buffered = max(self.buffered, len(pl_module.history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
-        if self.flush_every and len(pl_module.history) % self.flush_every == 0:
-            self._buffer(pl_module)
-            self.runs.flush()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
         self._buffer(pl_module)
+        if self.flush_every and len(pl_module.history) % self.flush_every == 0:
+            self.runs.flush()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: LossModule, exception: Any) -> None:
         self._buffer(pl_module)

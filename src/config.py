@@ -272,7 +272,7 @@ class LoggerConfig:
     experiment: str = "losslab"
     log_model: bool = True
     model_format: ModelFormat = ModelFormat.pickle
-    flush_every_n_epochs: int = 0  # 0 sends the buffered per-epoch metrics once, at the end
+    flush_every_n_epochs: int = 0  # 0: per-epoch metrics go in full batches, the rest at the end
 
     def __post_init__(self) -> None:
         _require(

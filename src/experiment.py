@@ -208,8 +208,8 @@ def _finish(
         _log_checkpoint(runs, k, checkpoint_dir)
         statuses.append("FAILED" if diverged else "FINISHED")
         finals.append(final)
-    # Metrics after the models: MLflow copies a run's metrics into each model it logs, reading
-    # every metric's history to do so (a tenth of a second per model) when there are any yet.
+    # The last metrics after the models: MLflow reads every metric's history of a run into each
+    # model it logs (0.035 s a model logged first, 0.052 s after 1,200 values).
     runs.flush()
     runs.end(statuses)
     runs.wait()

@@ -7,24 +7,51 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 
-def learning_curves(history: Sequence[Mapping[str, float]], metric: str, title: str) -> Figure:
-    """The study's figure: loss on top, the task's metric below, train vs test per epoch."""
-    # Fixed margins: constrained layout costs a third of the rendering time.
-    fig = Figure(figsize=(7, 6))
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.08, hspace=0.08)
-    epochs = np.arange(1, len(history) + 1)
-    for ax, name in zip(fig.subplots(2, 1, sharex=True), ("loss", metric)):
-        for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
-            ax.plot(epochs, [row[f"{split}/{name}"] for row in history], color=color, label=split)
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    ax.set_xlabel("epoch")
-    fig.suptitle(title)
-    return fig
+class LearningCurves:
+    """The study's figure: loss on top, the task's metric below, train vs test per epoch.
+
+    Built once per metric and redrawn with each run's data: building the axes costs as much
+    as drawing them, and a sweep draws one per run. Save the figure before the next call."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, tuple[Figure, list[Axes], dict[str, Line2D]]] = {}
+
+    def __call__(self, history: Sequence[Mapping[str, float]], metric: str, title: str) -> Figure:
+        if metric not in self._built:
+            self._built[metric] = self._build(metric)
+        fig, axes, lines = self._built[metric]
+        epochs = np.arange(1, len(history) + 1)
+        for key, line in lines.items():
+            line.set_data(epochs, [row[key] for row in history])
+        for ax in axes:
+            ax.relim()
+            ax.autoscale_view()
+        fig.suptitle(title)
+        return fig
+
+    @staticmethod
+    def _build(metric: str) -> tuple[Figure, list[Axes], dict[str, Line2D]]:
+        # Fixed margins: constrained layout costs a third of the rendering time.
+        fig = Figure(figsize=(7, 6))
+        fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.08, hspace=0.08)
+        axes = list(fig.subplots(2, 1, sharex=True))
+        lines = {}
+        for ax, name in zip(axes, ("loss", metric)):
+            for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
+                (lines[f"{split}/{name}"],) = ax.plot([], [], color=color, label=split)
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        axes[-1].set_xlabel("epoch")
+        return fig, axes, lines
+
+
+learning_curves = LearningCurves()
 
 
 def dataset(

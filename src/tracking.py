@@ -106,6 +106,7 @@ class RunSet:
         self._ready = ready
         self._run_ids: list[str] | None = None
         self._pending: list[tuple[int, int, dict[str, list[float]]]] = []
+        self._buffered = 0  # values per run in _pending
 
     @classmethod
     def start(
@@ -143,14 +144,19 @@ class RunSet:
             raise TrackingError(str(error)) from None
 
     def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
-        """Buffer one step's values ({key: one value per member}); nothing is sent yet."""
+        """Buffer one step's values ({key: one value per member}). A full batch is sent at
+        once: a log_batch call costs MLflow about 20 ms plus 0.06 ms a value, and takes at
+        most BATCH_LIMIT values, so this is as cheap as sending and keeps the end short."""
         row = {key: [float(v) for v in per_member] for key, per_member in values.items()}
         self._pending.append((step, int(time.time() * 1000), row))
+        self._buffered += len(row)
+        if self._buffered >= BATCH_LIMIT:
+            self.flush()
 
     def flush(self) -> None:
         if self._pending:
             self._send("log_metrics", self._pending)
-            self._pending = []
+            self._pending, self._buffered = [], 0
 
     def set_tags(self, member: int, tags: Mapping[str, Any]) -> None:
         self._send("set_tags", member, {key: str(value) for key, value in tags.items()})
@@ -269,6 +275,8 @@ class Tracker:
     """Every MLflow call of a process's jobs, made in the tracking process. A job's runs are
     known by the job's handle. A call that fails marks the job's runs: they end FAILED with
     the reason, whatever status the job asks for, and the job hears of it when it waits."""
+
+    urgent = frozenset({"start", "reopen"})  # new handles: nothing sent before concerns them
 
     def __init__(self, uri: str) -> None:
         # The helper never autologs Lightning: spare it Lightning's import (seconds), which

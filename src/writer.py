@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -108,42 +109,62 @@ def _main() -> None:
 
 
 def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:
-    """The helper's loop. A call's exception becomes its reply, or, unanswered, the served
+    """The helper's loop. Calls run in the order sent, except that an answered call the
+    object lists in ``urgent`` goes first (a job waiting for its new runs' ids need not wait
+    for the last job's model). A call's exception becomes its reply, or, unanswered, the
     object's ``failed(method, args, error)``. While no call waits, the object's ``idle()``
     runs (one small step per call, False when there is nothing left to do). When the client
-    vanishes (killed), the object's ``abandoned()`` closes what it had open."""
-    served = None
+    is gone (killed), the object's ``abandoned()`` closes what it had open."""
     try:
         served = factory(*args)
     except Exception as error:
         served = _Broken(f"{type(error).__name__}: {error}")
     idle = getattr(served, "idle", lambda: False)
+    urgent = getattr(served, "urgent", frozenset())
+    queue: deque[tuple] = deque()
     seconds: dict[str, float] = {}
+    connected = True
     while True:
-        while not conn.poll() and idle():  # nothing to do: prepare what later calls need
-            pass
-        try:
-            call, method, call_args, reply = _get(conn)
-        except (EOFError, OSError):
+        if connected:
+            connected = _fill(conn, queue, idle)
+        if not queue:
             getattr(served, "abandoned", lambda: None)()
             return
+        first = next((m for m in queue if m[3] and m[1] in urgent), queue[0])
+        queue.remove(first)
+        call, method, call_args, reply = first
         if method == "__close__":
             _put(conn, (call, True, None))
             return
         if method == "__seconds__":  # time spent per method since the last ask (bench/)
-            _put(conn, (call, True, seconds))
-            seconds = {}
-            continue
-        started = time.perf_counter()
-        try:
-            value, ok = getattr(served, method)(*call_args), True
-        except Exception as error:
-            value, ok = f"{type(error).__name__}: {error}", False
-            if not reply:
-                getattr(served, "failed", lambda *a: None)(method, call_args, value)
-        seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - started
-        if reply:
-            _put(conn, (call, ok, value))
+            value, ok, seconds = seconds, True, {}
+        else:
+            started = time.perf_counter()
+            try:
+                value, ok = getattr(served, method)(*call_args), True
+            except Exception as error:
+                value, ok = f"{type(error).__name__}: {error}", False
+                if not reply:
+                    getattr(served, "failed", lambda *a: None)(method, call_args, value)
+            seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - started
+        if reply and connected:
+            with contextlib.suppress(OSError):
+                _put(conn, (call, ok, value))
+
+
+def _fill(conn: Connection, queue: deque[tuple], idle: Callable[[], bool]) -> bool:
+    """Take every call already sent; with none, do idle work until one comes. False once the
+    client is gone."""
+    try:
+        while conn.poll():
+            queue.append(_get(conn))
+        while not queue:
+            if not conn.poll() and idle():
+                continue
+            queue.append(_get(conn))
+    except (EOFError, OSError):
+        return False
+    return True
 
 
 class _Broken:

@@ -257,6 +257,64 @@ def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
     assert finals == pytest.approx({k: uninterrupted.data.metrics[k] for k in finals}, abs=1e-6)
 
 
+def test_a_killed_job_is_closed_by_its_tracking_process(tmp_path, store_uri, client):
+    """SIGKILL runs no handler in the job; its tracking process sees it gone and closes the
+    run KILLED, keeping what had been sent (here every 5 epochs)."""
+    process = start_cli(tmp_path, store_uri, *SLOW_BCE, "logger.flush_every_n_epochs=5")
+    wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)  # epoch 5 sent
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while (run := runs_of(client)[0]).info.status == "RUNNING":
+        assert time.monotonic() < deadline, "the run was left RUNNING"
+        time.sleep(0.2)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["outcome"] == "killed"
+    assert run.data.tags["error"] == "the job process died"
+    kept = history(client, run.info.run_id)
+    assert len(kept) >= 5 and [s for s, _ in kept] == list(range(1, len(kept) + 1))
+
+
+JOB_ALONE = """
+import sys
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from src import config, experiment
+config.register()
+with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+    cfg = compose("config", overrides=sys.argv[2:])
+job = experiment.JobContext(sys.argv[2:], Path(sys.argv[1]), None, None)
+experiment.run(cfg, config.validate(cfg), job)
+print(sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "sqlalchemy", "alembic"}))
+"""
+
+
+def test_the_job_never_imports_mlflow_its_tracking_process_does_the_work(
+    tmp_path, store_uri, client
+):
+    """Training never waits on MLflow's import (1.4 s) or its store: every MLflow call is made
+    by the tracking process, yet the run is complete, model included."""
+    args = ["loss=mse", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+    done = subprocess.run(
+        [sys.executable, "-c", JOB_ALONE, str(tmp_path / "job"), *args],
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    (run,) = runs_of(client)
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "ok"
+    assert [s for s, _ in history(client, run.info.run_id)] == [1, 2, 3]
+    assert {"learning_curves.png", "dataset.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id
+
+
 class SilentServer:
     """Accepts connections and never answers: a hung tracking server."""
 
