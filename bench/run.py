@@ -364,7 +364,7 @@ def part_startup(repeats: int, env: dict[str, str]) -> None:
             "-c",
             "import torch, sklearn.datasets",
         ],
-        "`python -c 'import src.experiment'` (torch, Lightning, MLflow, matplotlib)": [
+        "`python -c 'import src.experiment'` (the job's imports: torch, Lightning, sklearn)": [
             "-c",
             "import src.experiment",
         ],
