@@ -1,6 +1,7 @@
 """One job: build data, model and trainer from a validated config, train, evaluate, track.
 
-Imported only after the config is validated, because it pulls in torch, Lightning and MLflow.
+Imported only after the config is validated, because it pulls in torch and Lightning (MLflow
+is imported by the tracking process, src/tracking.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ and sends the work over. Importing this module imports neither MLflow nor matplo
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib
 import itertools
 import logging
@@ -144,9 +145,10 @@ class RunSet:
             raise TrackingError(str(error)) from None
 
     def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
-        """Buffer one step's values ({key: one value per member}). A full batch is sent at
-        once: a log_batch call costs MLflow about 20 ms plus 0.06 ms a value, and takes at
-        most BATCH_LIMIT values, so this is as cheap as sending and keeps the end short."""
+        """Buffer one step's values ({key: one value per member}). A full batch (BATCH_LIMIT
+        values a run, MLflow's most per call) leaves at once: it costs the tracking process
+        the same now as later (about 20 ms a call plus 0.06 ms a value), and now it is done
+        while training goes on rather than at the end."""
         row = {key: [float(v) for v in per_member] for key, per_member in values.items()}
         self._pending.append((step, int(time.time() * 1000), row))
         self._buffered += len(row)
@@ -174,7 +176,9 @@ class RunSet:
         from (x_train, labels_train, x_test, labels_test)."""
         self._send("log_dataset", key, arrays, title)
 
-    def log_learning_curves(self, member: int, history: list[dict], metric: str, title: str):
+    def log_learning_curves(
+        self, member: int, history: list[dict], metric: str, title: str
+    ) -> None:
         self._send("log_learning_curves", member, history, metric, title)
 
     def log_model(
@@ -252,17 +256,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_quieted = False
-
-
+@functools.cache  # once per process
 def quiet_mlflow() -> None:
     """MLflow's migration lines, artifact progress bars and pickle-format warning are not news
     here (the pickle format is a choice made in conf/logger). Call it after importing MLflow,
     which sets its own log levels."""
-    global _quieted
-    if _quieted:
-        return
-    _quieted = True
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
