@@ -168,10 +168,16 @@ def _fill(conn: Connection, queue: deque[tuple], idle: Callable[[], bool]) -> bo
 
 
 class _Broken:
-    """Stands in for an object that could not be built: every call fails with why."""
+    """Stands in for an object that could not be built: every call fails with why. The
+    loop's optional hooks are spelled out, or ``__getattr__`` would answer them too."""
+
+    urgent = frozenset()
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+    def idle(self) -> bool:
+        return False
 
     def failed(self, *args: Any) -> None:
         pass  # the reason is every answered call's reply

@@ -275,6 +275,25 @@ def test_a_killed_job_is_closed_by_its_tracking_process(tmp_path, store_uri, cli
     assert len(kept) >= 5 and [s for s, _ in kept] == list(range(1, len(kept) + 1))
 
 
+def test_a_tracking_process_that_cannot_start_answers_with_the_reason(tmp_path):
+    """The store fails as the tracking process builds its client: every answered call says
+    why, rather than the helper dying with its own traceback."""
+    from src import tracking
+    from src.writer import WriterError
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    writer = tracking.writer(f"sqlite:///{blocker}/mlflow.db")
+    try:
+        with pytest.raises(WriterError, match=r"NotADirectoryError|FileExistsError"):
+            writer.call("take_failures")
+        with pytest.raises(WriterError, match=r"NotADirectoryError|FileExistsError"):
+            writer.call("start", 1, "losslab", ["a"], [{}], [{}])
+        assert writer.alive
+    finally:
+        writer.close()
+
+
 JOB_ALONE = """
 import sys
 from pathlib import Path
