@@ -1,6 +1,7 @@
 """Pictures a person would rather look at than read: learning curves and the data.
 
-Drawn in the tracking process (src/tracking.py), which imports neither torch nor Lightning."""
+Drawn in the tracking process (src/tracking.py), which never imports Lightning: so this module
+imports matplotlib and numpy, not src.data."""
 
 from __future__ import annotations
 

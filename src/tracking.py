@@ -286,6 +286,7 @@ class Tracker:
         self.client = get_client(uri)
         self.uri = uri
         self.runs: dict[int, list[str]] = {}
+        self.experiments: dict[int, str] = {}  # handle -> its runs' experiment id
         self.errors: dict[str, str] = {}  # run id -> why it cannot finish
         self.open: set[str] = set()  # started or reopened, not yet ended
         self.failures: list[str] = []
@@ -350,34 +351,40 @@ class Tracker:
         tags: list[dict[str, str]],
         params: list[dict[str, Any]],
     ) -> list[str]:
-        from mlflow.entities import Param
-
         run_ids = self.runs[handle] = []
         try:
-            experiment_id = ensure_experiment(self.client, experiment)
-        except Exception as error:
+            self.experiments[handle] = ensure_experiment(self.client, experiment)
+            for name, run_tags, run_params in zip(names, tags, params):
+                run_ids.append(self._create(self.experiments[handle], name, run_tags, run_params))
+        except Exception as error:  # what follows for this job cannot work: say why once
             self.broken.add(handle)
             self.failures.append(f"{type(error).__name__}: {error}")
             raise
-        for name, run_tags, run_params in zip(names, tags, params):
-            redacted = {key: store.redact(value) for key, value in run_tags.items()}
-            run_id = self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
-            run_ids.append(run_id)
-            self.open.add(run_id)
-            items = [
-                Param(key, store.redact(str(value))[:PARAM_VALUE_MAX])
-                for key, value in run_params.items()
-            ]
-            for i in range(0, len(items), PARAM_CHUNK):
-                self.client.log_batch(run_id, params=items[i : i + PARAM_CHUNK])
         return run_ids
+
+    def _create(
+        self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
+    ) -> str:
+        from mlflow.entities import Param
+
+        redacted = {key: store.redact(value) for key, value in tags.items()}
+        run_id = self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
+        self.open.add(run_id)
+        items = [
+            Param(key, store.redact(str(value))[:PARAM_VALUE_MAX]) for key, value in params.items()
+        ]
+        for i in range(0, len(items), PARAM_CHUNK):
+            self.client.log_batch(run_id, params=items[i : i + PARAM_CHUNK])
+        return run_id
 
     def reopen(self, handle: int, run_ids: list[str], tags: dict[str, str]) -> list[str]:
         self.runs[handle] = list(run_ids)
         for run_id in run_ids:
+            run = self.client.get_run(run_id)
+            self.experiments[handle] = run.info.experiment_id
             self.client.update_run(run_id, status="RUNNING")
             self.open.add(run_id)
-            if "error" in self.client.get_run(run_id).data.tags:
+            if "error" in run.data.tags:
                 self.client.delete_tag(run_id, "error")
             self._tags(run_id, tags)
         return run_ids
@@ -436,7 +443,7 @@ class Tracker:
         import mlflow.pytorch
 
         run_id = self.runs[handle][member]
-        experiment_id = self.client.get_run(run_id).info.experiment_id
+        experiment_id = self.experiments[handle]
         if experiment_id != self._model_experiment:  # where MLflow files the model
             mlflow.set_experiment(experiment_id=experiment_id)
             self._model_experiment = experiment_id
