@@ -226,19 +226,56 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    _target_: str = "torch.optim.SGD"
+    """What every optimizer takes. Each ``conf/optimizer/<name>.yaml`` starts from its own
+    schema below (registered as ``schema/optimizer/<name>``), so a key that optimizer does not
+    take fails while composing, not when torch builds it."""
+
+    _target_: str = MISSING
     lr: float = 0.01
-    momentum: float = 0.0
     weight_decay: float = 0.0
-    nesterov: bool = False
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and math.isfinite(self.lr), f"optimizer.lr={self.lr} must be > 0")
+        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _require(
             0.0 <= self.momentum < 1.0,
             f"optimizer.momentum={self.momentum} must be in [0, 1)",
         )
-        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        _require(
+            not self.nesterov or self.momentum > 0,
+            "optimizer.nesterov=true needs optimizer.momentum > 0",
+        )
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    lr: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    amsgrad: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"optimizer.betas={self.betas} must be two values in [0, 1)",
+        )
+        _require(self.eps > 0, f"optimizer.eps={self.eps} must be > 0")
+
+
+# conf/optimizer/<name>.yaml -> its schema (a new optimizer adds one line here and one YAML).
+OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConfig]] = {"sgd": SGDConfig, "adam": AdamConfig}
 
 
 @dataclass
@@ -385,4 +422,7 @@ def _reject_added_keys(node: DictConfig, path: str = "") -> None:
 
 def register() -> None:
     """Store the root schema; conf/config.yaml lists it first so every group merges onto it."""
-    ConfigStore.instance().store(name="losslab_schema", node=LosslabConfig)
+    store = ConfigStore.instance()
+    store.store(name="losslab_schema", node=LosslabConfig)
+    for name, schema in OPTIMIZER_SCHEMAS.items():
+        store.store(group="schema/optimizer", name=name, node=schema)

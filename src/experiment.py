@@ -12,17 +12,20 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from src import store, tracking
 from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
-from src.config import LosslabConfig, Task
+from src.config import ConfigError, LosslabConfig, Task
 from src.data import Split, StudyDataModule, labels
 from src.metrics import lower_is_better, metrics_for, primary_name
 from src.model import MemberMLP
@@ -87,21 +90,26 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     torch.set_num_threads(typed.trainer.threads or default_threads())
     seeds = [typed.seed + k for k in range(typed.members)]
     pl.seed_everything(typed.seed, workers=True, verbose=False)
-    data = StudyDataModule(typed.dataset, typed.loss.targets)
+    with _refused_by_target("dataset.generator"):
+        data = StudyDataModule(typed.dataset, typed.loss.targets)
     split = data.split
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     sizes = [split.n_inputs, *typed.model.hidden_sizes, split.n_outputs]
     model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
     metric = primary_name(typed.loss.task)
-    module = LossModule(
-        model=model,
-        loss=typed.loss,
-        metrics=metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        batch_size=typed.dataset.batch_size,
-        generators=generators,
-        test=data.test,
-    )
+    with _refused_by_target("loss.fn"):
+        module = LossModule(
+            model=model,
+            loss=typed.loss,
+            metrics=metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics),
+            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            batch_size=typed.dataset.batch_size,
+            generators=generators,
+            test=data.test,
+        )
+    module.check_loss(*data.train)
+    with _refused_by_target("optimizer"):
+        module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
 
     # Tracking: one run per member, children of the sweep's parent run when there is one.
     uri = store.resolve_uri(typed.logger.tracking_uri)
@@ -157,6 +165,21 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
         line = _study_line(final, metric, typed.loss.metrics)
         log.info(f"{prefix}{name}: {line} [{final['outcome']}, {elapsed:.1f}s]")
     return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+
+
+@contextmanager
+def _refused_by_target(where: str) -> Iterator[None]:
+    """A function named by a config (``_target_``) that refuses its arguments is a config
+    mistake: report it in one line before any run starts, so the store gets no FAILED run."""
+    try:
+        yield
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        reason = " ".join(str(cause).split())
+        raise ConfigError(
+            f"{where}: {type(cause).__name__}: {reason} (python -m src.train --cfg job "
+            f"shows the {where} arguments)"
+        ) from error
 
 
 def _outcome(test_value: float, trivial: float, metric: str, diverged: bool) -> str:

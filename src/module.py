@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from src.config import LossConfig
+from src.config import ConfigError, LossConfig
 from src.losses import per_member
 from src.metrics import Metric
 from src.model import MemberMLP
@@ -72,6 +72,25 @@ class LossModule(pl.LightningModule):
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = logits if self.from_logits else self.model.predict_from(logits)
         return per_member(self.loss_fn(output, target))
+
+    @torch.no_grad()
+    def check_loss(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Call loss.fn on two rows before any run starts: a loss that refuses these targets,
+        or reduces to one number (reduction: mean), fails here in one line, not in step one."""
+        logits = self.model(x[:2])
+        output = logits if self.from_logits else self.model.predict_from(logits)
+        target = y[:2].expand(self.model.members, *y[:2].shape)
+        try:
+            values = self.loss_fn(output, target)
+        except Exception as error:
+            reason = " ".join(str(error).split())
+            raise ConfigError(f"loss.fn: {type(error).__name__}: {reason}") from error
+        if values.shape[:2] != output.shape[:2]:
+            raise ConfigError(
+                f"loss.fn returned shape {tuple(values.shape)} for outputs of shape "
+                f"{tuple(output.shape)}; it must return one loss per sample (or element), "
+                "not reduce them: keep reduction: none"
+            )
 
     def _scores(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         pred = self.model.predict_from(logits)

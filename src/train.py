@@ -49,7 +49,9 @@ def main(cfg: DictConfig) -> float:
         return run(cfg, typed, job)
     except KeyboardInterrupt:
         raise
-    except Exception as error:  # the run is already marked FAILED in MLflow
+    except Exception as error:  # a started run is already marked FAILED in MLflow
+        if isinstance(error, ConfigError) and not multirun:  # refused before any run started
+            raise hydra_callbacks.Abort() from error  # one line, as a bad override gets
         reason = " ".join(str(error).split())  # one line, even for a multi-line message
         message = f"{' '.join(job.overrides) or 'defaults'}: {type(error).__name__}: {reason}"
         if multirun:  # let the other jobs run; the sweep reports failures at the end

@@ -103,6 +103,30 @@ def test_pairing_rejects_a_task_mismatch_naming_the_choices() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("choice", "built", "group"),
+    [
+        ("sgd", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "nesterov": False}),
+        ("adam", torch.optim.Adam, {"lr": 0.001, "betas": (0.9, 0.999), "eps": 1e-8}),
+    ],
+)
+def test_each_optimizer_option_has_its_schema_and_builds_its_optimizer(
+    choice: str, built: type, group: dict
+) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    assert sorted(config.OPTIMIZER_SCHEMAS) == sorted(
+        p.stem for p in (config.CONF_DIR / "optimizer").glob("*.yaml")
+    )
+    cfg = compose_cfg(f"optimizer={choice}")
+    assert type(config.validate(cfg).optimizer) is config.OPTIMIZER_SCHEMAS[choice]
+    arguments = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optimizer = instantiate(arguments, params=[torch.nn.Parameter(torch.zeros(1))])
+    assert type(optimizer) is built
+    assert {key: optimizer.param_groups[0][key] for key in group} == group
+
+
 def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
     result = run_cli("loss=hinge", "trainer.max_epochs=3", "seed=1")
     assert result.returncode == 0, result.stderr

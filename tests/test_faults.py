@@ -66,7 +66,8 @@ CATALOGUE = [
     bad("model=foo", f"unknown model 'foo'; choose one of: {options('model')}"),
     bad("optimizer=foo", f"unknown optimizer 'foo'; choose one of: {options('optimizer')}"),
     # unknown keys, wrong types
-    bad("optimizer.lrr=0.1", "Key 'lrr' not in 'OptimizerConfig' (to add a new key use +"),
+    bad("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig' (to add a new key use +"),
+    bad("optimizer=adam optimizer.momentum=0.9", "Key 'momentum' not in 'AdamConfig'"),
     bad("+optimizer.betas=1", "unknown key 'optimizer.betas'"),
     bad("+foo=1", "unknown key 'foo'"),
     bad("optimizer.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
@@ -79,6 +80,9 @@ CATALOGUE = [
     bad("optimizer.lr=nan", "optimizer.lr=nan must be > 0"),
     bad("optimizer.momentum=1", "optimizer.momentum=1.0 must be in [0, 1)"),
     bad("optimizer.momentum=-0.5", "optimizer.momentum=-0.5 must be in [0, 1)"),
+    bad("optimizer.nesterov=true optimizer.momentum=0", "nesterov=true needs optimizer.momentum"),
+    bad("optimizer=adam optimizer.betas=[0.9,1]", "betas=[0.9, 1.0] must be two values in [0, 1)"),
+    bad("optimizer=adam optimizer.eps=0", "optimizer.eps=0.0 must be > 0"),
     bad("trainer.max_epochs=0", "trainer.max_epochs=0 must be >= 1"),
     bad("dataset.batch_size=0", "dataset.batch_size=0 must be >= 1"),
     bad("dataset.batch_size=501", "larger than the train split (500 rows)"),
@@ -145,6 +149,41 @@ def test_bad_input_gets_one_line_and_creates_nothing(answers, request, args, exp
     assert lines[0].startswith("losslab: error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert list(folder.iterdir()) == []  # no outputs/, multirun/ or mlflow.db
+
+
+# Mistakes only the named function can find (its arguments, what it returns): the job reports
+# them after its imports, still in one line, and before any run is started.
+REFUSED = [
+    ("loss=bce dataset.generator.random_state=abc", "dataset.generator: InvalidParameterError"),
+    ("optimizer._target_=torch.optim.Adam", "optimizer: TypeError: Adam.__init__() got an"),
+    ("loss.fn.reduction=mean", "loss.fn returned shape () for outputs of shape (1, 2, 1)"),
+    ("loss=kld loss.targets=index", "loss.fn: RuntimeError: The size of tensor a (2) must match"),
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, CliResult]]:
+    def one(args: str, folder: Path) -> tuple[str, CliResult]:
+        store = f"sqlite:///{folder / 'mlflow.db'}"
+        return store, invoke(folder, store, *shlex.split(args), "trainer.max_epochs=2")
+
+    folders = [tmp_path_factory.mktemp("refused") for _ in REFUSED]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(one, [args for args, _ in REFUSED], folders))
+
+
+@pytest.mark.parametrize("row", range(len(REFUSED)), ids=[args for args, _ in REFUSED])
+def test_a_target_that_refuses_its_config_fails_before_any_run(refusals, row):
+    from mlflow.tracking import MlflowClient
+
+    store, result = refusals[row]
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith("losslab: error: ") and REFUSED[row][1] in line, line
+    assert "run failed" not in line  # there is no run: nothing to mark FAILED
+    client = MlflowClient(tracking_uri=store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert experiments and client.search_runs(experiments) == []
 
 
 # ---- faults: each drives a real subprocess and then reads the store ----------------------------
