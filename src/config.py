@@ -401,6 +401,17 @@ def validate(cfg: DictConfig) -> LosslabConfig:
     return obj
 
 
+def from_logged(logged: DictConfig) -> LosslabConfig:
+    """A run's typed config from the resolved config.yaml it logged. That file names no
+    optimizer option, so the schema is the one whose ``_target_`` it has."""
+    target = logged.optimizer._target_
+    by_target = {schema._target_: schema for schema in OPTIMIZER_SCHEMAS.values()}
+    _require(target in by_target, f"optimizer._target_={target} has no schema in OPTIMIZER_SCHEMAS")
+    schema = OmegaConf.structured(LosslabConfig)
+    schema.optimizer = OmegaConf.structured(by_target[target])
+    return validate(OmegaConf.merge(schema, logged))
+
+
 def _reject_added_keys(node: DictConfig, path: str = "") -> None:
     """``+key=value`` slips a key past the schema, and to_object would silently drop it (or
     hand it to a constructor at run time): refuse keys a schema node does not declare."""

@@ -60,11 +60,10 @@ def run_config(client: MlflowClient, run_id: str) -> LosslabConfig:
     """The run's typed config, from the resolved config.yaml it logged."""
     from omegaconf import OmegaConf
 
-    from src.config import validate
+    from src.config import from_logged
 
     folder = client.download_artifacts(run_id, "config")
-    logged = OmegaConf.load(Path(folder) / "config.yaml")
-    return validate(OmegaConf.merge(OmegaConf.structured(LosslabConfig), logged))
+    return from_logged(OmegaConf.load(Path(folder) / "config.yaml"))
 
 
 def find_run(client: MlflowClient, run_id: str) -> Run:

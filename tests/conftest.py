@@ -106,3 +106,9 @@ def finished_children(client) -> dict[str, object]:
     children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
     assert all(r.info.status == "FINISHED" for r in children), [r.info for r in children]
     return {r.data.tags["loss"]: r for r in children}
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 
 def explode(output: Any, target: Any, **kwargs: Any) -> Any:
+    """A loss that passes the start-up probe (called without gradients, before any run starts)
+    and fails in the first training step."""
+    if not torch.is_grad_enabled():
+        return torch.zeros_like(output)
     raise RuntimeError("deliberate failure inside training (tests.failing.explode)")
 
 

@@ -125,6 +125,9 @@ def test_each_optimizer_option_has_its_schema_and_builds_its_optimizer(
     optimizer = instantiate(arguments, params=[torch.nn.Parameter(torch.zeros(1))])
     assert type(optimizer) is built
     assert {key: optimizer.param_groups[0][key] for key in group} == group
+    # What predict/report read back from a run: its logged config.yaml, typed again.
+    logged = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))
+    assert config.from_logged(logged) == config.validate(cfg)
 
 
 def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
