@@ -89,27 +89,9 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     # earlier job would otherwise leak into the next.
     torch.set_num_threads(typed.trainer.threads or default_threads())
     seeds = [typed.seed + k for k in range(typed.members)]
-    pl.seed_everything(typed.seed, workers=True, verbose=False)
-    with _refused_by_target("dataset.generator"):
-        data = StudyDataModule(typed.dataset, typed.loss.targets)
+    data, module = build(cfg, typed, seeds)
     split = data.split
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    sizes = [split.n_inputs, *typed.model.hidden_sizes, split.n_outputs]
-    model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
     metric = primary_name(typed.loss.task)
-    with _refused_by_target("loss.fn"):
-        module = LossModule(
-            model=model,
-            loss=typed.loss,
-            metrics=metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics),
-            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            batch_size=typed.dataset.batch_size,
-            generators=generators,
-            test=data.test,
-        )
-    module.check_loss(*data.train)
-    with _refused_by_target("optimizer"):
-        module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
 
     # Tracking: one run per member, children of the sweep's parent run when there is one.
     uri = store.resolve_uri(typed.logger.tracking_uri)
@@ -165,6 +147,34 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
         line = _study_line(final, metric, typed.loss.metrics)
         log.info(f"{prefix}{name}: {line} [{final['outcome']}, {elapsed:.1f}s]")
     return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+
+
+def build(
+    cfg: DictConfig, typed: LosslabConfig, seeds: list[int]
+) -> tuple[StudyDataModule, LossModule]:
+    """Data, model and module, each function a config names called once (the loss on two rows,
+    the optimizer built and thrown away) before any run starts: a value one of them refuses is
+    a config mistake, reported in one line, with nothing in MLflow."""
+    pl.seed_everything(typed.seed, workers=True, verbose=False)
+    with _refused_by_target("dataset.generator"):
+        data = StudyDataModule(typed.dataset, typed.loss.targets)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    sizes = [data.split.n_inputs, *typed.model.hidden_sizes, data.split.n_outputs]
+    model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
+    with _refused_by_target("loss.fn"):
+        module = LossModule(
+            model=model,
+            loss=typed.loss,
+            metrics=metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics),
+            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            batch_size=typed.dataset.batch_size,
+            generators=generators,
+            test=data.test,
+        )
+    module.check_loss(*data.train)
+    with _refused_by_target("optimizer"):
+        module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
+    return data, module
 
 
 @contextmanager

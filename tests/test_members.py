@@ -122,31 +122,13 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, clien
 
 def test_checkpoint_keeps_history_and_generators(tmp_path) -> None:
     """Saving and loading through Lightning's hooks restores what a resumed run needs."""
-    from omegaconf import OmegaConf
-
-    from src import config
-    from src.data import StudyDataModule
-    from src.metrics import metrics_for
-    from src.model import MemberMLP
-    from src.module import LossModule
+    from src import config, experiment
 
     cfg = compose_cfg("loss=mse", "members=2")
     typed = config.validate(cfg)
-    data = StudyDataModule(typed.dataset, typed.loss.targets)
 
-    def module() -> LossModule:
-        generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-        sizes = [data.split.n_inputs, *typed.model.hidden_sizes, 1]
-        model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
-        return LossModule(
-            model,
-            typed.loss,
-            metrics_for(typed.loss.task, typed.loss.targets, []),
-            OmegaConf.to_container(cfg.optimizer),
-            typed.dataset.batch_size,
-            generators,
-            data.test,
-        )
+    def module():
+        return experiment.build(cfg, typed, [0, 1])[1]
 
     first = module()
     first.history = [{"train/loss": torch.tensor([float(e), e + 0.5])} for e in range(3)]
