@@ -21,6 +21,7 @@ import argparse
 import errno
 import os
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -46,6 +47,23 @@ def port_taken(host: str, port: int) -> bool:
 def artifacts_uri(artifacts: str) -> str:
     """A folder becomes a file:// URI; a URI (s3://bucket/path, ...) is used as given."""
     return artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri()
+
+
+def runs_link(store_uri: str, base_url: str, experiment: str = "losslab") -> str | None:
+    """The experiment's runs page in the classic view: MLflow 3's UI opens in its GenAI view,
+    and only a ``workflowType`` in the link (or a click on its switch) leaves it. Read from a
+    sqlite store's experiments table, without importing MLflow; None when there is none yet."""
+    if not store_uri.startswith("sqlite:///") or not store.sqlite_path(store_uri).is_file():
+        return None
+    query = "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'"
+    try:
+        with sqlite3.connect(f"{store.sqlite_path(store_uri).as_uri()}?mode=ro", uri=True) as db:
+            row = db.execute(query, (experiment,)).fetchone()
+    except sqlite3.Error:  # not an MLflow database yet, or one from another schema
+        return None
+    if row is None:
+        return None
+    return f"{base_url}/#/experiments/{row[0]}/runs?workflowType=machine_learning"
 
 
 def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -114,11 +132,15 @@ def main(argv: list[str] | None = None) -> None:
         store.sqlite_path(args.store).parent.mkdir(parents=True, exist_ok=True)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # wildcard: local URL
     what = "tracking server" if args.team else "UI"
+    base_url = f"http://{shown}:{args.port}"
     print(
-        f"losslab: MLflow {what} at http://{shown}:{args.port}  "
+        f"losslab: MLflow {what} at {base_url}  "
         f"(store {store.redact(args.store)}, artifacts {args.artifacts}; Ctrl-C stops it)",
         flush=True,
     )
+    link = runs_link(args.store, base_url)
+    if link:
+        print(f"losslab: the losslab runs: {link}", flush=True)
     # The job runner serves GenAI features (judges, trace roll-ups) losslab does not use: two
     # worker pools fewer on a small machine. Set it to true in the environment to keep it.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

@@ -297,6 +297,8 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
+    from src.serve import runs_link
+
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium not found at {CHROMIUM}; install it with `make browser` (root)")
     from playwright.sync_api import expect, sync_playwright
@@ -320,9 +322,10 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             page.set_default_timeout(wait)
             expect.set_options(timeout=wait)
-            page.goto(f"{server.url}/#/experiments", wait_until="domcontentloaded")
-            page.get_by_role("button", name="Model training").click()  # not the GenAI view
-            page.get_by_role("link", name="browse", exact=True).click()
+            # The link `make ui` prints: straight to the runs, not MLflow 3's GenAI view.
+            link = runs_link(server.store, server.url, experiment="browse")
+            assert link and link.endswith("/runs?workflowType=machine_learning")
+            page.goto(link, wait_until="domcontentloaded")
             expect(page.get_by_text("losslab: which loss function fits").first).to_be_visible()
             # The children sit under the sweep's parent run: expand it, then all five show.
             parent_row = page.locator(".ag-row", has=page.get_by_role("link", name="sweep "))
