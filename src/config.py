@@ -94,6 +94,16 @@ TARGET_OUTPUTS: dict[Targets, tuple[Output, ...]] = {
     Targets.index: (Output.softmax,),
 }
 
+
+def primary_name(task: Task) -> str:
+    """The metric the study reports for a task (implemented in metrics.py)."""
+    return "mse" if task == Task.regression else "accuracy"
+
+
+def lower_is_better(name: str) -> bool:
+    return name in ("mse", "loss")
+
+
 # Extra metrics a loss may list by name (implemented in metrics.py).
 EXTRA_METRICS = ("mse", "rounded_accuracy")
 

@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import store, tracking
 from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
-from src.config import ConfigError, LosslabConfig, Task
+from src.config import ConfigError, LosslabConfig, Task, lower_is_better, primary_name
 from src.data import Split, StudyDataModule, labels
-from src.metrics import lower_is_better, metrics_for, primary_name
+from src.metrics import metrics_for
 from src.model import MemberMLP
 from src.module import Diverged, LossModule
 

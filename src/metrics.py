@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from src.config import Targets, Task
+from src.config import Targets, Task, primary_name
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,15 +53,6 @@ def rounded_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # Metrics a loss may ask for by name (conf/loss/*.yaml `metrics:`); names listed in config.py.
 EXTRA: dict[str, Metric] = {"rounded_accuracy": rounded_accuracy, "mse": mse}
-
-
-def primary_name(task: Task) -> str:
-    """The metric the study reports for a task."""
-    return "mse" if task == Task.regression else "accuracy"
-
-
-def lower_is_better(name: str) -> bool:
-    return name in ("mse", "loss")
 
 
 def metrics_for(task: Task, targets: Targets, extra: list[str]) -> dict[str, Metric]:

@@ -22,8 +22,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from src import plots, store, tracking
-from src.config import ConfigError, Task
-from src.metrics import lower_is_better, primary_name
+from src.config import ConfigError, Task, lower_is_better, primary_name
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written into the sweep dir by the Optuna sweeper
 ARTIFACT_DIR = "report"
