@@ -112,7 +112,8 @@ class LosslabCallback(Callback):
             from src import resume
 
             resume.locate(typed.resume, uri, config)
-        tracking.writer(uri)  # starts importing MLflow while the job imports torch
+        # starts importing MLflow while the job imports torch
+        tracking.writer(uri, models=typed.logger.log_model)
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -127,7 +128,7 @@ class LosslabCallback(Callback):
 
         # The tracking process creates (and migrates) the store, the experiment and the parent
         # once, here: parallel jobs never race on a fresh sqlite database.
-        writer = tracking.writer(uri)
+        writer = tracking.writer(uri, models=any(job.logger.log_model for job in checked))
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(config.hydra.overrides.task)
         name = f"sweep {sweep_dir.name}: {' '.join(overrides) or 'defaults'}"

@@ -73,12 +73,13 @@ _HELD: set[str] = set()  # URIs whose waits a sweep in this process takes at its
 _HANDLES = itertools.count(1)
 
 
-def writer(uri: str) -> Writer:
+def writer(uri: str, models: bool = True) -> Writer:
     """This process's tracking process for ``uri``, started on first use (start it early: it
-    imports MLflow while this process imports torch)."""
+    imports MLflow while this process imports torch). ``models=False`` (no job will log a
+    model) spares it warming up torch and mlflow.pytorch, about 2 s of CPU."""
     found = _WRITERS.get(uri)
     if found is None or not found.alive:
-        found = _WRITERS[uri] = Writer(Tracker, uri)
+        found = _WRITERS[uri] = Writer(Tracker, uri, models)
     return found
 
 
@@ -276,7 +277,7 @@ class Tracker:
 
     urgent = frozenset({"start", "reopen"})  # new handles: nothing sent before concerns them
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, models: bool = True) -> None:
         # The helper never autologs Lightning: spare it Lightning's import (seconds), which
         # mlflow.pytorch attempts for its checkpoint callback and tolerates failing.
         sys.modules.setdefault("mlflow.pytorch._lightning_autolog", None)
@@ -296,7 +297,9 @@ class Tracker:
         self._model_experiment: str | None = None
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
-        self._warm_up = ["src.plots", "torch", "mlflow.pytorch", "mlflow.utils.requirements_utils"]
+        self._warm_up = ["src.plots"]
+        if models:  # else torch is never needed here: it comes with the pickled models
+            self._warm_up += ["torch", "mlflow.pytorch", "mlflow.utils.requirements_utils"]
 
     def idle(self) -> bool:
         if not self._warm_up:
