@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf.errors import OmegaConfBaseException
 
-from src.config import CONF_DIR
+from src import config
 
 
 def _first_line(error: BaseException) -> str:
@@ -16,14 +17,14 @@ def _first_line(error: BaseException) -> str:
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (config.CONF_DIR / group).glob("*.yaml"))
 
 
 def one_line_error(error: BaseException) -> str | None:
     """The message for a user mistake, or None for anything else (a bug: show the traceback)."""
     if isinstance(error, MissingConfigException):
         found = re.search(r"Could not find '([\w/]+)/([^']+)'", str(error))
-        if found and (CONF_DIR / found.group(1)).is_dir():
+        if found and (config.CONF_DIR / found.group(1)).is_dir():
             group, name = found.groups()
             return f"unknown {group} '{name}'; choose one of: {', '.join(_options(group))}"
         return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
@@ -32,8 +33,12 @@ def one_line_error(error: BaseException) -> str | None:
         cause = error.__cause__ or error.__context__
         if isinstance(cause, OmegaConfBaseException):
             line = f"{line}: {_first_line(cause)}"
+        schema = re.search(r"Key '\w+' not in '(\w+)'", line)
         hint = re.search(r"To append to your config use (\S+)", str(error))
-        if hint:
+        if schema and dataclasses.is_dataclass(known := getattr(config, schema.group(1), None)):
+            # a typed group: `+key=` would be refused too, so name the keys it has instead
+            line += f"; it takes: {', '.join(f.name for f in dataclasses.fields(known))}"
+        elif hint:
             line += f" (to add a new key use {hint.group(1)})"
         return line
     return None

@@ -41,8 +41,9 @@ CATALOGUE = [
     bad("model=foo", f"unknown model 'foo'; choose one of: {options('model')}"),
     bad("optimizer=foo", f"unknown optimizer 'foo'; choose one of: {options('optimizer')}"),
     # unknown keys, wrong types
-    bad("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig' (to add a new key use +"),
+    bad("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig'; it takes: _target_, lr, weight_"),
     bad("optimizer=adam optimizer.momentum=0.9", "Key 'momentum' not in 'AdamConfig'"),
+    bad("dataset.generator.foo=1", "(to add a new key use +dataset.generator.foo=1)"),
     bad("+optimizer.betas=1", "unknown key 'optimizer.betas'"),
     bad("+foo=1", "unknown key 'foo'"),
     bad("optimizer.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
