@@ -363,6 +363,15 @@ class LosslabConfig:
             )
 
 
+def refused(where: str, error: BaseException) -> ConfigError:
+    """What a function the config names (at ``where``) raised on its arguments, as one line."""
+    reason = " ".join(str(error).split())
+    return ConfigError(
+        f"{where}: {type(error).__name__}: {reason} "
+        f"(python -m src.train --cfg job shows the {where} arguments)"
+    )
+
+
 def check_pairing(loss: LossConfig, dataset: DatasetConfig) -> None:
     """The one place that decides whether a loss, its output layer and a dataset fit together."""
     _require(

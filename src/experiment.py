@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import store, tracking
 from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
-from src.config import ConfigError, LosslabConfig, Task, lower_is_better, primary_name
+from src.config import LosslabConfig, Task, lower_is_better, primary_name, refused
 from src.data import Split, StudyDataModule, labels
 from src.metrics import metrics_for
 from src.model import MemberMLP
@@ -184,12 +184,7 @@ def _refused_by_target(where: str) -> Iterator[None]:
     try:
         yield
     except InstantiationException as error:
-        cause = error.__cause__ or error
-        reason = " ".join(str(cause).split())
-        raise ConfigError(
-            f"{where}: {type(cause).__name__}: {reason} (python -m src.train --cfg job "
-            f"shows the {where} arguments)"
-        ) from error
+        raise refused(where, error.__cause__ or error) from error
 
 
 def _outcome(test_value: float, trivial: float, metric: str, diverged: bool) -> str:

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from src.config import ConfigError, LossConfig
+from src.config import ConfigError, LossConfig, refused
 from src.losses import per_member
 from src.metrics import Metric
 from src.model import MemberMLP
@@ -69,22 +69,22 @@ class LossModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return instantiate(self.optimizer_cfg, params=self.parameters())
 
+    def _loss_input(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.from_logits else self.model.predict_from(logits)
+
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        output = logits if self.from_logits else self.model.predict_from(logits)
-        return per_member(self.loss_fn(output, target))
+        return per_member(self.loss_fn(self._loss_input(logits), target))
 
     @torch.no_grad()
     def check_loss(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Call loss.fn on two rows before any run starts: a loss that refuses these targets,
         or reduces to one number (reduction: mean), fails here in one line, not in step one."""
-        logits = self.model(x[:2])
-        output = logits if self.from_logits else self.model.predict_from(logits)
+        output = self._loss_input(self.model(x[:2]))
         target = y[:2].expand(self.model.members, *y[:2].shape)
         try:
             values = self.loss_fn(output, target)
         except Exception as error:
-            reason = " ".join(str(error).split())
-            raise ConfigError(f"loss.fn: {type(error).__name__}: {reason}") from error
+            raise refused("loss.fn", error) from error
         if values.shape[:2] != output.shape[:2]:
             raise ConfigError(
                 f"loss.fn returned shape {tuple(values.shape)} for outputs of shape "
