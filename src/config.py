@@ -237,7 +237,7 @@ class LossConfig:
 @dataclass
 class OptimizerConfig:
     """What every optimizer takes. Each ``conf/optimizer/<name>.yaml`` starts from its own
-    schema below (registered as ``schema/optimizer/<name>``), so a key that optimizer does not
+    schema below (registered as ``optimizer_schema_<name>``), so a key that optimizer does not
     take fails while composing, not when torch builds it."""
 
     _target_: str = MISSING
@@ -454,5 +454,5 @@ def register() -> None:
     """Store the root schema; conf/config.yaml lists it first so every group merges onto it."""
     store = ConfigStore.instance()
     store.store(name="losslab_schema", node=LosslabConfig)
-    for name, schema in OPTIMIZER_SCHEMAS.items():
-        store.store(group="schema/optimizer", name=name, node=schema)
+    for name, schema in OPTIMIZER_SCHEMAS.items():  # outside any group: not an option
+        store.store(name=f"optimizer_schema_{name}", node=schema)
