@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from src import store
-from src.config import ConfigError
+from src.config import ConfigError, LoggerConfig
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -49,7 +49,9 @@ def artifacts_uri(artifacts: str) -> str:
     return artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri()
 
 
-def runs_link(store_uri: str, base_url: str, experiment: str = "losslab") -> str | None:
+def runs_link(
+    store_uri: str, base_url: str, experiment: str = LoggerConfig.experiment
+) -> str | None:
     """The experiment's runs page in the classic view: MLflow 3's UI opens in its GenAI view,
     and only a ``workflowType`` in the link (or a click on its switch) leaves it. Read from a
     sqlite store's experiments table, without importing MLflow; None when there is none yet."""
