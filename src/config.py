@@ -33,6 +33,38 @@ class Task(Enum):
     multiclass = "multiclass"
 
 
+class DataTask(Enum):
+    """A dataset's task; ``auto`` (table data only) infers it from the target column."""
+
+    auto = "auto"
+    regression = "regression"
+    binary = "binary"
+    multiclass = "multiclass"
+
+
+class TableFormat(Enum):
+    """How a data file is read (pandas)."""
+
+    csv = "csv"
+    parquet = "parquet"
+
+
+class SplitKind(Enum):
+    """How rows are divided into train and test."""
+
+    auto = "auto"  # stratified for classification, shuffled for regression
+    ordered = "ordered"  # the first rows train, the rest test (the study)
+    shuffle = "shuffle"  # a random split (dataset.split_seed)
+    stratified = "stratified"  # a random split keeping each class's share (classification)
+
+
+class Missing(Enum):
+    """What to do with missing values in a table."""
+
+    impute = "impute"  # features: median / most frequent (fit on train rows); target: drop row
+    error = "error"  # refuse the table, naming the columns and counts
+
+
 class Output(Enum):
     """Activation applied to the network's last layer to produce predictions."""
 
@@ -147,14 +179,27 @@ class OutliersConfig:
 
 @dataclass
 class DatasetConfig:
+    """Either the study's arrays (``generator`` returns X, y) or a table (``target`` names the
+    column to predict, read from ``path`` or from a ``generator`` that returns a DataFrame);
+    a table goes through scikit-learn's preprocessing (src/preprocess.py)."""
+
     name: str = MISSING
-    task: Task = MISSING
-    # A scikit-learn generator (or any function returning X, y), called through instantiate.
+    task: DataTask = MISSING
+    # A scikit-learn generator (or any function returning X, y or a DataFrame), instantiated.
     generator: dict[str, Any] = field(default_factory=dict)
-    train_fraction: float = 0.5  # the first rows train, the rest test (no shuffle, as the study)
+    # Table data: a file (format csv or parquet) or a generator's DataFrame, and its columns.
+    format: TableFormat | None = None
+    path: str | None = None
+    target: str | None = None
+    features: list[str] | None = None  # null: every column but the target and `drop`
+    drop: list[str] = field(default_factory=list)
+    missing: Missing = Missing.impute
+    split: SplitKind = SplitKind.auto
+    split_seed: int = 0
+    train_fraction: float = 0.5  # the share of rows that train (the study: the first half)
     scale_x: Scaling = Scaling.none
     scale_y: Scaling = Scaling.none
-    scaler_fit: ScalerFit = ScalerFit.all
+    scaler_fit: ScalerFit = ScalerFit.train
     outliers: OutliersConfig = field(default_factory=OutliersConfig)
     batch_size: int = 32
     # The study's settings for this data, read by trainer.max_epochs and model.hidden_sizes.
@@ -167,6 +212,18 @@ class DatasetConfig:
             f"dataset.train_fraction={self.train_fraction} must be strictly between 0 and 1",
         )
         _require(self.batch_size >= 1, f"dataset.batch_size={self.batch_size} must be >= 1")
+        _require(self.split_seed >= 0, f"dataset.split_seed={self.split_seed} must be >= 0")
+        if self.is_table:
+            self._check_table()
+            return
+        _require(
+            self.task != DataTask.auto,
+            "dataset.task=auto needs table data (dataset.target names the column to infer from)",
+        )
+        _require(
+            self.path is None,
+            "dataset.path needs dataset.target=<column to predict> (and dataset=csv or parquet)",
+        )
         gen = self.generator
         _require("_target_" in gen, "dataset.generator needs a _target_ (a data function)")
         n = gen.get("n_samples")
@@ -193,12 +250,61 @@ class DatasetConfig:
             f"dataset.generator.noise={noise!r} must be a number >= 0",
         )
         _require(
-            self.task == Task.regression or self.scale_y == Scaling.none,
+            self.task == DataTask.regression or self.scale_y == Scaling.none,
             f"dataset.scale_y={self.scale_y.value} only applies to regression targets",
         )
         _require(
-            self.task == Task.regression or self.outliers.fraction == 0.0,
+            self.task == DataTask.regression or self.outliers.fraction == 0.0,
             "dataset.outliers only applies to regression targets",
+        )
+
+    @property
+    def is_table(self) -> bool:
+        """A table with a target column (file or DataFrame), not the study's arrays."""
+        return self.target is not None or self.format is not None
+
+    @property
+    def label(self) -> str:
+        """What the data is called in run names, tags and figures: the file's name, if any."""
+        return Path(self.path).name if self.path else self.name
+
+    def split_for(self, task: Task) -> SplitKind:
+        """The split to use: ``auto`` is stratified for classes, shuffled for regression."""
+        if self.split == SplitKind.auto:
+            return SplitKind.shuffle if task == Task.regression else SplitKind.stratified
+        if self.split == SplitKind.stratified and task == Task.regression:
+            return SplitKind.shuffle  # no classes whose shares to keep
+        return self.split
+
+    def _check_table(self) -> None:
+        where = f"dataset={self.name}"
+        if self.format is not None:
+            _require(
+                bool(self.path) and bool(self.target),
+                f"{where} needs dataset.path=<file> and dataset.target=<column to predict>",
+            )
+            _require(
+                "_target_" not in self.generator,
+                f"{where} reads dataset.path; drop dataset.generator",
+            )
+        else:
+            _require(
+                self.path is None,
+                "dataset.path needs dataset.format (use dataset=csv or dataset=parquet)",
+            )
+            _require(
+                "_target_" in self.generator,
+                f"{where} needs dataset.generator (a function returning a DataFrame)",
+            )
+        _require(bool(self.target), f"{where}: dataset.target must name a column")
+        _require(
+            self.scaler_fit == ScalerFit.train,
+            "dataset.scaler_fit=all applies to the study's arrays; a table's preprocessing is "
+            "always fit on its train rows",
+        )
+        _require(
+            self.outliers.fraction == 0.0,
+            "dataset.outliers applies to the study's arrays, not to a table",
         )
 
 
@@ -348,13 +454,16 @@ class LosslabConfig:
     def __post_init__(self) -> None:
         _require(self.seed >= 0, f"seed={self.seed} must be a non-negative integer")
         _require(self.members >= 1, f"members={self.members} must be >= 1")
-        check_pairing(self.loss, self.dataset)
+        if self.dataset.task != DataTask.auto:  # else after the table is read (validate)
+            check_pairing(self.loss, self.dataset)
         for where, node in (
             ("dataset.generator", self.dataset.generator),
             ("loss.fn", self.loss.fn),
             ("optimizer", {"_target_": self.optimizer._target_}),
         ):
-            target = node["_target_"]
+            target = node.get("_target_")
+            if target is None:  # table data read from a file has no generator
+                continue
             _require(
                 target.startswith(tuple(self.allowed_target_prefixes)),
                 f"{where}._target_={target} is outside the allowed prefixes "
@@ -384,19 +493,25 @@ def check_pairing(loss: LossConfig, dataset: DatasetConfig) -> None:
         f"loss '{loss.name}' with targets={loss.targets.value} needs an output in "
         f"{[o.value for o in TARGET_OUTPUTS[loss.targets]]}, not output={loss.output.value}",
     )
-    if loss.task != dataset.task:
+    if loss.task.value == dataset.task.value:
+        return
+    if dataset.is_table:  # the user's data decides: name the losses that fit it
         raise ConfigError(
-            f"loss '{loss.name}' is a {loss.task.value} loss but dataset '{dataset.name}' is "
-            f"{dataset.task.value}; drop the dataset= override or pick one of: "
-            f"{', '.join(datasets_for(loss.task)) or '(none)'}"
+            f"loss '{loss.name}' is a {loss.task.value} loss but dataset '{dataset.label}' is "
+            f"{dataset.task.value}; use one of: loss={', '.join(options_for('loss', dataset.task))}"
         )
+    raise ConfigError(
+        f"loss '{loss.name}' is a {loss.task.value} loss but dataset '{dataset.name}' is "
+        f"{dataset.task.value}; drop the dataset= override or pick one of: "
+        f"{', '.join(options_for('dataset', loss.task)) or '(none)'}"
+    )
 
 
-def datasets_for(task: Task) -> list[str]:
-    """Names of the dataset configs in conf/dataset/ that serve ``task``."""
+def options_for(group: str, task: Task | DataTask) -> list[str]:
+    """Names of the configs in conf/<group>/ (loss or dataset) that serve ``task``."""
     return [
         path.stem
-        for path in sorted((CONF_DIR / "dataset").glob("*.yaml"))
+        for path in sorted((CONF_DIR / group).glob("*.yaml"))
         if OmegaConf.load(path).get("task") == task.value
     ]
 
@@ -417,6 +532,11 @@ def validate(cfg: DictConfig) -> LosslabConfig:
     _reject_added_keys(cfg)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, LosslabConfig)
+    if obj.dataset.is_table:  # read and check the table now, before any run or output dir
+        from src import tables  # pandas: only for table data
+
+        obj.dataset.task = DataTask(tables.inspect(obj.dataset).task.value)
+        check_pairing(obj.loss, obj.dataset)
     return obj
 
 

@@ -57,8 +57,9 @@ def default_threads() -> int:
 def trivial_score(split: Split, task: Task) -> float:
     """What a model that ignores its input scores on the test set: predicting the train mean
     (regression) or the majority class. A run that does no better has collapsed."""
-    if task == Task.regression:
-        return float(np.mean((split.y_test - split.y_train.mean()) ** 2))
+    if task == Task.regression:  # in the target's units, as the metrics are
+        scale = split.units[0]
+        return float(np.mean((split.y_test - split.y_train.mean()) ** 2)) * scale**2
     train = labels(split.y_train)
     majority = np.bincount((train > 0).astype(int) if task == Task.binary else train).argmax()
     test = labels(split.y_test)
@@ -67,15 +68,19 @@ def trivial_score(split: Split, task: Task) -> float:
 
 
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
-NOT_IN_NAME = ("loss", "seed", "members", "resume", "hparams_search", "trainer.enable_progress_bar")
+NOT_IN_NAME = (
+    *("loss", "seed", "members", "resume", "hparams_search", "trainer.enable_progress_bar"),
+    *("dataset.path", "dataset.target", "dataset.format"),  # the file's name stands for them
+)
 NOT_IN_NAME_PREFIXES = ("logger.", "hydra.")
 
 
-def run_name(loss: str, overrides: list[str], seed: int) -> str:
-    """What the run is, as the UI lists it: 'bce seed=2', 'mse optimizer.lr=0.1 seed=0'."""
+def run_name(loss: str, overrides: list[str], seed: int, data_file: str | None = None) -> str:
+    """What the run is, as the UI lists it: 'bce seed=2', 'mse optimizer.lr=0.1 seed=0',
+    'bce cancer.csv seed=0' (a file's name instead of dataset=csv and its path)."""
     keys = [o.split("=")[0].lstrip("+~") for o in overrides]
     extra = [
-        o
+        data_file if key == "dataset" and data_file else o
         for o, key in zip(overrides, keys)
         if key not in NOT_IN_NAME and not key.startswith(NOT_IN_NAME_PREFIXES)
     ]
@@ -95,7 +100,8 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
 
     # Tracking: one run per member, children of the sweep's parent run when there is one.
     uri = store.resolve_uri(typed.logger.tracking_uri)
-    names = [run_name(typed.loss.name, job.overrides, seed) for seed in seeds]
+    data_file = typed.dataset.label if typed.dataset.path else None
+    names = [run_name(typed.loss.name, job.overrides, seed, data_file) for seed in seeds]
     checkpoint_dir = job.output_dir / "checkpoints"
     logged = 0
     ckpt_path = None
@@ -170,6 +176,7 @@ def build(
             batch_size=typed.dataset.batch_size,
             generators=generators,
             test=data.test,
+            units=data.split.units,
         )
     module.check_loss(*data.train)
     with _refused_by_target("optimizer"):
@@ -229,7 +236,7 @@ def _finish(
         if typed.logger.log_model and not diverged:
             runs.log_model(
                 k,
-                module.model.export(k),
+                module.model.export(k, data.split.units),
                 data.split.x_test[:5],
                 [f"torch=={torch.__version__.split('+')[0]}"],
                 typed.logger.model_format.value,
@@ -267,7 +274,8 @@ def _start_runs(
         run_tags = {
             "loss": typed.loss.name,
             "task": typed.loss.task.value,
-            "dataset": typed.dataset.name,
+            "dataset": typed.dataset.label,
+            **split.facts,
             "seed": str(seed),
             "members": str(typed.members),
             "member": str(k),
@@ -281,10 +289,15 @@ def _start_runs(
     for k in range(len(seeds)):
         runs.log_text(k, config_yaml, "config/config.yaml")
         runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
+    runs.log_input(split.record)
+    if split.preprocessing is not None:  # raw rows in, the target's units out (src.predict)
+        folder = split.preprocessing.save(job.output_dir / "preprocessing")
+        for file in sorted(folder.iterdir()):
+            runs.log_file(None, file, "preprocessing")
     thin = split.thinned()
     arrays = (thin.x_train, labels(thin.y_train), thin.x_test, labels(thin.y_test))
     key = repr((typed.dataset, typed.loss.targets))
-    runs.log_dataset(key, arrays, f"{typed.dataset.name} data")
+    runs.log_dataset(key, arrays, f"{typed.dataset.label} data")
     return runs
 
 

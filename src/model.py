@@ -80,9 +80,10 @@ class MemberMLP(nn.Module):
         """Activated output (what metrics and users see) from the raw last layer."""
         return ACTIVATED[self.output](logits)
 
-    def export(self, member: int) -> nn.Sequential:
+    def export(self, member: int, units: tuple[float, float] = (1.0, 0.0)) -> nn.Sequential:
         """Member ``member`` as a plain torch model (Linear layers, activated output), for
-        MLflow: loadable anywhere without losslab."""
+        MLflow: loadable anywhere without losslab. ``units`` (scale, offset) adds a last
+        affine layer that maps a scaled regression output back into the target's units."""
         layers: list[nn.Module] = []
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             linear = nn.Linear(weight.shape[1], weight.shape[2])
@@ -93,4 +94,10 @@ class MemberMLP(nn.Module):
             if i < len(self.weights) - 1:
                 layers.append(self.activation_module())
         layers.append(_EXPORT[self.output]())
+        if units != (1.0, 0.0):
+            unscale = nn.Linear(1, 1)
+            with torch.no_grad():
+                unscale.weight.fill_(units[0])
+                unscale.bias.fill_(units[1])
+            layers.append(unscale)
         return nn.Sequential(*layers).eval()

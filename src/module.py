@@ -50,6 +50,7 @@ class LossModule(pl.LightningModule):
         batch_size: int,
         generators: list[torch.Generator],
         test: Batch,
+        units: tuple[float, float] = (1.0, 0.0),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -61,6 +62,9 @@ class LossModule(pl.LightningModule):
         self.batch_size = batch_size
         self.generators = generators
         self.test = test
+        # Metrics see outputs and targets in the target's own units (value * scale + offset):
+        # a table's regression target is standardized for training only.
+        self.units = None if units == (1.0, 0.0) else units
         # One dict per finished epoch: "train/loss", "test/accuracy", ... -> tensor (members,)
         self.history: list[dict[str, torch.Tensor]] = []
         # Epoch (1-based) at which each member's loss first went non-finite; 0 = never.
@@ -94,6 +98,9 @@ class LossModule(pl.LightningModule):
 
     def _scores(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         pred = self.model.predict_from(logits)
+        if self.units is not None:
+            scale, offset = self.units
+            pred, target = pred * scale + offset, target * scale + offset
         return {name: metric(pred, target) for name, metric in self.metrics.items()}
 
     @torch.no_grad()

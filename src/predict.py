@@ -1,8 +1,12 @@
 """Use a logged model: ``python -m src.predict run_id=<id> input=<csv> [output=<csv>]``.
 
 The model is the run's MLflow pytorch model (``runs:/<id>/model``): a plain torch network that
-takes the features as the run's data module produced them (scaled) and returns the activated
-output (a value for regression, a probability for bce, a tanh value for hinge).
+returns the activated output (a value for regression, a probability for bce, a tanh value for
+hinge). A run on table data (``dataset=csv``, a bundled dataset) also logged its fitted
+preprocessing (``preprocessing/``): then ``input=`` takes raw rows with the original columns
+(any order, extra columns ignored, a CSV or Parquet file) and the predictions come in the
+target's own units and class names. For the study's arrays, the input is the features as the
+run's data produced them (scaled), one column per input.
 
 ``split=test`` instead of ``input=`` rebuilds the run's own test split from its logged config
 (``config/config.yaml``) and scores it, next to the test metrics the run logged: a logged result
@@ -15,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,8 +31,24 @@ if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to 
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from src.preprocess import Preprocessing
+
 USAGE = "usage: python -m src.predict run_id=<id> (input=<csv> | split=test) [output=<csv>]"
+HELP = f"""{USAGE}
+
+Predict with a logged model (store: $MLFLOW_TRACKING_URI, else ./mlflow.db).
+
+  run_id=<id>     the MLflow run whose model to use
+  input=<file>    rows to predict: for a run on table data (dataset=csv, parquet, diabetes,
+                  ...) the raw columns, in any order (a CSV or Parquet file); else one numeric
+                  column per model input, scaled as in training (a header row is optional)
+  split=test      instead of input=: rebuild the run's test split and score it next to the
+                  metrics the run logged
+  output=<csv>    where to write (default: outputs/predict/<run id>-<input name>.csv); never
+                  the input file
+"""
 KEYS = ("run_id", "input", "split", "output")
+PREDICTIONS = Path("outputs") / "predict"
 
 
 @dataclass
@@ -43,6 +63,9 @@ class Scored:
 
 
 def parse(argv: list[str]) -> dict[str, str]:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(HELP, end="")
+        raise SystemExit(0)
     args = {}
     for item in argv:
         key, sep, value = item.partition("=")
@@ -112,9 +135,11 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
     model = load_model(client, run)
     typed = run_config(client, run.info.run_id)
     split = make_split(typed.dataset, typed.loss.targets)
-    prediction = predict(model, split.x_test)
+    prediction = predict(model, split.x_test)  # the model's last layer maps back to the units
     metrics = metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics)
-    pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(split.y_test)[None]
+    scale, offset = split.units
+    y_test = split.y_test * scale + offset if (scale, offset) != (1.0, 0.0) else split.y_test
+    pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(y_test)[None]
     recomputed = {name: float(fn(pred, target)[0]) for name, fn in metrics.items()}
     logged_metrics = run.data.metrics
     logged = {
@@ -122,30 +147,101 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
         for name in metrics
         if f"final/test/{name}" in logged_metrics
     }
-    return Scored(split.x_test, split.y_test, prediction, recomputed, logged)
+    return Scored(split.x_test, y_test, prediction, recomputed, logged)
 
 
 def read_inputs(path: Path, n_inputs: int) -> np.ndarray:
-    """A numeric CSV with one column per model input; a header row is optional."""
+    """A numeric CSV with one column per model input; a header row is optional (the first row
+    is data when every value in it is a number)."""
     import pandas as pd
 
-    if not path.is_file():
-        raise ConfigError(f"input file {path} does not exist")
-    frame = pd.read_csv(path)
-    try:
-        [float(name) for name in frame.columns]
-        frame = pd.read_csv(path, header=None)  # the first row was data, not names
-    except ValueError:
-        pass
+    frame = _read(path, header=None)
+    first = pd.to_numeric(frame.iloc[0], errors="coerce")
+    if first.isna().any():  # a header row: names, not numbers
+        frame = frame.iloc[1:]
+    if frame.empty:
+        raise ConfigError(f"{path} has no data rows")
     if frame.shape[1] != n_inputs:
         raise ConfigError(
             f"{path} has {frame.shape[1]} columns but the model takes {n_inputs} inputs "
             "(the run's dataset features, scaled as in training)"
         )
     try:
-        return frame.to_numpy(dtype=np.float32)
+        x = frame.to_numpy(dtype=np.float32)
     except ValueError as error:
         raise ConfigError(f"{path} holds a value that is not a number ({error})") from None
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise ConfigError(
+            f"{path}: {len(bad)} row(s) have a missing or infinite value (first: data row "
+            f"{bad[0] + 1}); the model takes numbers only"
+        )
+    return x
+
+
+def _read(path: Path, header: int | None = 0) -> Any:
+    """A CSV or Parquet file as a DataFrame, or one line saying why not."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise ConfigError(f"input file {path} does not exist")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, header=header)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{path} is empty") from None
+    except Exception as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{path} cannot be read ({type(error).__name__}: {reason})") from None
+
+
+def load_preprocessing(client: MlflowClient, run_id: str) -> Preprocessing | None:
+    """The run's fitted preprocessing (table data), or None (the study's arrays)."""
+    from mlflow.exceptions import MlflowException
+
+    from src.preprocess import Preprocessing
+
+    try:
+        folder = client.download_artifacts(run_id, "preprocessing")
+    except (MlflowException, OSError):
+        return None
+    if not (Path(folder) / "target.json").is_file():
+        return None
+    return Preprocessing.load(Path(folder))
+
+
+def predict_table(
+    model: torch.nn.Module, pre: Preprocessing, frame: Any, output: str, source: Path
+) -> Any:
+    """Raw rows in, the input's columns plus predictions (target units, class names) out."""
+    import pandas as pd
+
+    frame.columns = [str(c) for c in frame.columns]
+    absent = [name for name in pre.features if name not in frame.columns]
+    if absent:
+        raise ConfigError(
+            f"{source} lacks column(s) {absent} that the model was trained on "
+            f"(it needs: {', '.join(pre.features)})"
+        )
+    if frame.empty:
+        raise ConfigError(f"{source} has no data rows")
+    raw = predict(model, pre.pipeline.transform(frame[pre.features]))
+    result = frame.copy()
+    name = f"predicted_{pre.target}"
+    if pre.task.value == "regression":
+        result[name] = raw[:, 0]
+        return result
+    classes = np.array(pre.classes, dtype=object)
+    if raw.shape[1] == 1:  # binary: a probability (sigmoid) or a signed score (tanh)
+        threshold = 0.5 if output == "sigmoid" else 0.0
+        result[name] = classes[(raw[:, 0] > threshold).astype(int)]
+        column = f"p_{classes[1]}" if output == "sigmoid" else f"score_{classes[1]}"
+        result[column] = raw[:, 0]
+        return result
+    result[name] = classes[raw.argmax(axis=1)]
+    probabilities = pd.DataFrame(raw, columns=[f"p_{c}" for c in classes], index=result.index)
+    return pd.concat([result, probabilities], axis=1)
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -161,10 +257,26 @@ def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
     pd.DataFrame(parts).to_csv(path, index=False)
 
 
+def output_path(args: dict[str, str]) -> Path:
+    """Where predictions go, checked before anything loads: never the input, in a folder
+    that can be written."""
+    stem = Path(args["input"]).stem if "input" in args else "test"
+    output = Path(args.get("output") or PREDICTIONS / f"{args['run_id'][:8]}-{stem}.csv")
+    if "input" in args and output.resolve() == Path(args["input"]).resolve():
+        raise ConfigError(f"output={output} is the input file; choose another output=")
+    folder = output.resolve().parent
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"output={output}: {existing} cannot be written; choose another output=")
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a directory; name a file")
+    return output
+
+
 def main(argv: list[str]) -> None:
     args = parse(argv)
     run_id = args["run_id"]
-    output = Path(args.get("output", f"predictions_{run_id}.csv"))
+    output = output_path(args)
     uri = store.resolve_uri(None)
     store.check(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -181,10 +293,18 @@ def main(argv: list[str]) -> None:
     else:
         import mlflow.models
 
+        source = Path(args["input"])
         model = load_model(client, run)
-        signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
-        x = read_inputs(Path(args["input"]), signature.inputs.inputs[0].shape[-1])
-        write_csv(output, {"x": x, "prediction": predict(model, x)})
+        pre = load_preprocessing(client, run_id)
+        if pre is not None:
+            activation = run.data.params.get("loss.output", "")
+            result = predict_table(model, pre, _read(source), activation, source)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            result.to_csv(output, index=False)
+        else:
+            signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
+            x = read_inputs(source, signature.inputs.inputs[0].shape[-1])
+            write_csv(output, {"x": x, "prediction": predict(model, x)})
     print(f"wrote {output}")
 
 

@@ -182,6 +182,11 @@ class RunSet:
     ) -> None:
         self._send("log_learning_curves", member, history, metric, title)
 
+    def log_input(self, record: Mapping[str, str]) -> None:
+        """The run's dataset, the MLflow way (``log_inputs``): name, digest, source, schema
+        and profile, as ``data.Split.record`` describes it; in every member's run."""
+        self._send("log_input", dict(record))
+
     def log_model(
         self, member: int, model: Any, input_example: Any, requirements: list[str], fmt: str
     ) -> None:
@@ -423,6 +428,14 @@ class Tracker:
             plots.dataset(*arrays, title).savefig(path)
             self._datasets[key] = path
         self.log_file(handle, None, str(self._datasets[key]), None)
+
+    def log_input(self, handle: int, record: dict[str, str]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        context = InputTag(key="mlflow.data.context", value="train")
+        found = [DatasetInput(Dataset(**record), tags=[context])]
+        for run_id in self._members(handle, None):
+            self.client.log_inputs(run_id, datasets=found)
 
     def log_learning_curves(
         self, handle: int, member: int, history: list[dict], metric: str, title: str

@@ -112,3 +112,57 @@ def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def write_tables(folder: Path) -> dict[str, Path]:
+    """Real tables from scikit-learn's bundled data, as a user brings them: a text category
+    column, missing values, text class labels; and the broken files the start-up check
+    refuses. Returns name -> path."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    def save(name: str, frame: pd.DataFrame) -> None:
+        files[name] = folder / name
+        if name.endswith(".parquet"):
+            frame.to_parquet(files[name])
+        else:
+            frame.to_csv(files[name], index=False)
+
+    diabetes = load_diabetes(as_frame=True).frame.rename(columns={"target": "progression"})
+    diabetes.insert(2, "region", rng.choice(["north", "south", "east"], len(diabetes)))
+    diabetes.loc[rng.choice(len(diabetes), 20, replace=False), "bmi"] = np.nan
+    diabetes.loc[rng.choice(len(diabetes), 5, replace=False), "region"] = None
+    save("diabetes.csv", diabetes)
+
+    cancer = load_breast_cancer(as_frame=True).frame
+    labels = np.where(cancer.pop("target") == 1, "benign", "malignant")
+    cancer.insert(0, "diagnosis", labels)
+    cancer["site"] = rng.choice(["clinic a", "clinic b"], len(cancer))
+    cancer.loc[rng.choice(len(cancer), 15, replace=False), "mean radius"] = np.nan
+    save("cancer.csv", cancer)
+    save("cancer.parquet", cancer)
+
+    wine = load_wine(as_frame=True)
+    frame = wine.frame.copy()
+    frame["target"] = wine.target_names[frame["target"]]
+    save("wine.csv", frame)
+
+    # what the start-up check refuses
+    (folder / "empty.csv").write_text("")
+    files["empty.csv"] = folder / "empty.csv"
+    save("header.csv", diabetes.iloc[:0])
+    save("one_class.csv", cancer.assign(diagnosis="benign"))
+    no_target = diabetes.copy()
+    no_target.loc[[3, 7, 11], "progression"] = np.nan
+    save("no_target.csv", no_target)
+    save("all_nan.csv", diabetes.assign(bmi=np.nan))
+    save("small.csv", diabetes.iloc[:12])
+    save("rare_class.csv", pd.concat([cancer, cancer.iloc[:1].assign(diagnosis="unsure")]))
+    (folder / "fake.parquet").write_bytes(b"not a parquet file\n" * 10)
+    files["fake.parquet"] = folder / "fake.parquet"
+    return files

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from src.config import CONF_DIR
-from tests.conftest import CliResult, invoke, one_error_line
+from tests.conftest import CliResult, invoke, one_error_line, write_tables
 
 # The discard port: nothing listens there, and a fixed value keeps test ids stable (xdist).
 NOBODY = "http://127.0.0.1:9"
@@ -73,7 +73,7 @@ CATALOGUE = [
     bad("seed=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
     # combinations that do not fit together
     bad("loss=bce dataset=regression", "loss 'bce' is a binary loss but dataset 'regression'"),
-    bad("loss=mse dataset=circles", "pick one of: regression"),
+    bad("loss=mse dataset=circles", "pick one of: diabetes, regression, regression_outliers"),
     bad("loss=hinge loss.output=sigmoid", "needs an output in ['tanh', 'identity']"),
     bad("dataset.generator._target_=os.system", "outside the allowed prefixes"),
     bad("loss.fn._target_=builtins.eval", "loss.fn._target_=builtins.eval is outside"),
@@ -98,17 +98,83 @@ CATALOGUE = [
     bad("-m dataset.batch_size=32,600", "larger than the train split"),
     bad("-m seed=0,1 resume=nope.ckpt", "resume= continues one run"),
     bad("-m seed=0,1", "is not reachable", MLFLOW_TRACKING_URI=NOBODY),
+    # table data ({data}: the files of conftest.write_tables), checked before any run
+    bad("dataset=csv", "dataset=csv needs dataset.path=<file> and dataset.target=<column"),
+    bad("dataset=csv dataset.path={data}/nope.csv dataset.target=y", "nope.csv: no such file"),
+    bad("dataset=csv dataset.path={data} dataset.target=y", "is a directory; give a csv file"),
+    bad("dataset=csv dataset.path={data}/empty.csv dataset.target=y", "empty.csv is empty"),
+    bad("dataset=csv dataset.path={data}/header.csv dataset.target=age", "but no data rows"),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progresion",
+        "'progresion' is not a column of diabetes.csv; did you mean 'progression'? columns: age",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.features=[age,weight]",
+        "name unknown column(s) ['weight'] of diabetes.csv",
+    ),
+    bad(
+        "loss=bce dataset=csv dataset.path={data}/one_class.csv dataset.target=diagnosis",
+        "target 'diagnosis' of one_class.csv has one value ('benign')",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/no_target.csv dataset.target=progression "
+        "dataset.missing=error",
+        "target 'progression' of no_target.csv is missing in 3 of 442 rows",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.missing=error",
+        "diabetes.csv has missing values in region (5), bmi (20)",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/cancer.csv dataset.target=diagnosis "
+        "dataset.task=regression",
+        "target 'diagnosis' of cancer.csv holds labels ('benign', 'malignant', ...)",
+    ),
+    bad(
+        "loss=bce dataset=csv dataset.path={data}/wine.csv dataset.target=target "
+        "dataset.task=binary",
+        "has 3 distinct values; binary needs exactly 2",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/cancer.csv dataset.target=diagnosis",
+        "loss 'mse' is a regression loss but dataset 'cancer.csv' is binary; use one of: "
+        "loss=bce, hinge, squared_hinge",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/all_nan.csv dataset.target=progression",
+        "feature column(s) ['bmi'] of all_nan.csv have no values",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/small.csv dataset.target=progression",
+        "dataset.batch_size=32 is larger than the train split of small.csv (10 of 12 rows)",
+    ),
+    bad(
+        "loss=bce dataset=csv dataset.path={data}/rare_class.csv dataset.target=diagnosis "
+        "dataset.task=multiclass loss=sparse_cce",
+        "class 'unsure' of rare_class.csv has 1 row; a stratified split needs at least 2",
+    ),
+    bad(
+        "dataset=parquet dataset.path={data}/fake.parquet dataset.target=y",
+        "fake.parquet is not a readable parquet file",
+    ),
+    bad("dataset.task=auto", "dataset.task=auto needs table data"),
+    bad("-m experiment=binary dataset=diabetes", "loss 'bce' is a binary loss but dataset"),
 ]
 
 
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, CliResult]]:
     """Every catalogue row run through the real CLI, each in its own empty folder."""
+    data = tmp_path_factory.mktemp("tables")
+    write_tables(data)
 
     def one(row, folder: Path) -> tuple[Path, CliResult]:
         args, _, env = row.values
         store = f"sqlite:///{folder / 'mlflow.db'}"
-        return folder, invoke(folder, store, *shlex.split(args), env=env, timeout=60)
+        args = shlex.split(args.replace("{data}", str(data)))
+        return folder, invoke(folder, store, *args, env=env, timeout=60)
 
     # Folders first, in this thread: pytest's numbered mktemp is not thread-safe.
     folders = [tmp_path_factory.mktemp("bad") for _ in CATALOGUE]

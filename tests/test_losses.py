@@ -121,7 +121,7 @@ def test_each_new_loss_selects_its_dataset_output_and_encoding(
     loss: str, dataset: str, output: str, targets: str, epochs: int, hidden: list[int]
 ) -> None:
     cfg = typed(f"loss={loss}")
-    assert cfg.dataset.name == dataset and cfg.loss.task == cfg.dataset.task
+    assert cfg.dataset.name == dataset and cfg.loss.task.value == cfg.dataset.task.value
     assert (cfg.loss.output.value, cfg.loss.targets.value) == (output, targets)
     assert cfg.trainer.max_epochs == epochs and cfg.model.hidden_sizes == hidden
 
@@ -131,7 +131,7 @@ def test_each_new_loss_selects_its_dataset_output_and_encoding(
     [
         (("loss=cce", "dataset=circles"), "loss 'cce' is a multiclass loss but dataset 'circles'"),
         (("loss=kld", "dataset=regression_outliers"), "pick one of: blobs"),
-        (("loss=huber", "dataset=blobs"), "pick one of: regression, regression_outliers"),
+        (("loss=huber", "dataset=blobs"), "pick one of: diabetes, regression, regression_outliers"),
         (("loss=squared_hinge", "loss.output=sigmoid"), "needs an output in ['tanh', 'identity']"),
         (("loss=sparse_cce", "loss.output=sigmoid"), "needs an output in ['softmax']"),
         (("loss=cce", "loss.targets=signed"), "cannot use targets=signed"),

@@ -1,0 +1,165 @@
+"""A table's rows as model inputs, the scikit-learn way: split first, then a ``Pipeline`` with
+a ``ColumnTransformer`` (numbers imputed and scaled, categories imputed and one-hot encoded,
+unknown categories ignored) and the target's scaler or label encoding, all fit on the train
+rows only. The fitted pieces travel with the logged model (``Preprocessing``), so predictions
+start from raw rows and end in the target's own units and class names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
+
+from src.config import DatasetConfig, Scaling, SplitKind, Task, train_rows
+from src.tables import Table
+
+FEATURES_FILE = "features.joblib"  # the fitted feature Pipeline (scikit-learn, joblib)
+TARGET_FILE = "target.json"  # the target's column, task, classes and units
+
+
+def scaler(how: Scaling) -> Any:
+    """A fresh scikit-learn scaler for ``how`` ("passthrough" for none)."""
+    return {
+        Scaling.standard: StandardScaler,
+        Scaling.minmax: MinMaxScaler,
+        Scaling.none: lambda: "passthrough",
+    }[how]()
+
+
+def split_rows(
+    n: int, fraction: float, kind: SplitKind, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the train and test parts: the first rows (ordered, as the study), a
+    seeded shuffle, or a seeded shuffle that keeps each class's share (stratified)."""
+    n_train = train_rows(n, fraction)
+    rows = np.arange(n)
+    if kind == SplitKind.ordered:
+        return rows[:n_train], rows[n_train:]
+    stratify = labels if kind == SplitKind.stratified else None
+    train, test = train_test_split(
+        rows, train_size=n_train, random_state=seed, shuffle=True, stratify=stratify
+    )
+    return train, test
+
+
+def feature_pipeline(numeric: list[str], categorical: list[str], scale: Scaling) -> Pipeline:
+    numbers = make_pipeline(SimpleImputer(strategy="median"), scaler(scale))
+    categories = make_pipeline(
+        SimpleImputer(strategy="most_frequent"),
+        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+    )
+    columns = ColumnTransformer(
+        [("numeric", numbers, numeric), ("categorical", categories, categorical)],
+        remainder="drop",  # extra columns at predict time are ignored
+    )
+    return Pipeline([("columns", columns)])
+
+
+@dataclass
+class Preprocessing:
+    """What turns raw rows into model inputs and model outputs back into the target's units:
+    the fitted feature pipeline, and the target's column, task, classes and affine unit map
+    (``value = output * scale + offset``; 1 and 0 when the target was not scaled)."""
+
+    pipeline: Pipeline
+    target: str
+    task: Task
+    features: list[str]
+    classes: list[Any]
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def save(self, folder: Path) -> Path:
+        """``features.joblib`` and ``target.json`` in ``folder`` (logged as ``preprocessing/``)."""
+        import joblib
+
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.pipeline, folder / FEATURES_FILE)
+        facts = {
+            "target": self.target,
+            "task": self.task.value,
+            "features": self.features,
+            "classes": [_plain(c) for c in self.classes],
+            "scale": self.scale,
+            "offset": self.offset,
+        }
+        (folder / TARGET_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Preprocessing:
+        import joblib
+
+        facts = json.loads((folder / TARGET_FILE).read_text())
+        return cls(
+            pipeline=joblib.load(folder / FEATURES_FILE),
+            target=facts["target"],
+            task=Task(facts["task"]),
+            features=facts["features"],
+            classes=facts["classes"],
+            scale=facts["scale"],
+            offset=facts["offset"],
+        )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as JSON values."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class Prepared:
+    """A table split and transformed: float32 inputs, targets as scaled values (regression)
+    or class indices, and the fitted preprocessing."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    preprocessing: Preprocessing
+
+
+def prepare(cfg: DatasetConfig, table: Table) -> Prepared:
+    """Split the table's rows, then fit the preprocessing on the train rows only."""
+    frame = table.frame
+    target = frame[cfg.target].to_numpy()
+    kind = cfg.split_for(table.task)
+    if table.task == Task.regression:
+        values = target.astype(np.float64)
+        train, test = split_rows(len(frame), cfg.train_fraction, kind, cfg.split_seed)
+        target_scaler = scaler(cfg.scale_y)
+        if target_scaler == "passthrough":
+            scale, offset = 1.0, 0.0
+            y = values
+        else:
+            target_scaler.fit(values[train].reshape(-1, 1))
+            y = target_scaler.transform(values.reshape(-1, 1)).ravel()
+            offset = float(target_scaler.inverse_transform([[0.0]])[0, 0])
+            scale = float(target_scaler.inverse_transform([[1.0]])[0, 0]) - offset
+    else:
+        index = {label: i for i, label in enumerate(table.classes)}
+        y = np.array([index[label] for label in target], dtype=np.int64)
+        train, test = split_rows(len(frame), cfg.train_fraction, kind, cfg.split_seed, y)
+        scale, offset = 1.0, 0.0
+    pipeline = feature_pipeline(table.numeric, table.categorical, cfg.scale_x)
+    x_train = pipeline.fit_transform(frame.iloc[train])
+    x_test = pipeline.transform(frame.iloc[test])
+    preprocessing = Preprocessing(
+        pipeline=pipeline,
+        target=cfg.target,
+        task=table.task,
+        features=table.features,
+        classes=table.classes,
+        scale=scale,
+        offset=offset,
+    )
+    return Prepared(x_train, y[train], x_test, y[test], preprocessing)

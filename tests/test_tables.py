@@ -1,0 +1,267 @@
+"""Your own data: CSV and Parquet files and the bundled real datasets, through the real CLI.
+
+The files are scikit-learn's bundled data written as a user brings them (conftest.write_tables:
+a text category column, missing values, text class labels). Every reported metric is checked
+against scikit-learn on an independently rebuilt split, in the target's own units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, mean_squared_error
+from sklearn.model_selection import train_test_split
+
+from src import config
+from src.config import Targets
+from src.data import make_split
+from tests.conftest import ROOT, cli_env, compose_cfg, finished_children, runs_of, write_tables
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_tables(tmp_path_factory.mktemp("tables"))
+
+
+def independent_split(frame: pd.DataFrame, labels: pd.Series | None) -> tuple:
+    """The default table split, rebuilt with scikit-learn alone: 80% train, seed 0,
+    stratified by class for classification."""
+    rows = np.arange(len(frame))
+    n_train = round(0.8 * len(frame))
+    return train_test_split(rows, train_size=n_train, random_state=0, shuffle=True, stratify=labels)
+
+
+def logged_pieces(client, store_uri: str, run, tmp_path: Path):
+    """The run's model and fitted feature pipeline, loaded as a user outside losslab would."""
+    import joblib
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(store_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    folder = Path(client.download_artifacts(run.info.run_id, "preprocessing", str(tmp_path)))
+    facts = json.loads((folder / "target.json").read_text())
+    return model, joblib.load(folder / "features.joblib"), facts
+
+
+def predict_cli(store_uri: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.predict", *args],
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.mark.slow
+def test_a_regression_csv_trains_and_reports_in_the_targets_units(
+    files, run_cli, client, store_uri, tmp_path
+) -> None:
+    path = files["diabetes.csv"]
+    done = run_cli(
+        "dataset=csv", f"dataset.path={path}", "dataset.target=progression", "trainer.max_epochs=8"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "diabetes.csv: regression on target 'progression' (214 distinct integers" in done.stdout
+    assert "25 missing value(s) in 2 column(s) will be imputed" in done.stdout
+    (run,) = runs_of(client)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "mse diabetes.csv trainer.max_epochs=8 seed=0"
+    tags = run.data.tags
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (tags["dataset"], tags["task"], tags["dataset.sha256"]) == (
+        "diabetes.csv",
+        "regression",
+        sha256,
+    )
+    assert (tags["dataset.split"], tags["dataset.missing_imputed"]) == ("shuffle", "25")
+    (found,) = run.inputs.dataset_inputs
+    assert (found.dataset.name, found.dataset.digest) == ("diabetes.csv", sha256[:8])
+    assert json.loads(found.dataset.source) == {"uri": str(path.resolve())}
+    columns = [c["name"] for c in json.loads(found.dataset.schema)["mlflow_colspec"]]
+    assert columns[:3] == ["age", "sex", "region"] and columns[-1] == "progression"
+
+    # scikit-learn on the same split, from the raw file: the same numbers, in the target's units
+    frame = pd.read_csv(path)
+    train, test = independent_split(frame, None)
+    model, pipeline, facts = logged_pieces(client, store_uri, run, tmp_path)
+    assert facts["target"] == "progression" and facts["task"] == "regression"
+    median_bmi = pipeline.named_steps["columns"].named_transformers_["numeric"][0].statistics_
+    numeric = [c for c in frame.columns if c not in ("progression", "region")]
+    assert median_bmi == pytest.approx(frame.iloc[train][numeric].median().to_numpy())  # train
+    for rows, split in ((train, "train"), (test, "test")):
+        with torch.no_grad():
+            x = torch.tensor(pipeline.transform(frame.iloc[rows]), dtype=torch.float32)
+            predicted = model(x).numpy()[:, 0]
+        expected = mean_squared_error(frame["progression"].iloc[rows], predicted)
+        assert expected > 100  # squared units of the target, not of its standardized form
+        assert run.data.metrics[f"final/{split}/mse"] == pytest.approx(expected, rel=1e-4)
+    assert f"Test: {run.data.metrics['final/test/mse']:.3f}" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_classification_csv_sweeps_reports_and_predicts_class_names(
+    files, run_cli, client, store_uri, tmp_path
+) -> None:
+    path = files["cancer.csv"]
+    done = run_cli(
+        "-m",
+        "dataset=csv",
+        f"dataset.path={path}",
+        "dataset.target=diagnosis",
+        "loss=bce,hinge",
+        "seed=0,1",
+        "trainer.max_epochs=5",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "binary on target 'diagnosis' (two distinct values); 569 rows" in done.stdout
+    assert (tmp_path / "multirun" / "report.md").is_file()
+    children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in children) == [
+        "bce cancer.csv trainer.max_epochs=5 seed=0",
+        "bce cancer.csv trainer.max_epochs=5 seed=1",
+        "hinge cancer.csv trainer.max_epochs=5 seed=0",
+        "hinge cancer.csv trainer.max_epochs=5 seed=1",
+    ]
+    assert finished_children(client)
+    assert {r.data.tags["dataset.split"] for r in children} == {"stratified"}
+
+    # Raw rows of the test split (independently rebuilt), columns shuffled, one extra column,
+    # no target: predict writes class names whose accuracy is the one each run logged.
+    frame = pd.read_csv(path)
+    _, test = independent_split(frame, frame["diagnosis"])
+    truth = frame["diagnosis"].iloc[test].to_numpy()
+    raw = frame.iloc[test].drop(columns=["diagnosis"]).sample(frac=1.0, axis=1, random_state=1)
+    raw["note"] = "extra column"
+    raw.to_csv(tmp_path / "raw.csv", index=False)
+    for run in children:
+        out = tmp_path / f"{run.info.run_id}.csv"
+        done = predict_cli(
+            store_uri, f"run_id={run.info.run_id}", f"input={tmp_path / 'raw.csv'}", f"output={out}"
+        )
+        assert done.returncode == 0, done.stderr
+        written = pd.read_csv(out)
+        assert list(written.columns[: raw.shape[1]]) == list(raw.columns)
+        predicted = written["predicted_diagnosis"].to_numpy()
+        assert set(predicted) <= {"benign", "malignant"}
+        logged = run.data.metrics["final/test/accuracy"]
+        assert accuracy_score(truth, predicted) == pytest.approx(logged, abs=1e-6)
+
+
+def test_the_stratified_split_keeps_each_class_share(files) -> None:
+    path = files["cancer.csv"]
+    base = ("loss=bce", "dataset=csv", f"dataset.path={path}", "dataset.target=diagnosis")
+    typed = config.validate(compose_cfg(*base))
+    split = make_split(typed.dataset, typed.loss.targets)
+    labels = pd.read_csv(path)["diagnosis"]
+    share = float((labels == "malignant").mean())  # class 1: classes are sorted
+    assert split.preprocessing.classes == ["benign", "malignant"]
+    for y in (split.y_train, split.y_test):
+        assert abs(float(y.mean()) - share) < 1.5 / len(y)  # within one row of the share
+    assert (len(split.y_train), len(split.y_test)) == (455, 114)
+
+    other_seed = make_split(
+        config.validate(compose_cfg(*base, "dataset.split_seed=1")).dataset, Targets.binary
+    )
+    assert not np.array_equal(other_seed.x_train, split.x_train)
+    ordered = make_split(
+        config.validate(compose_cfg(*base, "dataset.split=ordered")).dataset, Targets.binary
+    )
+    first = (labels.iloc[:455] == "malignant").to_numpy(dtype=np.float32)
+    assert np.array_equal(ordered.y_train[:, 0], first)
+
+    # the same rows from Parquet give the same split
+    parquet = ("dataset=parquet", f"dataset.path={files['cancer.parquet']}")
+    from_parquet = config.validate(compose_cfg("loss=bce", *parquet, "dataset.target=diagnosis"))
+    again = make_split(from_parquet.dataset, Targets.binary)
+    assert np.array_equal(again.x_test, split.x_test) and np.array_equal(again.y_test, split.y_test)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "loss", "inputs", "classes", "rows"),
+    [
+        ("diabetes", "mse", 10, 0, 442),
+        ("breast_cancer", "bce", 30, 2, 569),
+        ("wine", "sparse_cce", 13, 3, 178),
+        ("digits", "cce", 64, 10, 1797),
+    ],
+)
+def test_each_bundled_dataset_serves_the_losses_of_its_task(
+    dataset: str, loss: str, inputs: int, classes: int, rows: int
+) -> None:
+    typed = config.validate(compose_cfg(f"loss={loss}", f"dataset={dataset}"))
+    split = make_split(typed.dataset, typed.loss.targets)
+    assert split.n_inputs == inputs and split.n_classes == classes
+    assert len(split.x_train) + len(split.x_test) == rows
+    assert len(split.x_train) == round(0.8 * rows)
+    if classes:
+        assert len(split.preprocessing.classes) == classes
+        if dataset == "breast_cancer":
+            assert split.preprocessing.classes == ["benign", "malignant"]
+    for option in config.options_for("loss", typed.loss.task):  # every loss of the task fits
+        config.validate(compose_cfg(f"loss={option}", f"dataset={dataset}"))
+
+
+@pytest.mark.slow
+def test_a_preset_runs_on_a_bundled_dataset_of_its_task(run_cli, client) -> None:
+    done = run_cli(
+        "-m", "experiment=regression", "dataset=diabetes", "trainer.max_epochs=2", "members=2"
+    )
+    assert done.returncode == 0, done.stderr
+    children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 10 and {r.data.tags["dataset"] for r in children} == {"diabetes"}
+    assert {r.data.tags["loss"] for r in children} == {"mse", "msle", "mae", "huber", "log_cosh"}
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_the_study_data_is_unchanged() -> None:
+    """dataset=regression and dataset=circles are the study's arrays exactly: generated,
+    scaled on all rows (regression), the first half training."""
+    from sklearn.datasets import make_circles, make_regression
+    from sklearn.preprocessing import StandardScaler
+
+    regression = make_split(config.validate(compose_cfg("loss=mse")).dataset, Targets.real)
+    x, y = make_regression(
+        n_samples=1000, n_features=20, n_informative=10, noise=0.1, random_state=1
+    )
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    y = StandardScaler().fit_transform(y.reshape(-1, 1)).astype(np.float32)
+    assert np.array_equal(regression.x_train, x[:500]) and np.array_equal(
+        regression.y_test, y[500:]
+    )
+    assert regression.units == (1.0, 0.0) and regression.preprocessing is None
+
+    circles = make_split(config.validate(compose_cfg("loss=hinge")).dataset, Targets.signed)
+    x, y = make_circles(n_samples=1000, noise=0.1, random_state=1)
+    assert np.array_equal(circles.x_test, x[500:].astype(np.float32))
+    assert np.array_equal(circles.y_train[:, 0], (2 * y[:500] - 1).astype(np.float32))
+
+
+def test_predict_reads_every_row_of_a_headerless_csv_and_refuses_gaps(tmp_path: Path) -> None:
+    from src.config import ConfigError
+    from src.predict import output_path, read_inputs
+
+    (tmp_path / "rows.csv").write_text("0.5,0.5\n1,2\n3,4\n")  # a first row that repeats a value
+    assert read_inputs(tmp_path / "rows.csv", 2).tolist() == [[0.5, 0.5], [1, 2], [3, 4]]
+    (tmp_path / "named.csv").write_text("a,b\n1,2\n")
+    assert read_inputs(tmp_path / "named.csv", 2).tolist() == [[1, 2]]
+    (tmp_path / "gap.csv").write_text("1,2\n3,\n")
+    with pytest.raises(ConfigError, match=r"1 row\(s\) have a missing or infinite value"):
+        read_inputs(tmp_path / "gap.csv", 2)
+    (tmp_path / "header_only.csv").write_text("a,b\n")
+    with pytest.raises(ConfigError, match="has no data rows"):
+        read_inputs(tmp_path / "header_only.csv", 2)
+    same = str(tmp_path / "rows.csv")
+    with pytest.raises(ConfigError, match="is the input file"):
+        output_path({"run_id": "abc", "input": same, "output": same})
+    default = output_path({"run_id": "0123456789", "input": same})
+    assert default == Path("outputs/predict/01234567-rows.csv")
