@@ -127,25 +127,27 @@ TARGET_OUTPUTS: dict[Targets, tuple[Output, ...]] = {
 }
 
 
-def primary_name(task: Task) -> str:
-    """The metric the study reports for a task (implemented in metrics.py)."""
-    return "mse" if task == Task.regression else "accuracy"
+class Direction(Enum):
+    """Which way a metric is better."""
+
+    higher = "higher"
+    lower = "lower"
 
 
-def lower_is_better(name: str) -> bool:
-    return name in ("mse", "loss")
+class MetricInput(Enum):
+    """What a metric function is given beside the true values (src/metrics.py makes it)."""
 
+    value = "value"  # the prediction, in the target's own units (regression)
+    label = "label"  # the predicted class; true labels as 0..C-1 (0/1 for binary)
+    score = "score"  # binary: one decision score per row, higher means the positive class
+    proba = "proba"  # class probabilities: probabilistic outputs only (sigmoid, softmax)
+    raw = "raw"  # the activated output against the labels as the loss sees them
 
-# Extra metrics a loss may list by name (implemented in metrics.py).
-EXTRA_METRICS = ("mse", "rounded_accuracy")
 
 # instantiate() is only fed targets under these prefixes unless the user widens the list.
-DEFAULT_TARGET_PREFIXES = ("src.", "sklearn.datasets.", "torch.nn.functional.", "torch.optim.")
-
-
-def train_rows(n_samples: int, train_fraction: float) -> int:
-    """How many of the first rows train (the rest test), as the study splits."""
-    return round(n_samples * train_fraction)
+DEFAULT_TARGET_PREFIXES = (
+    *("src.", "sklearn.datasets.", "sklearn.metrics.", "torch.nn.functional.", "torch.optim."),
+)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -197,6 +199,10 @@ class DatasetConfig:
     split: SplitKind = SplitKind.auto
     split_seed: int = 0
     train_fraction: float = 0.5  # the share of rows that train (the study: the first half)
+    # K-fold cross-validation: folds=K (>1) tests on fold `fold` and trains on the rest
+    # (train_fraction unused). A -m sweep with dataset.folds=K runs one job per fold.
+    folds: int = 1
+    fold: int | None = None
     scale_x: Scaling = Scaling.none
     scale_y: Scaling = Scaling.none
     scaler_fit: ScalerFit = ScalerFit.train
@@ -213,6 +219,11 @@ class DatasetConfig:
         )
         _require(self.batch_size >= 1, f"dataset.batch_size={self.batch_size} must be >= 1")
         _require(self.split_seed >= 0, f"dataset.split_seed={self.split_seed} must be >= 0")
+        _require(self.folds >= 1, f"dataset.folds={self.folds} must be >= 1 (1: no folds)")
+        _require(
+            self.fold is None or 0 <= self.fold < self.folds,
+            f"dataset.fold={self.fold} must be in 0..{self.folds - 1} (dataset.folds={self.folds})",
+        )
         if self.is_table:
             self._check_table()
             return
@@ -232,7 +243,7 @@ class DatasetConfig:
             f"dataset.generator.n_samples={n!r} must be an integer",
         )
         if n is not None:
-            n_train = train_rows(n, self.train_fraction)
+            n_train = self.train_size(n)
             smallest = math.ceil(1 / min(self.train_fraction, 1 - self.train_fraction))
             _require(
                 n_train >= 1 and n - n_train >= 1,
@@ -267,6 +278,12 @@ class DatasetConfig:
     def label(self) -> str:
         """What the data is called in run names, tags and figures: the file's name, if any."""
         return Path(self.path).name if self.path else self.name
+
+    def train_size(self, rows: int) -> int:
+        """How many of ``rows`` train (the fewest, with folds of unequal size)."""
+        if self.folds > 1:
+            return rows - math.ceil(rows / self.folds)
+        return round(rows * self.train_fraction)
 
     def split_for(self, task: Task) -> SplitKind:
         """The split to use: ``auto`` is stratified for classes, shuffled for regression."""
@@ -321,6 +338,52 @@ class ModelConfig:
 
 
 @dataclass
+class MetricConfig:
+    """One metric, one home (``conf/metrics/<name>.yaml``): the function that computes it,
+    which way is better, and where it applies."""
+
+    # Called as fn(y_true, y_pred) -> float per member (scikit-learn's convention).
+    fn: dict[str, Any] = field(default_factory=dict)
+    direction: Direction = MISSING
+    tasks: list[Task] = field(default_factory=list)
+    input: MetricInput = MetricInput.value
+    outputs: list[Output] = field(default_factory=list)  # empty: every output of its tasks
+    # The values the metric can take (null: unbounded); the report's intervals stay inside.
+    low: float | None = None
+    high: float | None = None
+    # Only where every target is >= 0 in its own units (e.g. msle).
+    nonnegative_targets: bool = False
+    # A member-axis torch function (pred, target) -> (members,) for per-epoch curves; a
+    # metric without one is computed once, after training.
+    epoch: str | None = None
+    primary: list[Task] = field(default_factory=list)  # the task(s) it is the default metric of
+
+    def __post_init__(self) -> None:
+        _require("_target_" in self.fn, "a metric's fn needs a _target_")
+        _require(bool(self.tasks), "a metric needs tasks: [regression | binary | multiclass]")
+        _require(
+            all(task in self.tasks for task in self.primary),
+            "a metric can only be primary for its own tasks",
+        )
+
+    def fits(self, task: Task, output: Output) -> bool:
+        """For this task and output activation (probabilities need a probabilistic one)."""
+        probabilistic = output in (Output.sigmoid, Output.softmax)
+        return (
+            task in self.tasks
+            and (not self.outputs or output in self.outputs)
+            and (self.input != MetricInput.proba or probabilistic)
+        )
+
+
+@dataclass
+class ReportConfig:
+    """How a sweep's report ranks the losses."""
+
+    metric: str | None = None  # a metric name (conf/metrics/); null: each task's primary
+
+
+@dataclass
 class LossConfig:
     """A loss knows its task: data, output layer and metrics all follow from it."""
 
@@ -332,12 +395,11 @@ class LossConfig:
     # averages them over everything but the member axis.
     fn: dict[str, Any] = field(default_factory=dict)
     from_logits: bool = False  # True: fn gets the raw last layer, not the activated output
-    metrics: list[str] = field(default_factory=list)  # extra metrics beside the task's own
+    # Metrics (conf/metrics/) drawn per epoch and printed beside the task's primary one.
+    metrics: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require("_target_" in self.fn, f"loss.fn for '{self.name}' needs a _target_")
-        unknown = [m for m in self.metrics if m not in EXTRA_METRICS]
-        _require(not unknown, f"loss.metrics: unknown {unknown}; choose from {list(EXTRA_METRICS)}")
 
 
 @dataclass
@@ -442,6 +504,8 @@ class LosslabConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
+    metrics: dict[str, MetricConfig] = field(default_factory=dict)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
     # Train seeds seed, seed+1, ..., seed+members-1 together as one batched model.
     members: int = 1
@@ -456,10 +520,17 @@ class LosslabConfig:
         _require(self.members >= 1, f"members={self.members} must be >= 1")
         if self.dataset.task != DataTask.auto:  # else after the table is read (validate)
             check_pairing(self.loss, self.dataset)
+        self._check_metrics()
         for where, node in (
             ("dataset.generator", self.dataset.generator),
             ("loss.fn", self.loss.fn),
             ("optimizer", {"_target_": self.optimizer._target_}),
+            *((f"metrics.{name}.fn", spec.fn) for name, spec in self.metrics.items()),
+            *(
+                (f"metrics.{name}.epoch", {"_target_": spec.epoch})
+                for name, spec in self.metrics.items()
+                if spec.epoch
+            ),
         ):
             target = node.get("_target_")
             if target is None:  # table data read from a file has no generator
@@ -470,6 +541,45 @@ class LosslabConfig:
                 f"{self.allowed_target_prefixes}; add it to allowed_target_prefixes "
                 "if you trust it",
             )
+
+    def _check_metrics(self) -> None:
+        """Every metric a loss or the report names exists and fits the loss; each task has
+        one primary metric with a per-epoch function (the learning curves)."""
+        names = sorted(self.metrics)
+        for name in [*self.loss.metrics, *filter(None, [self.report.metric])]:
+            _require(name in self.metrics, f"unknown metric '{name}'; choose one of: {names}")
+        loss = self.loss
+        for name in loss.metrics:
+            spec = self.metrics[name]
+            _require(
+                spec.fits(loss.task, loss.output) and spec.epoch is not None,
+                f"loss.metrics: '{name}' does not apply to loss '{loss.name}' "
+                f"({loss.task.value}, output {loss.output.value}); it takes "
+                f"{'/'.join(t.value for t in spec.tasks)}"
+                + (f" with output {[o.value for o in spec.outputs]}" if spec.outputs else "")
+                + ("" if spec.epoch else " and is computed after training only"),
+            )
+        for task in Task:
+            primary = [n for n, spec in self.metrics.items() if task in spec.primary]
+            _require(
+                len(primary) == 1 and self.metrics[primary[0]].epoch is not None,
+                f"metrics: {task.value} needs exactly one primary metric with an epoch "
+                f"function, found {primary}",
+            )
+
+    def primary_metric(self) -> str:
+        """The loss's task's default metric: per-epoch curves, outcomes, the report's default."""
+        task = self.loss.task
+        return next(n for n, spec in self.metrics.items() if task in spec.primary)
+
+    def panel(self, nonnegative: bool) -> dict[str, MetricConfig]:
+        """The metrics that apply to this run (``nonnegative``: every target is >= 0)."""
+        return {
+            name: spec
+            for name, spec in self.metrics.items()
+            if spec.fits(self.loss.task, self.loss.output)
+            and (nonnegative or not spec.nonnegative_targets)
+        }
 
 
 def refused(where: str, error: BaseException) -> ConfigError:

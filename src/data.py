@@ -55,6 +55,14 @@ class Split:
             return self.n_classes
         return self.y_train.shape[1]
 
+    @property
+    def nonnegative(self) -> bool:
+        """Every target is >= 0 in its own units (where msle applies)."""
+        scale, offset = self.units
+        if self.n_classes:
+            return False
+        return bool(min(self.y_train.min(), self.y_test.min()) * scale + offset >= 0)
+
     def thinned(self, most: int = 5000) -> Split:
         """Every n-th row, at most ``most`` per side: a picture of a million rows costs seconds
         and copies of the data, and shows no more than one of five thousand."""
@@ -119,7 +127,7 @@ def _study_split(cfg: DatasetConfig, targets: Targets) -> Split:
     x, y = instantiate(generator)
     real = targets == Targets.real
     kind = cfg.split_for(Task(cfg.task.value))
-    train, test = split_rows(len(x), cfg.train_fraction, kind, cfg.split_seed, y)
+    train, test = split_rows(cfg, len(x), kind, y)
     fit_rows = slice(None) if cfg.scaler_fit == ScalerFit.all else train
     x = _scale(x, cfg.scale_x, fit_rows)
     n_classes = 0

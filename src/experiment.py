@@ -21,13 +21,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from src import store, tracking
 from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
-from src.config import LosslabConfig, Task, lower_is_better, primary_name, refused
+from src.config import Direction, LosslabConfig, Targets, Task, refused
 from src.data import Split, StudyDataModule, labels
-from src.metrics import metrics_for
+from src.metrics import Panel, class_labels
 from src.model import MemberMLP
 from src.module import Diverged, LossModule
 
@@ -54,37 +55,45 @@ def default_threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
 
 
-def trivial_score(split: Split, task: Task) -> float:
-    """What a model that ignores its input scores on the test set: predicting the train mean
-    (regression) or the majority class. A run that does no better has collapsed."""
-    if task == Task.regression:  # in the target's units, as the metrics are
-        scale = split.units[0]
-        return float(np.mean((split.y_test - split.y_train.mean()) ** 2)) * scale**2
-    train = labels(split.y_train)
-    majority = np.bincount((train > 0).astype(int) if task == Task.binary else train).argmax()
-    test = labels(split.y_test)
-    test = (test > 0).astype(int) if task == Task.binary else test
-    return float(np.mean(test == majority))
+def trivial_score(module: LossModule, split: Split, metric: str) -> float:
+    """What a model that ignores its input scores on the test set with ``metric``: predicting
+    the train mean (regression) or always the majority class. A run no better has collapsed."""
+    y_train, y_test = torch.from_numpy(split.y_train), torch.from_numpy(split.y_test)
+    if module.targets == Targets.real:
+        constant = y_train.mean(dim=0)
+    else:
+        majority = int(class_labels(y_train, module.targets).bincount().argmax())
+        constant = {
+            Targets.binary: torch.tensor([float(majority)]),
+            Targets.signed: torch.tensor([2.0 * majority - 1.0]),
+        }.get(module.targets, torch.eye(split.n_outputs)[majority])
+    pred = constant.expand(1, len(y_test), *constant.shape)
+    target = y_test.expand(1, *y_test.shape)
+    return float(module.scores(*module.in_units(pred, target))[metric][0])
 
 
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
 NOT_IN_NAME = (
     *("loss", "seed", "members", "resume", "hparams_search", "trainer.enable_progress_bar"),
     *("dataset.path", "dataset.target", "dataset.format"),  # the file's name stands for them
+    *("dataset.folds", "dataset.fold", "report.metric"),  # fold=k/K stands for the first two
 )
 NOT_IN_NAME_PREFIXES = ("logger.", "hydra.")
 
 
-def run_name(loss: str, overrides: list[str], seed: int, data_file: str | None = None) -> str:
+def run_name(
+    loss: str, overrides: list[str], seed: int, data_file: str | None = None, fold: str = ""
+) -> str:
     """What the run is, as the UI lists it: 'bce seed=2', 'mse optimizer.lr=0.1 seed=0',
-    'bce cancer.csv seed=0' (a file's name instead of dataset=csv and its path)."""
+    'bce cancer.csv seed=0' (a file's name instead of dataset=csv and its path), 'mae
+    dataset=diabetes fold=2/5 seed=0'."""
     keys = [o.split("=")[0].lstrip("+~") for o in overrides]
     extra = [
         data_file if key == "dataset" and data_file else o
         for o, key in zip(overrides, keys)
         if key not in NOT_IN_NAME and not key.startswith(NOT_IN_NAME_PREFIXES)
     ]
-    return " ".join([loss, *extra, f"seed={seed}"])
+    return " ".join([loss, *extra, *([fold] if fold else []), f"seed={seed}"])
 
 
 def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
@@ -94,14 +103,16 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     # earlier job would otherwise leak into the next.
     torch.set_num_threads(typed.trainer.threads or default_threads())
     seeds = [typed.seed + k for k in range(typed.members)]
-    data, module = build(cfg, typed, seeds)
+    data, module, panel = build(cfg, typed, seeds)
     split = data.split
-    metric = primary_name(typed.loss.task)
+    metric = typed.primary_metric()
 
     # Tracking: one run per member, children of the sweep's parent run when there is one.
     uri = store.resolve_uri(typed.logger.tracking_uri)
     data_file = typed.dataset.label if typed.dataset.path else None
-    names = [run_name(typed.loss.name, job.overrides, seed, data_file) for seed in seeds]
+    folds = typed.dataset.folds
+    fold = f"fold={typed.dataset.fold}/{folds}" if folds > 1 else ""
+    names = [run_name(typed.loss.name, job.overrides, seed, data_file, fold) for seed in seeds]
     checkpoint_dir = job.output_dir / "checkpoints"
     logged = 0
     ckpt_path = None
@@ -137,7 +148,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     )
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        finals = _finish(runs, module, data, typed, names, checkpoint_dir)
+        finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir)
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -157,21 +168,26 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
 
 def build(
     cfg: DictConfig, typed: LosslabConfig, seeds: list[int]
-) -> tuple[StudyDataModule, LossModule]:
-    """Data, model and module, each function a config names called once (the loss on two rows,
-    the optimizer built and thrown away) before any run starts: a value one of them refuses is
-    a config mistake, reported in one line, with nothing in MLflow."""
+) -> tuple[StudyDataModule, LossModule, Panel]:
+    """Data, model, module and metric panel, each function a config names called once (the
+    loss and every metric on a few rows, the optimizer built and thrown away) before any run
+    starts: a value one of them refuses is a config mistake, reported in one line, with
+    nothing in MLflow."""
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     with _refused_by_target("dataset.generator"):
         data = StudyDataModule(typed.dataset, typed.loss.targets)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     sizes = [data.split.n_inputs, *typed.model.hidden_sizes, data.split.n_outputs]
     model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
+    per_epoch = dict.fromkeys([typed.primary_metric(), *typed.loss.metrics])
     with _refused_by_target("loss.fn"):
         module = LossModule(
             model=model,
             loss=typed.loss,
-            metrics=metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics),
+            metrics={
+                name: (typed.metrics[name].input, get_method(typed.metrics[name].epoch))
+                for name in per_epoch
+            },
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             batch_size=typed.dataset.batch_size,
             generators=generators,
@@ -181,7 +197,29 @@ def build(
     module.check_loss(*data.train)
     with _refused_by_target("optimizer"):
         module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
-    return data, module
+    panel = _panel(typed, module, data)
+    return data, module, panel
+
+
+def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> Panel:
+    """The run's metric panel, each function tried on a few train rows (two of each class):
+    a metric that refuses this task's outputs is one line, before any run starts."""
+    x, y = data.train
+    specs = typed.panel(data.split.nonnegative)
+    panel = Panel.build(specs, typed.loss.targets)
+    if typed.loss.task == Task.regression:
+        rows = torch.arange(min(2, len(x)))
+    else:
+        labels_ = class_labels(y, typed.loss.targets)
+        rows = torch.cat([torch.nonzero(labels_ == c)[:2, 0] for c in labels_.unique()])
+    for name in panel.fns:
+        try:
+            Panel({name: panel.fns[name]}, panel.kinds, panel.targets)(
+                *module.outputs(x[rows], y[rows])
+            )
+        except Exception as error:
+            raise refused(f"metrics.{name}", error) from error
+    return panel
 
 
 @contextmanager
@@ -194,11 +232,12 @@ def _refused_by_target(where: str) -> Iterator[None]:
         raise refused(where, error.__cause__ or error) from error
 
 
-def _outcome(test_value: float, trivial: float, metric: str, diverged: bool) -> str:
+def _outcome(test_value: float, trivial: float, direction: Direction, diverged: bool) -> str:
     """ok, diverged (non-finite loss), or collapsed: no better than ignoring the input."""
     if diverged:
         return "diverged"
-    no_better = test_value >= trivial if lower_is_better(metric) else test_value <= trivial
+    lower = direction == Direction.lower
+    no_better = test_value >= trivial if lower else test_value <= trivial
     return "collapsed" if no_better else "ok"
 
 
@@ -206,30 +245,32 @@ def _finish(
     runs: tracking.RunSet,
     module: LossModule,
     data: StudyDataModule,
+    panel: Panel,
     typed: LosslabConfig,
     names: list[str],
     checkpoint_dir: Path,
 ) -> list[dict]:
-    """Final evaluation of every member, its figures, model, outcome and true status.
-    Returns each member's final metrics (with its outcome)."""
-    metric = primary_name(typed.loss.task)
+    """Final evaluation of every member (the loss and the whole metric panel), its figures,
+    model, outcome and true status. Returns each member's final metrics (with its outcome)."""
+    metric = typed.primary_metric()
     history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
-    scores = {"train": module.evaluate(*data.train), "test": module.evaluate(*data.test)}
-    final_all = {
-        f"final/{split}/{name}": values.tolist()
-        for split, by_name in scores.items()
-        for name, values in by_name.items()
-    }
+    final_all = {}
+    for split, (x, y) in (("train", data.train), ("test", data.test)):
+        final_all[f"final/{split}/loss"] = module.evaluate(x, y)["loss"].tolist()
+        for name, values in panel(*module.outputs(x, y)).items():
+            final_all[f"final/{split}/{name}"] = values
     runs.add_metrics(len(history), final_all)
-    trivial = trivial_score(data.split, typed.loss.task)
+    trivial = trivial_score(module, data.split, metric)
+    direction = typed.metrics[metric].direction
     statuses, finals = [], []
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
         member_history = [{key: values[k] for key, values in row.items()} for row in history]
         runs.log_learning_curves(k, member_history, metric, f"{name}: loss and {metric}")
         diverged = int(module.diverged_at[k])
-        final["outcome"] = _outcome(final[f"final/test/{metric}"], trivial, metric, diverged > 0)
-        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.4f}"}
+        test_value = final[f"final/test/{metric}"]
+        final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)
+        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.6g}"}
         if diverged:
             tags["error"] = f"loss became non-finite at epoch {diverged}"
         runs.set_tags(k, tags)
@@ -279,6 +320,8 @@ def _start_runs(
             "seed": str(seed),
             "members": str(typed.members),
             "member": str(k),
+            "metric": typed.primary_metric(),
+            **({"fold": str(typed.dataset.fold)} if typed.dataset.folds > 1 else {}),
             **({"job": str(job.job_num)} if job.job_num is not None else {}),
             "output_dir": str(job.output_dir),
             **source,
@@ -326,10 +369,11 @@ def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | N
 
 
 def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
-    """The study's printout, with the metric named: 'accuracy Train: 0.836, Test: 0.852'."""
+    """The study's printout with the metric named, to 4 significant digits (3 decimals hid
+    MSE's 0.0007): 'accuracy Train: 0.836, Test: 0.852', 'mse Train: 0.00071, Test: 0.005'."""
     return "; ".join(
-        f"{name} Train: {final[f'final/train/{name}']:.3f}, Test: {final[f'final/test/{name}']:.3f}"
-        for name in [metric, *extra]
+        f"{name} Train: {final[f'final/train/{name}']:.4g}, Test: {final[f'final/test/{name}']:.4g}"
+        for name in dict.fromkeys([metric, *extra])
     )
 
 

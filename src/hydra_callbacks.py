@@ -39,6 +39,7 @@ class SweepState:
     local: bool = True  # jobs die with the launching process (not so on a cluster)
     failures: int = 0
     summary: str = ""  # one line for the end of the command
+    metric: str | None = None  # report.metric: what the report ranks by
 
 
 SWEEP = SweepState()
@@ -73,10 +74,12 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     loader = GlobalHydra.instance().config_loader()
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # glob()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    if cfg.hydra.sweeper.get("batch_seeds"):  # losslab's sweeper: seed runs share a job
-        from hydra_plugins.losslab.sweeper import batch_seeds
+    if "batch_seeds" in cfg.hydra.sweeper:  # losslab's sweeper: folds, seeds as members
+        from hydra_plugins.losslab.sweeper import batch_seeds, expand_folds
 
-        jobs = batch_seeds(jobs)
+        jobs = expand_folds(jobs)
+        if cfg.hydra.sweeper.batch_seeds:
+            jobs = batch_seeds(jobs)
     configs = []
     for job in jobs:
         composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does
@@ -106,6 +109,11 @@ class LosslabCallback(Callback):
     @_abort_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         typed = validate(config)
+        if typed.dataset.folds > 1 and typed.dataset.fold is None:
+            raise ConfigError(
+                f"dataset.folds={typed.dataset.folds} runs one job per fold: run it as a sweep "
+                "(python -m src.train -m ...), or pick one fold with dataset.fold=<k>"
+            )
         uri = store.resolve_uri(typed.logger.tracking_uri)
         store.check(uri)
         if typed.resume:  # the run and checkpoint must exist before an output dir is made
@@ -148,6 +156,7 @@ class LosslabCallback(Callback):
         (sweep_dir / tracking.PARENT_RUN_FILE).write_text(parent)
         SWEEP.uri, SWEEP.parent_run_id, SWEEP.sweep_dir = uri, parent, sweep_dir
         SWEEP.reported = False
+        SWEEP.metric = typed.report.metric
         SWEEP.local = not config.hydra.launcher._target_.endswith("SlurmLauncher")
         sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
         size = f"{len(jobs)} job(s)" if grid else f"jobs chosen by {sweeper}"
@@ -168,8 +177,9 @@ def report() -> None:
     SWEEP.reported = True
     for failure in tracking.settle(SWEEP.uri):  # those runs are marked FAILED; counted below
         print(f"losslab: MLflow could not record: {failure}", file=sys.stderr)
-    built = tracking.writer(SWEEP.uri).call("report", SWEEP.parent_run_id, SWEEP.sweep_dir)
-    print(built["markdown"], flush=True)
+    writer = tracking.writer(SWEEP.uri)
+    built = writer.call("report", SWEEP.parent_run_id, SWEEP.sweep_dir, SWEEP.metric)
+    print(built["console"], end="", flush=True)
     SWEEP.failures = built["failures"]
     SWEEP.summary = (
         f"{built['failures']} of {built['runs']} run(s) failed"

@@ -18,9 +18,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from src.config import ConfigError, LossConfig, refused
+from src.config import ConfigError, LossConfig, MetricInput, refused
 from src.losses import per_member
-from src.metrics import Metric
+from src.metrics import Metric, inputs
 from src.model import MemberMLP
 from src.optim import updater
 
@@ -45,7 +45,7 @@ class LossModule(pl.LightningModule):
         self,
         model: MemberMLP,
         loss: LossConfig,
-        metrics: dict[str, Metric],
+        metrics: dict[str, tuple[MetricInput, Metric]],
         optimizer: dict[str, Any],
         batch_size: int,
         generators: list[torch.Generator],
@@ -57,7 +57,8 @@ class LossModule(pl.LightningModule):
         self.model = model
         self.loss_fn = _plain(instantiate(loss.fn))
         self.from_logits = loss.from_logits
-        self.metrics = metrics
+        self.targets = loss.targets
+        self.metrics = metrics  # per epoch: name -> (what it takes, member-axis function)
         self.optimizer_cfg = optimizer
         self.batch_size = batch_size
         self.generators = generators
@@ -96,16 +97,39 @@ class LossModule(pl.LightningModule):
                 "not reduce them: keep reduction: none"
             )
 
+    def in_units(
+        self, pred: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and targets in the target's own units (a table's scaled regression target)."""
+        if self.units is None:
+            return pred, target
+        scale, offset = self.units
+        return pred * scale + offset, target * scale + offset
+
+    def scores(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-epoch metrics of activated outputs, in the target's units: {name: (members,)}."""
+        prepared: dict[MetricInput, tuple[torch.Tensor, torch.Tensor]] = {}
+        values = {}
+        for name, (kind, metric) in self.metrics.items():
+            if kind not in prepared:
+                prepared[kind] = inputs(kind, pred, target, self.targets)
+            values[name] = metric(*prepared[kind])
+        return values
+
     def _scores(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        pred = self.model.predict_from(logits)
-        if self.units is not None:
-            scale, offset = self.units
-            pred, target = pred * scale + offset, target * scale + offset
-        return {name: metric(pred, target) for name, metric in self.metrics.items()}
+        return self.scores(*self.in_units(self.model.predict_from(logits), target))
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's activated outputs on a split and the targets (member axis first),
+        in the target's units: what the metric panel scores."""
+        return self.in_units(
+            self.model.predict_from(self.model(x)), y.expand(self.model.members, *y.shape)
+        )
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss and metrics of every member on one whole split: {name: (members,)}."""
+        """Loss and per-epoch metrics of every member on one whole split: {name: (members,)}."""
         logits = self.model(x)
         target = y.expand(self.model.members, *y.shape)
         return {"loss": self._loss(logits, target), **self._scores(logits, target)}

@@ -107,7 +107,7 @@ def sweep_curves(results: Sequence, curves: Mapping[str, Mapping[str, Sequence[f
     fig = Figure(figsize=(11, 3.8 * max(len(tasks), 1)), layout="constrained")
     axes = fig.subplots(max(len(tasks), 1), 2, squeeze=False)
     for row, (task, members) in zip(axes, tasks.items()):
-        metric = members[0].metric
+        metric = members[0].curve
         for ax, split in zip(row, ("train", "test")):
             for group in dict.fromkeys(r.group for r in members):
                 series = [curves[r.run_id][split] for r in members if r.group == group]

@@ -130,21 +130,21 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
     import torch
 
     from src.data import make_split
-    from src.metrics import metrics_for
+    from src.metrics import Panel
 
     model = load_model(client, run)
     typed = run_config(client, run.info.run_id)
     split = make_split(typed.dataset, typed.loss.targets)
     prediction = predict(model, split.x_test)  # the model's last layer maps back to the units
-    metrics = metrics_for(typed.loss.task, typed.loss.targets, typed.loss.metrics)
     scale, offset = split.units
     y_test = split.y_test * scale + offset if (scale, offset) != (1.0, 0.0) else split.y_test
+    panel = Panel.build(typed.panel(split.nonnegative), typed.loss.targets)
     pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(y_test)[None]
-    recomputed = {name: float(fn(pred, target)[0]) for name, fn in metrics.items()}
+    recomputed = {name: values[0] for name, values in panel(pred, target).items()}
     logged_metrics = run.data.metrics
     logged = {
         name: logged_metrics[f"final/test/{name}"]
-        for name in metrics
+        for name in recomputed
         if f"final/test/{name}" in logged_metrics
     }
     return Scored(split.x_test, y_test, prediction, recomputed, logged)

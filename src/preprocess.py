@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
-from src.config import DatasetConfig, Scaling, SplitKind, Task, train_rows
+from src.config import DatasetConfig, Scaling, SplitKind, Task
 from src.tables import Table
 
 FEATURES_FILE = "features.joblib"  # the fitted feature Pipeline (scikit-learn, joblib)
@@ -36,17 +36,24 @@ def scaler(how: Scaling) -> Any:
 
 
 def split_rows(
-    n: int, fraction: float, kind: SplitKind, seed: int, labels: np.ndarray | None = None
+    cfg: DatasetConfig, n: int, kind: SplitKind, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the train and test parts: the first rows (ordered, as the study), a
-    seeded shuffle, or a seeded shuffle that keeps each class's share (stratified)."""
-    n_train = train_rows(n, fraction)
+    seeded shuffle, or a seeded shuffle that keeps each class's share (stratified); with
+    ``dataset.folds=K``, fold ``dataset.fold`` of a K-fold split made the same way."""
     rows = np.arange(n)
+    stratify = labels if kind == SplitKind.stratified else None
+    if cfg.folds > 1:
+        shuffle = kind != SplitKind.ordered
+        seed = cfg.split_seed if shuffle else None
+        kfold = StratifiedKFold if stratify is not None else KFold
+        splitter = kfold(n_splits=cfg.folds, shuffle=shuffle, random_state=seed)
+        return list(splitter.split(rows, stratify))[cfg.fold or 0]
+    n_train = cfg.train_size(n)
     if kind == SplitKind.ordered:
         return rows[:n_train], rows[n_train:]
-    stratify = labels if kind == SplitKind.stratified else None
     train, test = train_test_split(
-        rows, train_size=n_train, random_state=seed, shuffle=True, stratify=stratify
+        rows, train_size=n_train, random_state=cfg.split_seed, shuffle=True, stratify=stratify
     )
     return train, test
 
@@ -135,7 +142,7 @@ def prepare(cfg: DatasetConfig, table: Table) -> Prepared:
     kind = cfg.split_for(table.task)
     if table.task == Task.regression:
         values = target.astype(np.float64)
-        train, test = split_rows(len(frame), cfg.train_fraction, kind, cfg.split_seed)
+        train, test = split_rows(cfg, len(frame), kind)
         target_scaler = scaler(cfg.scale_y)
         if target_scaler == "passthrough":
             scale, offset = 1.0, 0.0
@@ -148,7 +155,7 @@ def prepare(cfg: DatasetConfig, table: Table) -> Prepared:
     else:
         index = {label: i for i, label in enumerate(table.classes)}
         y = np.array([index[label] for label in target], dtype=np.int64)
-        train, test = split_rows(len(frame), cfg.train_fraction, kind, cfg.split_seed, y)
+        train, test = split_rows(cfg, len(frame), kind, y)
         scale, offset = 1.0, 0.0
     pipeline = feature_pipeline(table.numeric, table.categorical, cfg.scale_x)
     x_train = pipeline.fit_transform(frame.iloc[train])

@@ -1,4 +1,5 @@
-"""The sweep's answer to "which loss?": seed statistics per loss (and per any other swept key),
+"""The sweep's answer to "which loss?", by the metric the user answers to: a verdict per task,
+every metric's median per loss, the spread of the ranking metric over seeds (and folds), the
 pairwise tests between losses of a task, learning curves and the spread of final metrics.
 
 Everything is read back from MLflow (the child runs of the sweep's parent run), so the report
@@ -11,8 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import sys
-from collections.abc import Iterable, Sequence
+import textwrap
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -22,7 +26,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from src import plots, store, tracking
-from src.config import ConfigError, Task, lower_is_better, primary_name
+from src.config import ConfigError
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written into the sweep dir by the Optuna sweeper
 ARTIFACT_DIR = "report"
@@ -32,7 +36,10 @@ COMPARISON_HEADER = (
     *("task", "a", "b", "test", "mean diff a−b", "95% CI of diff", "p", "p (Holm)"),
     *("real difference at these seeds?", "better"),
 )
-NOT_SWEPT = ("loss", "seed", "members")  # loss groups anyway; seeds are the replicates
+NOT_SWEPT = ("loss", "seed", "members", "dataset.fold", "report.metric")  # replicates etc.
+PRIMARY = {"regression": "mse", "binary": "accuracy", "multiclass": "accuracy"}  # untagged runs
+BOOTSTRAP = 2000  # resamples for the interval of a mean
+CONSOLE_WIDTH = 100
 
 
 @dataclass
@@ -46,13 +53,38 @@ class Result:
     task: str
     loss: str
     seed: str
-    metric: str
+    fold: str  # "-" without cross-validation
+    metric: str  # the metric this run's task is ranked by
+    curve: str  # the metric drawn per epoch (the task's primary)
     train: float
     test: float
     job_dir: str
     error: str
     overrides: dict[str, str] = field(default_factory=dict)
     group: str = ""  # the loss, then key=value for every other swept key
+    values: dict[str, float] = field(default_factory=dict)  # every final test metric
+
+    @property
+    def replicate(self) -> tuple[str, str]:
+        """What pairs two runs of different losses: the same fold and seed."""
+        return self.fold, self.seed
+
+
+@dataclass(frozen=True)
+class MetricFacts:
+    """What the report knows of a metric, read back from the runs' logged config."""
+
+    higher: bool | None  # None: unknown direction (no verdict)
+    low: float = -math.inf
+    high: float = math.inf
+
+    @property
+    def arrow(self) -> str:
+        return {True: "↑", False: "↓", None: ""}[self.higher]
+
+    @property
+    def words(self) -> str:
+        return {True: "higher is better", False: "lower is better", None: "?"}[self.higher]
 
 
 @dataclass
@@ -61,7 +93,10 @@ class Report:
     summary: list[dict[str, object]]
     comparisons: list[dict[str, object]]
     lost_jobs: list[tuple[str, str]]  # (job dir, error) of jobs that never reached MLflow
-    markdown: str
+    facts: dict[str, MetricFacts] = field(default_factory=dict)
+    verdicts: list[str] = field(default_factory=list)
+    markdown: str = ""
+    console: str = ""
 
     @property
     def failures(self) -> int:
@@ -101,13 +136,38 @@ def _outcome(run) -> str:
     return "failed"  # killed, still RUNNING after the sweep, or no outcome recorded
 
 
-def collect(runs: Iterable) -> list[Result]:
-    """Reduce child runs to results, grouped by loss and every other key the sweep varied."""
+def metric_facts(runs: Iterable) -> dict[str, MetricFacts]:
+    """Each metric's direction and range, from the runs' params (their logged config)."""
+    facts: dict[str, MetricFacts] = {}
+    for run in runs:
+        params = run.data.params
+        for key, value in params.items():
+            name = re.fullmatch(r"metrics\.(\w+)\.direction", key)
+            if name is None or name.group(1) in facts:
+                continue
+            bound = {}
+            for side in ("low", "high"):
+                text = params.get(f"metrics.{name.group(1)}.{side}", "None")
+                bound[side] = float(text) if text not in ("None", "null", "") else None
+            facts[name.group(1)] = MetricFacts(
+                higher=value == "higher",
+                low=-math.inf if bound["low"] is None else bound["low"],
+                high=math.inf if bound["high"] is None else bound["high"],
+            )
+    for name, higher in (("mse", False), ("accuracy", True)):  # runs from before the panel
+        facts.setdefault(name, MetricFacts(higher=higher, low=0.0))
+    return facts
+
+
+def collect(runs: Iterable, metric: str | None = None) -> list[Result]:
+    """Reduce child runs to results ranked by ``metric`` where their task has it (else by the
+    task's primary metric), grouped by loss and every other key the sweep varied."""
     results = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
         task = tags.get("task", "")
-        metric = primary_name(Task(task)) if task in Task.__members__ else "?"
+        primary = tags.get("metric") or PRIMARY.get(task, "?")
+        chosen = metric if metric and f"final/test/{metric}" in metrics else primary
         results.append(
             Result(
                 run_id=run.info.run_id,
@@ -117,12 +177,19 @@ def collect(runs: Iterable) -> list[Result]:
                 task=task or "?",
                 loss=tags.get("loss", "?"),
                 seed=tags.get("seed", "?"),
-                metric=metric,
-                train=metrics.get(f"final/train/{metric}", math.nan),
-                test=metrics.get(f"final/test/{metric}", math.nan),
+                fold=tags.get("fold", "-"),
+                metric=chosen,
+                curve=primary,
+                train=metrics.get(f"final/train/{chosen}", math.nan),
+                test=metrics.get(f"final/test/{chosen}", math.nan),
                 job_dir=tags.get("output_dir", ""),
                 error=tags.get("error", ""),
                 overrides=parse_overrides(tags.get("overrides", "")),
+                values={
+                    key.removeprefix("final/test/"): value
+                    for key, value in metrics.items()
+                    if key.startswith("final/test/") and key != "final/test/loss"
+                },
             )
         )
     swept = swept_keys([r.overrides for r in results])
@@ -137,45 +204,56 @@ def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({job.get(k) for job in overrides}) > 1]
 
 
-def t_stats(values: Sequence[float]) -> dict[str, float]:
-    """n, median, mean, sample std and the 95% t-interval of the mean (nan below n = 2)."""
+def spread(values: Sequence[float], facts: MetricFacts) -> dict[str, float]:
+    """n, median, mean, sample std and a 95% bootstrap percentile interval of the mean (nan
+    below n = 2): resampled means stay within the values, so the interval never leaves the
+    metric's range (a t-interval put an MSE below 0)."""
     x = np.asarray(values, dtype=float)
     n = len(x)
     nan = math.nan
     if n == 0:
         return {"n": 0, "median": nan, "mean": nan, "std": nan, "ci_low": nan, "ci_high": nan}
-    mean = float(x.mean())
-    std = float(x.std(ddof=1)) if n > 1 else nan
     low, high = (nan, nan)
     if n > 1:
-        half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n)
-        low, high = mean - half, mean + half
+        means = np.random.default_rng(0).choice(x, size=(BOOTSTRAP, n)).mean(axis=1)
+        low, high = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2]).tolist()
+        low, high = max(low, facts.low), min(high, facts.high)
     return {
         "n": n,
         "median": float(np.median(x)),
-        "mean": mean,
-        "std": std,
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if n > 1 else nan,
         "ci_low": low,
         "ci_high": high,
     }
 
 
-def summarize_groups(results: Sequence[Result]) -> list[dict[str, object]]:
-    """One row per group: outcome counts, then statistics of the ok runs only."""
+def summarize_groups(
+    results: Sequence[Result], facts: Mapping[str, MetricFacts]
+) -> list[dict[str, object]]:
+    """One row per group: outcome counts, the ranking metric's spread over the ok runs, and
+    the test median of every other metric."""
     rows = []
     for group in dict.fromkeys(r.group for r in results):
         members = [r for r in results if r.group == group]
         ok = [r for r in members if r.outcome == "ok"]
+        metric = members[0].metric
         row: dict[str, object] = {
             "task": members[0].task,
             "group": group,
-            "metric": members[0].metric,
+            "metric": metric,
+            "direction": facts.get(metric, MetricFacts(None)).words,
             "runs": len(members),
             **{name: sum(r.outcome == name for r in members) for name in EXCLUDED},
         }
         for split in ("train", "test"):
-            for key, value in t_stats([getattr(r, split) for r in ok]).items():
+            values = [getattr(r, split) for r in ok]
+            for key, value in spread(values, facts.get(metric, MetricFacts(None))).items():
                 row[f"{split}_{key}"] = value
+        names = dict.fromkeys(name for r in members for name in r.values)
+        for name in names:
+            values = [r.values[name] for r in ok if name in r.values]
+            row[f"test_median_{name}"] = float(np.median(values)) if values else math.nan
         rows.append(row)
     return rows
 
@@ -191,12 +269,13 @@ def _holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def compare(results: Sequence[Result]) -> list[dict[str, object]]:
-    """Every pair of groups of one task that differ only in the loss, on the final test metric.
+def compare(results: Sequence[Result], facts: Mapping[str, MetricFacts]) -> list[dict[str, object]]:
+    """Every pair of groups of one task that differ only in the loss, on the final test value
+    of the task's ranking metric.
 
-    Paired t-test over seeds when both groups hold the same seeds (the data are identical and
-    a seed fixes initialization and shuffling), Welch's t-test otherwise. p-values are
-    Holm-adjusted within each task; "real" means adjusted p < 0.05 at these seeds.
+    Paired t-test over (fold, seed) pairs when both groups hold the same ones (the data are
+    identical and a seed fixes initialization and shuffling), Welch's t-test otherwise.
+    p-values are Holm-adjusted within each task; "real" means adjusted p < 0.05.
     """
     ok = [r for r in results if r.outcome == "ok" and not math.isnan(r.test)]
     rows = []
@@ -207,10 +286,12 @@ def compare(results: Sequence[Result]) -> list[dict[str, object]]:
         rest_a, rest_b = a.split(" ", 1)[1:], b.split(" ", 1)[1:]
         if ra[0].task != rb[0].task or rest_a != rest_b:
             continue
-        seeds_a, seeds_b = [r.seed for r in ra], [r.seed for r in rb]
-        paired = sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
-        xa = np.array([r.test for r in sorted(ra, key=lambda r: r.seed)])
-        xb = np.array([r.test for r in sorted(rb, key=lambda r: r.seed)])
+        if ra[0].metric != rb[0].metric:
+            continue
+        keys_a, keys_b = [r.replicate for r in ra], [r.replicate for r in rb]
+        paired = sorted(keys_a) == sorted(keys_b) and len(set(keys_a)) == len(keys_a)
+        xa = np.array([r.test for r in sorted(ra, key=lambda r: r.replicate)])
+        xb = np.array([r.test for r in sorted(rb, key=lambda r: r.replicate)])
         row: dict[str, object] = {
             "task": ra[0].task,
             "a": a,
@@ -238,9 +319,12 @@ def compare(results: Sequence[Result]) -> list[dict[str, object]]:
                 row["real"], row["better"] = "n/a (needs 2+ ok runs each)", ""
                 continue
             real = adjusted < ALPHA
-            a_better = (float(row["diff"]) < 0) == lower_is_better(str(row["metric"]))
+            higher = facts.get(str(row["metric"]), MetricFacts(None)).higher
             row["real"] = "yes" if real else "no"
-            row["better"] = (row["a"] if a_better else row["b"]) if real else ""
+            row["better"] = ""
+            if real and higher is not None:
+                a_better = (float(row["diff"]) > 0) == higher
+                row["better"] = row["a"] if a_better else row["b"]
     return rows
 
 
@@ -261,13 +345,61 @@ def lost_jobs(sweep_dir: Path, results: Sequence[Result], since: float) -> list[
     return lost
 
 
-def _num(value: object) -> str:
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4g}"
+def verdicts(report: Report) -> list[str]:
+    """One line per task: the best group by the ranking metric's median, and how every other
+    group compares with it (the Holm-adjusted pairwise test). A group whose runs mostly
+    collapsed, diverged or failed cannot be best on the few that did not: it is named as
+    unreliable instead."""
+    lines = []
+    for task in dict.fromkeys(str(row["task"]) for row in report.summary):
+        rows = [r for r in report.summary if r["task"] == task and r["test_n"]]
+        if not rows:
+            lines.append(f"{task}: no run finished ok; nothing to rank")
+            continue
+        reliable = [r for r in rows if 2 * int(r["test_n"]) >= int(r["runs"])]
+        unreliable = [r for r in rows if r not in reliable] if reliable else []
+        rows = reliable or rows
+        metric = str(rows[0]["metric"])
+        facts = report.facts.get(metric, MetricFacts(None))
+        head = f"{task}, by test {metric} ({facts.words})"
+        if facts.higher is None:
+            lines.append(f"{head}: no direction known, no verdict")
+            continue
+        best = (max if facts.higher else min)(rows, key=lambda r: float(r["test_median"]))
+        parts = [f"best {best['group']} {_num(best['test_median'])}"]
+        for row in rows:
+            if row is best:
+                continue
+            found = next(
+                (
+                    c
+                    for c in report.comparisons
+                    if {c["a"], c["b"]} == {row["group"], best["group"]}
+                ),
+                None,
+            )
+            if found is None or math.isnan(float(found["p_holm"])):
+                parts.append(f"{row['group']} untested (too few runs)")
+            elif found["better"] == best["group"]:
+                parts.append(f"{row['group']} worse (p={_num(found['p_holm'], 2)})")
+            elif found["better"]:
+                parts.append(f"{row['group']} better on average (p={_num(found['p_holm'], 2)})")
+            else:
+                parts.append(f"{row['group']} not distinguishable (p={_num(found['p_holm'], 2)})")
+        for row in unreliable:
+            parts.append(f"{row['group']} unreliable (ok in {row['test_n']} of {row['runs']} runs)")
+        lines.append(f"{head}: " + "; ".join(parts))
+    return lines
+
+
+def _num(value: object, digits: int = 4) -> str:
+    """Numbers to 4 significant digits (3 decimals hid an MSE of 0.0007)."""
+    if isinstance(value, (float, np.floating)):
+        return "–" if math.isnan(value) else f"{float(value):.{digits}g}"
     return str(value)
 
 
-def _spread(row: dict[str, object], split: str) -> list[str]:
+def _spread_cells(row: dict[str, object], split: str) -> list[str]:
     mean, std = row[f"{split}_mean"], row[f"{split}_std"]
     low, high = row[f"{split}_ci_low"], row[f"{split}_ci_high"]
     return [
@@ -283,36 +415,66 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _metric_names(report: Report, task: str) -> list[str]:
+    """The task's metrics, the ranking one first, then as the panel lists them."""
+    rows = [r for r in report.summary if r["task"] == task]
+    names = [str(rows[0]["metric"])]
+    names += [
+        k.removeprefix("test_median_") for r in rows for k in r if k.startswith("test_median_")
+    ]
+    return list(dict.fromkeys(names))
+
+
+def _medians(report: Report, task: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the task's loss x metric table (test medians, ok runs)."""
+    names = _metric_names(report, task)
+    header = [f"{name} {report.facts.get(name, MetricFacts(None)).arrow}".strip() for name in names]
+    rows = []
+    for row in (r for r in report.summary if r["task"] == task):
+        cells = [_num(row.get(f"test_median_{name}", math.nan)) for name in names]
+        rows.append([str(row["group"]), f"{row['test_n']}/{row['runs']}", *cells])
+    return header, rows
+
+
 def to_markdown(report: Report, title: str) -> str:
-    """The report as Markdown: summary, comparisons, and every run left out of the statistics."""
-    summary = _table(
+    """The report as Markdown: verdicts, every metric per loss, the ranking metric's spread,
+    the comparisons, and every run left out of the statistics."""
+    parts = [f"# {title}", "", "## Verdict", ""]
+    parts += [f"- {line}" for line in report.verdicts]
+    parts += [
+        "",
+        "## Test metrics per loss",
+        "",
+        "Median over the ok runs (↑ higher is better, ↓ lower is better; in the target's units).",
+    ]
+    for task in dict.fromkeys(str(row["task"]) for row in report.summary):
+        header, rows = _medians(report, task)
+        counts = {str(r["group"]): r for r in report.summary if r["task"] == task}
+        table_rows = [
+            [task, name, ok, *(str(counts[name][e]) for e in EXCLUDED), *cells]
+            for name, ok, *cells in rows
+        ]
+        parts += ["", _table(["task", "loss", "ok/runs", *EXCLUDED, *header], table_rows)]
+    spread_rows = (
         [
-            "task",
-            "loss",
-            "metric",
-            "ok/runs",
-            *EXCLUDED,
-            "train median",
-            "train mean ± std",
-            "train 95% CI",
-            "test median",
-            "test mean ± std",
-            "test 95% CI",
-        ],
-        (
-            [
-                str(row["task"]),
-                str(row["group"]),
-                str(row["metric"]),
-                f"{row['test_n']}/{row['runs']}",
-                *(str(row[name]) for name in EXCLUDED),
-                *_spread(row, "train"),
-                *_spread(row, "test"),
-            ]
-            for row in report.summary
-        ),
+            str(row["task"]),
+            str(row["group"]),
+            f"{row['metric']} {report.facts.get(str(row['metric']), MetricFacts(None)).arrow}",
+            *_spread_cells(row, "train"),
+            *_spread_cells(row, "test"),
+        ]
+        for row in report.summary
     )
-    parts = [f"# {title}", "", "Final metric per loss over seeds (ok runs only).", "", summary]
+    spread_header = ["task", "loss", "metric", "train median", "train mean ± std", "train 95% CI"]
+    spread_header += ["test median", "test mean ± std", "test 95% CI"]
+    parts += [
+        "",
+        "## The ranking metric over seeds (and folds)",
+        "",
+        "95% CI: bootstrap percentile interval of the mean of the ok runs.",
+        "",
+        _table(spread_header, spread_rows),
+    ]
     if report.comparisons:
         comparisons = _table(
             COMPARISON_HEADER,
@@ -334,14 +496,16 @@ def to_markdown(report: Report, title: str) -> str:
         )
         parts += [
             "",
-            f"Pairwise comparisons of the final test metric (alpha {ALPHA}, Holm-adjusted "
-            "within each task).",
+            "## Pairwise comparisons",
+            "",
+            f"On the ranking metric's final test value (alpha {ALPHA}, Holm-adjusted within "
+            "each task).",
             "",
             comparisons,
         ]
     left_out = [r for r in report.results if r.outcome != "ok"]
     if left_out or report.lost_jobs:
-        parts += ["", "Runs left out of the statistics:", ""]
+        parts += ["", "## Runs left out of the statistics", ""]
         parts += [
             f"- {r.name} ({r.run_id}): {r.status}, {r.outcome}"
             + (f": {r.error.splitlines()[0]}" if r.error else "")
@@ -351,16 +515,74 @@ def to_markdown(report: Report, title: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def to_console(report: Report, where: Path) -> str:
+    """The report for a terminal of 100 columns: the verdicts, then per task a compact table
+    of test medians (as many metrics as fit, the ranking one first)."""
+    lines = []
+    for verdict in report.verdicts:
+        lines += textwrap.wrap(verdict, CONSOLE_WIDTH, subsequent_indent="    ")
+    for task in dict.fromkeys(str(row["task"]) for row in report.summary):
+        header, rows = _medians(report, task)
+        first = max(len(task), *(len(row[0]) for row in rows)) + 2
+        widths = [first, 8]
+        shown = 0
+        for name in header:
+            width = max(len(name), 9) + 2
+            if sum(widths) + width > CONSOLE_WIDTH:
+                break
+            widths.append(width)
+            shown += 1
+        lines.append("")
+        cells = [task, "ok/runs", *header[:shown]]
+        lines.append("".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+        for row in rows:
+            lines.append("".join(c.ljust(w) for c, w in zip(row[: 2 + shown], widths)).rstrip())
+    left_out = sum(r.outcome != "ok" for r in report.results) + len(report.lost_jobs)
+    lines += ["", f"test medians of ok runs; {left_out} run(s) left out; full report: {where}"]
+    return "\n".join(lines) + "\n"
+
+
 def _csv(rows: Sequence[dict[str, object]]) -> str:
+    """Plain numbers (not np.float64(...)); columns as in the first row, then any others."""
     if not rows:
         return ""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(
-        {k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows
+        {k: repr(float(v)) if isinstance(v, (float, np.floating)) else v for k, v in row.items()}
+        for row in rows
     )
     return out.getvalue()
+
+
+def _metric_key(*parts: str) -> str:
+    """An MLflow metric name from free text (it takes letters, digits, _ - . / and space)."""
+    return "/".join(re.sub(r"[^\w.\- ]", "-", part) for part in parts)
+
+
+def summarize_on_parent(client, parent_run_id: str, report: Report) -> None:
+    """The sweep's answer in the UI's run list: the best group per task as tags, every
+    group's median of its ranking metric as metrics."""
+    from mlflow.entities import Metric, RunTag
+
+    tags = [RunTag("verdict", "\n".join(report.verdicts)[:5000])]
+    metrics = []
+    now = int(time.time() * 1000)
+    for task in dict.fromkeys(str(row["task"]) for row in report.summary):
+        rows = [r for r in report.summary if r["task"] == task and r["test_n"]]
+        if not rows:
+            continue
+        metric = str(rows[0]["metric"])
+        higher = report.facts.get(metric, MetricFacts(None)).higher
+        if higher is not None:
+            best = (max if higher else min)(rows, key=lambda r: float(r["test_median"]))
+            tags += [RunTag(f"best.{task}", str(best["group"])), RunTag(f"best.{task}.by", metric)]
+        for row in rows:
+            key = _metric_key("median", str(row["group"]), f"test_{metric}")
+            metrics.append(Metric(key, float(row["test_median"]), now, 0))
+    client.log_batch(parent_run_id, metrics=metrics[:1000], tags=tags)
 
 
 def histories(client, results: Sequence[Result]) -> dict[str, dict[str, list[float]]]:
@@ -369,25 +591,30 @@ def histories(client, results: Sequence[Result]) -> dict[str, dict[str, list[flo
     for r in results:
         curves[r.run_id] = {}
         for split in ("train", "test"):
-            points = client.get_metric_history(r.run_id, f"{split}/{r.metric}")
+            points = client.get_metric_history(r.run_id, f"{split}/{r.curve}")
             curves[r.run_id][split] = [m.value for m in sorted(points, key=lambda m: m.step)]
     return curves
 
 
-def build(uri: str, parent_run_id: str, sweep_dir: Path) -> Report:
-    """Compute the report, write it under ``sweep_dir`` and log it to the parent run."""
+def build(uri: str, parent_run_id: str, sweep_dir: Path, metric: str | None = None) -> Report:
+    """Compute the report (ranked by ``metric``, else each task's primary metric), write it
+    under ``sweep_dir`` and log it, and its summary, to the parent run."""
     client = tracking.get_client(uri)
-    results = collect(child_runs(uri, parent_run_id))
+    runs = child_runs(uri, parent_run_id)
+    results = collect(runs, metric)
+    facts = metric_facts(runs)
     report = Report(
         results=results,
-        summary=summarize_groups(results),
-        comparisons=compare(results),
+        summary=summarize_groups(results, facts),
+        comparisons=compare(results, facts),
         lost_jobs=lost_jobs(
             sweep_dir, results, client.get_run(parent_run_id).info.start_time / 1000
         ),
-        markdown="",
+        facts=facts,
     )
+    report.verdicts = verdicts(report)
     report.markdown = to_markdown(report, f"Sweep {sweep_dir.name}: which loss?")
+    report.console = to_console(report, sweep_dir / "report.md")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "report.md": report.markdown,
@@ -405,6 +632,7 @@ def build(uri: str, parent_run_id: str, sweep_dir: Path) -> Report:
         figure.savefig(sweep_dir / name, dpi=110)
     for name in (*files, *figures):
         client.log_artifact(parent_run_id, str(sweep_dir / name), ARTIFACT_DIR)
+    summarize_on_parent(client, parent_run_id, report)
     return report
 
 
@@ -457,19 +685,37 @@ def resolve(target: str, uri: str) -> tuple[str, Path]:
     return target, Path(parent.data.tags.get("sweep_dir") or f"report-{target}")
 
 
+USAGE = "usage: python -m src.report <sweep dir | parent run id> [report.metric=<name>]"
+HELP = f"""{USAGE}
+
+Rebuild a sweep's comparison report from MLflow (store: $MLFLOW_TRACKING_URI, else
+./mlflow.db): verdict per task, every metric per loss, the pairwise tests. It is written into
+the sweep dir (report.md, summary.csv, comparisons.csv, curves.png, final.png) and logged to
+the sweep's parent run under report/.
+
+  report.metric=<name>   rank by this metric (mse, mae, r2, roc_auc, f1, log_loss, ...)
+                         where a task has it; default: each task's primary (mse, accuracy)
+"""
+
+
 def main(argv: Sequence[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m src.report <sweep dir | parent run id>", file=sys.stderr)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(HELP, end="")
+        return 0
+    targets = [a for a in argv if not a.startswith("report.metric=")]
+    chosen = [a.partition("=")[2] for a in argv if a.startswith("report.metric=")]
+    if len(targets) != 1 or len(chosen) > 1 or chosen == [""]:
+        print(f"losslab: error: {USAGE}", file=sys.stderr)
         return 2
     uri = store.resolve_uri(None)
     try:
         store.check(uri)
-        parent_run_id, sweep_dir = resolve(argv[0], uri)
+        parent_run_id, sweep_dir = resolve(targets[0], uri)
     except ConfigError as error:
         print(f"losslab: error: {error}", file=sys.stderr)
         return 1
-    report = build(uri, parent_run_id, sweep_dir)
-    print(report.markdown)
+    report = build(uri, parent_run_id, sweep_dir, chosen[0] if chosen else None)
+    print(report.console, end="")
     print(f"written to {sweep_dir} and logged to run {parent_run_id} under {ARTIFACT_DIR}/")
     return 0
 

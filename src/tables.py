@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from pandas.api import types
 
-from src.config import ConfigError, DatasetConfig, DataTask, Missing, SplitKind, Task, train_rows
+from src.config import ConfigError, DatasetConfig, DataTask, Missing, SplitKind, Task
 
 MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are classes
 SHOWN_COLUMNS = 20  # an error lists at most this many column names
@@ -208,19 +208,22 @@ def _check_task(values: pd.Series, asked: DataTask, target: str, where: str) -> 
 
 
 def _check_size(cfg: DatasetConfig, rows: int, labels: pd.Series | None, where: str) -> None:
-    n_train = train_rows(rows, cfg.train_fraction)
+    n_train = cfg.train_size(rows)
+    how = f"dataset.folds={cfg.folds}" if cfg.folds > 1 else f"train_fraction={cfg.train_fraction}"
     if n_train < 1 or rows - n_train < 1:
-        _fail(
-            f"{where} has {rows} usable row(s), too few to split with "
-            f"dataset.train_fraction={cfg.train_fraction}; add rows"
-        )
+        _fail(f"{where} has {rows} usable row(s), too few to split with dataset.{how}; add rows")
     if cfg.batch_size > n_train:
         _fail(
             f"dataset.batch_size={cfg.batch_size} is larger than the train split of {where} "
             f"({n_train} of {rows} rows); use a value between 1 and {n_train}"
         )
-    if labels is not None:  # stratified: every class in both parts
+    if labels is not None:  # stratified: every class in both parts (in every fold)
         counts = labels.value_counts()
+        if cfg.folds > 1 and int(counts.min()) < cfg.folds:
+            _fail(
+                f"class {counts.idxmin()!r} of {where} has {int(counts.min())} row(s), fewer "
+                f"than dataset.folds={cfg.folds}; use fewer folds or dataset.split=shuffle"
+            )
         if int(counts.min()) < 2:
             rare = counts.idxmin()
             _fail(

@@ -486,14 +486,15 @@ class Tracker:
         redacted = {key: store.redact(value) for key, value in tags.items()}
         return self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
 
-    def report(self, parent_run_id: str, sweep_dir: Path) -> dict[str, Any]:
-        """The sweep's comparison report (src/report.py), logged to the parent."""
+    def report(self, parent_run_id: str, sweep_dir: Path, metric: str | None) -> dict[str, Any]:
+        """The sweep's comparison report (src/report.py), ranked by ``metric`` (None: each
+        task's primary), logged to the parent."""
         from src import report
 
         best = report.tag_best_trial(self.uri, parent_run_id, sweep_dir)
-        built = report.build(self.uri, parent_run_id, sweep_dir)
+        built = report.build(self.uri, parent_run_id, sweep_dir, metric)
         return {
-            "markdown": built.markdown,
+            "console": built.console,
             "failures": built.failures,
             "runs": len(built.results) + len(built.lost_jobs),
             "best": len(best),

@@ -160,6 +160,12 @@ CATALOGUE = [
         "fake.parquet is not a readable parquet file",
     ),
     bad("dataset.task=auto", "dataset.task=auto needs table data"),
+    # metrics that do not fit, and folds outside a sweep
+    bad("loss=sparse_cce loss.metrics=[r2]", "loss.metrics: 'r2' does not apply to loss 'sparse"),
+    bad("-m loss=mse,bce report.metric=nope", "unknown metric 'nope'; choose one of: ['accuracy'"),
+    bad("dataset=diabetes dataset.folds=3", "dataset.folds=3 runs one job per fold: run it as a"),
+    bad("-m dataset.folds=0", "dataset.folds=0 must be >= 1"),
+    bad("dataset.folds=3 dataset.fold=5", "dataset.fold=5 must be in 0..2"),
     bad("-m experiment=binary dataset=diabetes", "loss 'bce' is a binary loss but dataset"),
 ]
 
@@ -196,6 +202,7 @@ def test_bad_input_gets_one_line_and_creates_nothing(answers, request, args, exp
 REFUSED = [
     ("optimizer._target_=torch.optim.Adam", "optimizer: TypeError: Adam.__init__() got an"),
     ("loss.fn.reduction=mean", "loss.fn returned shape () for outputs of shape (1, 2, 1)"),
+    ("loss=bce metrics.f1.fn.zero_division=bogus", "metrics.f1: InvalidParameterError: The"),
 ]
 
 

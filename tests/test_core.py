@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from src import config
-from src.config import ConfigError, Targets, Task
+from src.config import ConfigError, MetricInput, Targets, Task
 from src.data import make_split
 from src.losses import hinge, msle, per_member
-from src.metrics import accuracy_for, rounded_accuracy
+from src.metrics import accuracy, inputs, rounded_accuracy
 from tests.conftest import compose_cfg, finished_children, runs_of
 
 
@@ -46,8 +46,9 @@ def test_accuracy_readings_for_tanh_outputs() -> None:
     pred = torch.tensor([[[0.9], [0.3], [-0.7], [-0.2]]])
     target = torch.tensor([[[1.0], [1.0], [-1.0], [1.0]]])
     # sign agreement: 3 of 4; the study's round(pred) == y: only 0.9 and -0.7 count -> 2 of 4
-    assert accuracy_for(Targets.signed)(pred, target).item() == pytest.approx(0.75)
-    assert rounded_accuracy(pred, target).item() == pytest.approx(0.5)
+    labels = inputs(MetricInput.label, pred, target, Targets.signed)
+    assert accuracy(*labels).item() == pytest.approx(0.75)
+    assert rounded_accuracy(target, pred).item() == pytest.approx(0.5)
 
 
 def test_regression_split_matches_the_study() -> None:
@@ -154,8 +155,8 @@ def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
     metrics = run.data.metrics
     assert 0.0 <= metrics["final/test/accuracy"] <= 1.0
     assert metrics["final/test/rounded_accuracy"] <= metrics["final/test/accuracy"]
-    printed = f"accuracy Train: {metrics['final/train/accuracy']:.3f}, "
-    printed += f"Test: {metrics['final/test/accuracy']:.3f}"
+    printed = f"accuracy Train: {metrics['final/train/accuracy']:.4g}, "
+    printed += f"Test: {metrics['final/test/accuracy']:.4g}"
     assert printed in result.stdout
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"learning_curves.png", "dataset.png", "config"} <= artifacts

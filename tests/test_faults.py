@@ -137,7 +137,7 @@ def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
         assert [s for s, _ in got] == list(range(1, 21))  # every epoch once, none twice
         assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6)
     finals = {k: v for k, v in after.data.metrics.items() if k.startswith("final/")}
-    assert len(finals) == 4
+    assert len(finals) == 14  # loss and the binary panel (6 metrics for bce), train and test
     assert finals == pytest.approx({k: uninterrupted.data.metrics[k] for k in finals}, abs=1e-6)
 
 
@@ -410,11 +410,12 @@ def test_instantiate_is_fed_project_targets_unless_the_user_widens_the_list():
 
     foreign = "dataset.generator._target_=mylab.data.make_spirals"
     refused = compose_cfg(foreign)
-    trusted = "allowed_target_prefixes=[src.,sklearn.datasets.,torch.,mylab.]"
+    trusted = "allowed_target_prefixes=[src.,sklearn.,torch.,mylab.]"
     widened = compose_cfg(foreign, trusted)
     assert config.DEFAULT_TARGET_PREFIXES == (
         "src.",
         "sklearn.datasets.",
+        "sklearn.metrics.",
         "torch.nn.functional.",
         "torch.optim.",
     )

@@ -11,10 +11,10 @@ import torch
 from hydra.utils import instantiate
 
 from src import config
-from src.config import ConfigError, Targets
+from src.config import ConfigError, MetricInput, Targets
 from src.data import make_split
 from src.losses import EPS, cross_entropy, kl_divergence, log_cosh, per_member, squared_hinge
-from src.metrics import accuracy_for
+from src.metrics import accuracy, inputs
 from tests.conftest import compose_cfg, finished_children, runs_of
 
 config.register()
@@ -160,7 +160,8 @@ def test_blobs_encodings_agree_and_set_the_output_width() -> None:
     # the accuracy of each encoding reads the same labels
     pred = torch.from_numpy(onehot.y_test)[None]
     for split, targets in ((onehot, Targets.onehot), (index, Targets.index)):
-        assert accuracy_for(targets)(pred, torch.from_numpy(split.y_test)[None]).item() == 1.0
+        target = torch.from_numpy(split.y_test)[None]
+        assert accuracy(*inputs(MetricInput.label, pred, target, targets)).item() == 1.0
     # two classes still get one output per class under softmax
     two = typed("loss=sparse_cce", "dataset.generator.centers=2")
     assert make_split(two.dataset, Targets.index).n_outputs == 2

@@ -341,7 +341,15 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
             for section in ("train", "test", "final/train", "final/test"):
                 header = page.get_by_role("figure").filter(has_text=re.compile(rf"^{section}\s*\("))
                 expect(header).to_be_visible()
-            expect(page.locator(".js-plotly-plot")).to_have_count(8)  # 4 sections x 2 charts
+            # per-epoch loss and accuracy (2 x 2), then the final panel's charts
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 8")
+            # the per-epoch sections (4 charts of 2 epochs) sit below the final panel's: draw them
+            train = page.get_by_role("figure").filter(has_text=re.compile(r"^train\s*\("))
+            train.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.js-plotly-plot')]"
+                ".filter(plot => plot.data.some(trace => trace.x.length > 1)).length >= 4"
+            )
             plotted = page.evaluate(
                 "() => [...document.querySelectorAll('.js-plotly-plot')]"
                 ".flatMap(plot => plot.data.map(trace => [trace.x, trace.y]))"

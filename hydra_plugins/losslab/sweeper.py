@@ -19,6 +19,25 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
 SEED_KEYS = ("seed", "+seed", "++seed")
+FOLDS_KEY, FOLD_KEY = "dataset.folds", "dataset.fold"
+
+
+def expand_folds(jobs: Sequence[Sequence[str]]) -> list[list[str]]:
+    """A job with ``dataset.folds=K`` (K > 1) and no ``dataset.fold`` becomes K jobs, one per
+    fold (``dataset.fold=0..K-1``), in place: cross-validation is one MLflow run per fold and
+    seed, and seeds still batch within a fold."""
+    expanded: list[list[str]] = []
+    for job in jobs:
+        settings = dict(o.partition("=")[::2] for o in job)
+        try:
+            folds = int(settings.get(FOLDS_KEY, "1"))
+        except ValueError:
+            folds = 1  # the config check says what is wrong with it
+        if folds > 1 and FOLD_KEY not in settings:
+            expanded += [[*job, f"{FOLD_KEY}={k}"] for k in range(folds)]
+        else:
+            expanded.append(list(job))
+    return expanded
 
 
 def _seed(override: str) -> int | None:
@@ -85,7 +104,7 @@ class LosslabSweeper(BasicSweeper):
         self, overrides: list[Override], max_batch_size: int | None
     ) -> list[list[list[str]]]:
         batches = BasicSweeper.split_arguments(overrides, None)
-        jobs = [job for batch in batches for job in batch]
+        jobs = expand_folds([job for batch in batches for job in batch])
         if self.batch_seeds:
             merged = batch_seeds(jobs)
             if len(merged) < len(jobs):
