@@ -13,6 +13,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Timeouts catch hangs, not slowness. Each is a generous multiple of what the step takes on a
+# quiet machine, stretched by SLOWDOWN: LOSSLAB_TEST_SLOWDOWN when set, else the load per core
+# when the session starts (at least 1), so a loaded machine gets proportionally longer.
+SLOWDOWN = float(
+    os.environ.get("LOSSLAB_TEST_SLOWDOWN") or max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+)
+TEST_TIMEOUT = 600  # seconds per test (pytest-timeout), before SLOWDOWN
+
+
+def hang(seconds: float) -> float:
+    """A subprocess timeout: ``seconds`` on a quiet machine, stretched by SLOWDOWN."""
+    return seconds * SLOWDOWN
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test without its own timeout gets TEST_TIMEOUT x SLOWDOWN."""
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(hang(TEST_TIMEOUT)))
+
 
 @dataclass
 class CliResult:
@@ -52,7 +72,7 @@ def invoke(
     store_uri: str,
     *args: str,
     env: dict[str, str] | None = None,
-    timeout: float = 240,
+    timeout: float = 300,
 ) -> CliResult:
     done = subprocess.run(
         cli_command(folder, *args),
@@ -60,7 +80,7 @@ def invoke(
         env=cli_env(store_uri, env),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=hang(timeout),
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
 
@@ -70,7 +90,7 @@ def run_cli(tmp_path: Path, store_uri: str) -> Callable[..., CliResult]:
     """Run ``python -m src.train <args>`` from the project root, writing Hydra outputs and the
     MLflow store under tmp_path. Extra environment variables go in ``env``."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> CliResult:
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
         return invoke(tmp_path, store_uri, *args, env=env, timeout=timeout)
 
     return run

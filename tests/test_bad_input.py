@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from src.config import CONF_DIR
-from tests.conftest import CliResult, invoke, one_error_line, write_tables
+from tests.conftest import CliResult, hang, invoke, one_error_line, write_tables
 
 # The discard port: nothing listens there, and a fixed value keeps test ids stable (xdist).
 NOBODY = "http://127.0.0.1:9"
@@ -180,7 +180,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, C
         args, _, env = row.values
         store = f"sqlite:///{folder / 'mlflow.db'}"
         args = shlex.split(args.replace("{data}", str(data)))
-        return folder, invoke(folder, store, *args, env=env, timeout=60)
+        return folder, invoke(folder, store, *args, env=env, timeout=120)
 
     # Folders first, in this thread: pytest's numbered mktemp is not thread-safe.
     folders = [tmp_path_factory.mktemp("bad") for _ in CATALOGUE]
@@ -188,6 +188,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, C
         return dict(zip((row.id for row in CATALOGUE), pool.map(one, CATALOGUE, folders)))
 
 
+@pytest.mark.timeout(hang(1800))  # the first row's test runs the whole catalogue (fixture)
 @pytest.mark.parametrize(("args", "expected", "env"), CATALOGUE)
 def test_bad_input_gets_one_line_and_creates_nothing(answers, request, args, expected, env):
     folder, result = answers[request.node.callspec.id]

@@ -24,6 +24,7 @@ from tests.conftest import (
     cli_command,
     cli_env,
     compose_cfg,
+    hang,
     one_error_line,
     runs_of,
 )
@@ -60,7 +61,7 @@ def start_cli(folder: Path, store_uri: str, *args: str) -> subprocess.Popen:
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
     """Block until ``path`` exists (the run has reached that point), failing if it never does."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + hang(timeout)
     while not path.exists():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
@@ -98,7 +99,7 @@ def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
     checkpoint = tmp_path / "outputs/run/checkpoints/last.ckpt"
     wait_for(checkpoint, process)  # epoch 5 done
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=hang(120))
     assert process.returncode == 130
     assert "losslab: interrupted; runs are marked KILLED in MLflow" in stderr
     hint = f"losslab: continue it with: python -m src.train {' '.join(SLOW_BCE)} resume="
@@ -147,7 +148,7 @@ def test_a_killed_job_is_closed_by_its_tracking_process(tmp_path, store_uri, cli
     process = start_cli(tmp_path, store_uri, *SLOW_BCE, "logger.flush_every_n_epochs=5")
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)  # epoch 5 sent
     process.kill()
-    process.communicate(timeout=60)
+    process.communicate(timeout=hang(60))
     deadline = time.monotonic() + 60
     while (run := runs_of(client)[0]).info.status == "RUNNING":
         assert time.monotonic() < deadline, "the run was left RUNNING"
@@ -204,7 +205,7 @@ def test_the_job_never_imports_mlflow_its_tracking_process_does_the_work(
         env=cli_env(store_uri),
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=hang(240),
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -240,7 +241,7 @@ def test_unreachable_store_fails_in_seconds_before_training(run_cli, tmp_path, s
         elapsed = time.monotonic() - began
     assert result.returncode == 1
     assert "is not reachable" in one_error_line(result.stderr)
-    assert elapsed < 15  # start-up plus a 3 s timeout, on a loaded machine
+    assert elapsed < hang(15)  # start-up plus a 3 s timeout
     assert list(tmp_path.iterdir()) == []
 
 
@@ -279,7 +280,7 @@ def test_eight_writers_starting_at_once_on_a_fresh_store_all_land(tmp_path, stor
         assert time.monotonic() < deadline and all(r.poll() is None for r in racers)
         time.sleep(0.05)
     go.touch()
-    errors = [racer.communicate(timeout=120)[1] for racer in racers]
+    errors = [racer.communicate(timeout=hang(120))[1] for racer in racers]
     assert [racer.returncode for racer in racers] == [0] * 8, errors
     runs = runs_of(client)
     assert sorted(r.data.tags["seed"] for r in runs) == [str(seed) for seed in range(8)]
@@ -309,7 +310,7 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri
     process = start_cli(tmp_path, store_uri, *args)
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
     break_folder(tmp_path / "mlartifacts")  # the artifact store breaks under the running job
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=hang(120))
     assert process.returncode == 1
     line = one_error_line(stderr)
     # the reason is named: a write met the file, or (rarely) its folder was renamed mid-copy
@@ -362,7 +363,7 @@ def mlflow_server(tmp_path):
             time.sleep(0.3)
     yield port
     server.terminate()
-    server.wait(timeout=30)
+    server.wait(timeout=hang(30))
 
 
 SECRETS = ("pw-in-uri-7f3a", "pw-in-env-9c1b")

@@ -23,7 +23,15 @@ from sklearn.model_selection import train_test_split
 from src import config
 from src.config import Targets
 from src.data import make_split
-from tests.conftest import ROOT, cli_env, compose_cfg, finished_children, runs_of, write_tables
+from tests.conftest import (
+    ROOT,
+    cli_env,
+    compose_cfg,
+    finished_children,
+    hang,
+    runs_of,
+    write_tables,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +66,7 @@ def predict_cli(store_uri: str, *args: str) -> subprocess.CompletedProcess:
         env=cli_env(store_uri),
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=hang(240),
     )
 
 

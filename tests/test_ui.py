@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, runs_of
+from conftest import ROOT, hang, runs_of
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,7 +47,7 @@ def serve(*args: str) -> subprocess.CompletedProcess:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=hang(60),
     )
 
 
@@ -58,7 +58,7 @@ def predict_cli(*args: str, uri: str) -> subprocess.CompletedProcess:
         env={**os.environ, "MLFLOW_TRACKING_URI": uri, **QUIET},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=hang(120),
     )
 
 
@@ -115,7 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=hang(20))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -158,7 +158,7 @@ def test_unreachable_server_fails_fast_before_training(
             *(["hydra.mode=MULTIRUN", "loss=mse,bce"] if sweep else ["loss=mse"]),
             "trainer.max_epochs=2",
             env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
-            timeout=60,
+            timeout=hang(60),
         )
         elapsed = time.monotonic() - started
     assert done.returncode == 1
@@ -172,7 +172,7 @@ def test_unreachable_server_fails_fast_before_training(
     assert "Train:" not in done.stdout + done.stderr  # no training line was printed
     assert not (tmp_path / "outputs").exists()
     assert not (tmp_path / "multirun").exists()
-    assert elapsed < 20, f"took {elapsed:.1f}s"
+    assert elapsed < hang(20), f"took {elapsed:.1f}s"
 
 
 @pytest.mark.slow
