@@ -30,6 +30,11 @@ def one_line_error(error: BaseException) -> str | None:
         return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         line = _first_line(error)
+        if "LexerNoViableAltException" in line or "token recognition error" in line:
+            return (
+                f"{line}: Hydra reads only ASCII outside quotes; quote the value, e.g. "
+                "'logger.experiment=\"café\"'"
+            )
         cause = error.__cause__ or error.__context__
         if isinstance(cause, OmegaConfBaseException):
             line = f"{line}: {_first_line(cause)}"

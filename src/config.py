@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -144,10 +145,30 @@ class MetricInput(Enum):
     raw = "raw"  # the activated output against the labels as the loss sees them
 
 
+MAX_SEED = 2**32 - 1  # numpy's largest seed
+MAX_MEMBERS = 1000  # seeds in one job: each is an MLflow run, and the model holds them all
+MEMORY_SHARE = 0.5  # generated data may take at most this share of the machine's memory
+
 # instantiate() is only fed targets under these prefixes unless the user widens the list.
 DEFAULT_TARGET_PREFIXES = (
     *("src.", "sklearn.datasets.", "sklearn.metrics.", "torch.nn.functional.", "torch.optim."),
 )
+
+
+def _require_memory(n_samples: int, n_features: Any) -> None:
+    """Generated data fits in memory: about four float64 copies (generated, scaled, split,
+    float32 tensors) may take at most MEMORY_SHARE of the machine's memory. Said before the
+    generator runs for minutes and the machine swaps."""
+    if not _is_int(n_features):
+        return
+    need = n_samples * (n_features + 1) * 8 * 4
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    _require(
+        need <= MEMORY_SHARE * have,
+        f"dataset.generator.n_samples={n_samples} with {n_features} features needs about "
+        f"{need / 1e9:.0f} GB, more than half of this machine's {have / 1e9:.0f} GB; use "
+        f"fewer samples (at most about {int(MEMORY_SHARE * have / ((n_features + 1) * 32)):,})",
+    )
 
 
 def _require(ok: bool, message: str) -> None:
@@ -255,6 +276,8 @@ class DatasetConfig:
                 f"dataset.batch_size={self.batch_size} is larger than the train split "
                 f"({n_train} rows); use a value between 1 and {n_train}",
             )
+        if n is not None:
+            _require_memory(n, gen.get("n_features", 2))
         noise = gen.get("noise")
         _require(
             noise is None or (_is_number(noise) and noise >= 0),
@@ -414,7 +437,10 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and math.isfinite(self.lr), f"optimizer.lr={self.lr} must be > 0")
-        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        _require(
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+            f"optimizer.weight_decay={self.weight_decay} must be a finite number >= 0",
+        )
 
 
 @dataclass
@@ -494,6 +520,10 @@ class LoggerConfig:
             self.flush_every_n_epochs >= 0,
             f"logger.flush_every_n_epochs={self.flush_every_n_epochs} must be >= 0",
         )
+        _require(
+            bool(self.experiment.strip()),
+            "logger.experiment must name an MLflow experiment (it is empty)",
+        )
 
 
 @dataclass
@@ -518,6 +548,15 @@ class LosslabConfig:
     def __post_init__(self) -> None:
         _require(self.seed >= 0, f"seed={self.seed} must be a non-negative integer")
         _require(self.members >= 1, f"members={self.members} must be >= 1")
+        _require(
+            self.members <= MAX_MEMBERS,
+            f"members={self.members} is above {MAX_MEMBERS} (each member is an MLflow run); "
+            f"split the seeds over jobs, e.g. -m seed=0,{MAX_MEMBERS} members={MAX_MEMBERS}",
+        )
+        _require(
+            self.seed + self.members - 1 <= MAX_SEED,
+            f"seed={self.seed} (+ members - 1) is above {MAX_SEED}, the largest seed numpy takes",
+        )
         if self.dataset.task != DataTask.auto:  # else after the table is read (validate)
             check_pairing(self.loss, self.dataset)
         self._check_metrics()

@@ -282,9 +282,9 @@ def _finish(
                 [f"torch=={torch.__version__.split('+')[0]}"],
                 typed.logger.model_format.value,
             )
-        _log_checkpoint(runs, k, checkpoint_dir)
         statuses.append("FAILED" if diverged else "FINISHED")
         finals.append(final)
+    _log_checkpoint(runs, checkpoint_dir)
     # The last metrics after the models: MLflow reads every metric's history of a run into each
     # model it logs (0.035 s a model logged first, 0.052 s after 1,200 values).
     runs.flush()
@@ -360,8 +360,8 @@ def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | N
             runs.set_tags(k, tags)
             if not interrupted:
                 runs.log_text(k, traceback.format_exc(), "error.txt")
-            if folder is not None:
-                _log_checkpoint(runs, k, folder)
+        if folder is not None:
+            _log_checkpoint(runs, folder)
         runs.end([status] * runs.members)
         runs.wait()
     except tracking.TrackingError as failed:  # the store may be what failed
@@ -377,7 +377,14 @@ def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
     )
 
 
-def _log_checkpoint(runs: tracking.RunSet, member: int, folder: Path) -> None:
+def _log_checkpoint(runs: tracking.RunSet, folder: Path) -> None:
+    """The job's checkpoint (every member's state) once, in the first member's run; every
+    member's run points to it (tag ``checkpoint``). A copy in each of K runs made the store
+    grow with K squared."""
     last = folder / "last.ckpt"
-    if last.exists():
-        runs.log_file(member, last, "checkpoints")
+    if not last.exists():
+        return
+    runs.log_file(0, last, "checkpoints")
+    where = f"runs:/{runs.run_ids[0]}/checkpoints/last.ckpt"
+    for k in range(runs.members):
+        runs.set_tags(k, {"checkpoint": where, "checkpoint.members": runs.members})

@@ -115,7 +115,7 @@ class LosslabCallback(Callback):
                 "(python -m src.train -m ...), or pick one fold with dataset.fold=<k>"
             )
         uri = store.resolve_uri(typed.logger.tracking_uri)
-        store.check(uri)
+        store.check(uri, typed.logger.experiment)
         if typed.resume:  # the run and checkpoint must exist before an output dir is made
             from src import resume
 
@@ -132,7 +132,7 @@ class LosslabCallback(Callback):
         if any(job.resume for job in checked):
             raise ConfigError("resume= continues one run; resume each sweep job on its own")
         uri = store.resolve_uri(typed.logger.tracking_uri)
-        store.check(uri)
+        store.check(uri, typed.logger.experiment)
 
         # The tracking process creates (and migrates) the store, the experiment and the parent
         # once, here: parallel jobs never race on a fresh sqlite database.

@@ -278,7 +278,7 @@ def main(argv: list[str]) -> None:
     run_id = args["run_id"]
     output = output_path(args)
     uri = store.resolve_uri(None)
-    store.check(uri)
+    store.check(uri, read_only=True)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from src import tracking
 

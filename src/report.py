@@ -666,23 +666,35 @@ def tag_best_trial(uri: str, parent_run_id: str, sweep_dir: Path) -> list[str]:
 
 
 def resolve(target: str, uri: str) -> tuple[str, Path]:
-    """A sweep dir (holding mlflow_parent_run_id) or a parent run id -> (run id, sweep dir)."""
+    """A sweep dir (holding mlflow_parent_run_id) or a parent run id -> (run id, sweep dir).
+    Anything else (a child run, a run of another store) is one line: a report built from it
+    would replace the sweep's true report with an empty one."""
+    from mlflow.exceptions import MlflowException
 
     path = Path(target)
     if path.is_dir():
         id_file = path / tracking.PARENT_RUN_FILE
         if not id_file.exists():
             raise ConfigError(f"{path} is not a sweep dir: it has no {tracking.PARENT_RUN_FILE}")
-        return id_file.read_text().strip(), path
-    from mlflow.exceptions import MlflowException
-
+        run_id = id_file.read_text().strip()
+        where = f"sweep dir {path} belongs to run {run_id}, which"
+    else:
+        run_id, where = target, f"'{target}' is neither a sweep dir nor a run id that"
     try:
-        parent = tracking.get_client(uri).get_run(target)
+        parent = tracking.get_client(uri).get_run(run_id)
     except MlflowException:
         raise ConfigError(
-            f"'{target}' is neither a sweep dir nor a run id in {store.redact(uri)}"
+            f"{where} is not in {store.redact(uri)}; set MLFLOW_TRACKING_URI to the sweep's store"
         ) from None
-    return target, Path(parent.data.tags.get("sweep_dir") or f"report-{target}")
+    tags = parent.data.tags
+    if "mlflow.parentRunId" in tags:
+        raise ConfigError(
+            f"run {run_id} is one run of a sweep; give its parent: python -m src.report "
+            f"{tags['mlflow.parentRunId']}"
+        )
+    if tags.get("losslab.sweep") != "parent":
+        raise ConfigError(f"run {run_id} is a single run, not a sweep's parent run")
+    return run_id, path if path.is_dir() else Path(tags.get("sweep_dir") or f"report-{run_id}")
 
 
 USAGE = "usage: python -m src.report <sweep dir | parent run id> [report.metric=<name>]"
@@ -709,7 +721,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     uri = store.resolve_uri(None)
     try:
-        store.check(uri)
+        store.check(uri, read_only=True)
         parent_run_id, sweep_dir = resolve(targets[0], uri)
     except ConfigError as error:
         print(f"losslab: error: {error}", file=sys.stderr)

@@ -89,8 +89,10 @@ def _checkpoint_of(client: Any, run: Any) -> Path:
     local = Path(run.data.tags.get("output_dir", "")) / "checkpoints" / "last.ckpt"
     if local.is_file():
         return local
+    # the job's checkpoint lives in its first member's run (tag checkpoint=runs:/<id>/...)
+    holder = run.data.tags.get("checkpoint", f"runs:/{run.info.run_id}/").split("/")[1]
     found = tracking.download_checkpoint(
-        client, run.info.run_id, Path(tempfile.mkdtemp(prefix="losslab-resume-"))
+        client, holder, Path(tempfile.mkdtemp(prefix="losslab-resume-"))
     )
     if found is None:
         raise ConfigError(

@@ -120,6 +120,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.store.startswith(("http://", "https://")):
             raise ConfigError(f"--store {store.redact(args.store)} is a server, not a store")
         store.check(args.store)
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(
+                f"--port {args.port} is not a TCP port; use 1-65535 (0: any free one)"
+            )
+        if args.port == 0:  # any free port, said in the links below
+            with socket.socket() as probe:
+                probe.bind((args.host, 0))
+                args.port = probe.getsockname()[1]
         if port_taken(args.host, args.port):
             raise ConfigError(
                 f"port {args.port} on {args.host} is already in use (another MLflow UI?); "

@@ -11,6 +11,7 @@ import base64
 import http.client
 import os
 import re
+import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
@@ -45,9 +46,11 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-def check(uri: str) -> None:
+def check(uri: str, experiment: str | None = None, read_only: bool = False) -> None:
     """Fail in seconds, with one line, on a store that cannot work: a malformed or file URI,
-    an unwritable sqlite location, or a tracking server that does not answer."""
+    an unwritable sqlite location, a file that is not an MLflow database, a locked or deleted
+    ``experiment``, or a tracking server that does not answer. ``read_only`` (predict,
+    report): a sqlite store must already exist; nothing is created."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     shown = redact(uri)
@@ -73,7 +76,15 @@ def check(uri: str) -> None:
                 f"tracking URI '{shown}' is malformed; use sqlite:///relative.db or "
                 "sqlite:////absolute/path/mlflow.db"
             )
-        _check_writable(sqlite_path(uri))
+        db = sqlite_path(uri)
+        if read_only and not db.is_file():
+            raise ConfigError(
+                f"no MLflow store at {db}; set MLFLOW_TRACKING_URI to the store the runs were "
+                "logged to"
+            )
+        if not read_only:
+            _check_writable(db)
+        _check_sqlite_store(db, experiment)
     elif scheme in ("", "file") or re.fullmatch(r"[a-z]", scheme):
         raise ConfigError(
             f"tracking URI '{shown}' is a file store, which MLflow >= 3.13 refuses; use "
@@ -121,6 +132,73 @@ def _check_writable(db: Path) -> None:
             f"cannot create the MLflow store {db} ({err.strerror or err}); "
             "point MLFLOW_TRACKING_URI at a writable sqlite:/// path"
         ) from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
+LOCK_WAIT_S = 30.0
+
+
+def _check_sqlite_store(db: Path, experiment: str | None) -> None:
+    """An existing sqlite file must be an MLflow store (checked read-only, with the standard
+    library: nothing is written to a file that is not one), not locked for longer than
+    LOCK_WAIT_S, and ``experiment`` must not be deleted in it."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return  # MLflow creates it
+    with db.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise ConfigError(
+                f"the MLflow store {db} is not an SQLite database; move it away or point "
+                "MLFLOW_TRACKING_URI at an MLflow store"
+            )
+    try:
+        tables, deleted = _read_store(db, experiment, timeout=0.5)
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error):
+            raise ConfigError(f"the MLflow store {db} cannot be read ({error})") from None
+        print(f"losslab: the MLflow store {db} is locked; waiting up to {LOCK_WAIT_S:.0f} s")
+        try:
+            tables, deleted = _read_store(db, experiment, timeout=LOCK_WAIT_S)
+        except sqlite3.OperationalError as again:
+            raise ConfigError(
+                f"the MLflow store {db} is still locked by another process after "
+                f"{LOCK_WAIT_S:.0f} s ({again}); try again when it is done"
+            ) from None
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(
+            f"the MLflow store {db} is damaged ({error}); move it away or point "
+            "MLFLOW_TRACKING_URI at another store"
+        ) from None
+    if tables and not tables >= MLFLOW_TABLES:
+        shown = ", ".join(sorted(tables)[:5])
+        raise ConfigError(
+            f"{db} is not an MLflow store: it holds another application's tables ({shown}); "
+            "point MLFLOW_TRACKING_URI at an MLflow store"
+        )
+    if deleted is not None:
+        raise ConfigError(
+            f"experiment '{experiment}' is deleted in {db}; restore it with `mlflow "
+            f"experiments restore --experiment-id {deleted}` or use logger.experiment=<name>"
+        )
+
+
+def _read_store(db: Path, experiment: str | None, timeout: float) -> tuple[set[str], str | None]:
+    """(table names, id of ``experiment`` if it is deleted), read-only."""
+    connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = {name for (name,) in rows}
+        deleted = None
+        if experiment and tables >= MLFLOW_TABLES:
+            found = connection.execute(
+                "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = "
+                "'deleted'",
+                (experiment,),
+            ).fetchone()
+            deleted = str(found[0]) if found else None
+        return tables, deleted
+    finally:
+        connection.close()
 
 
 def _check_driver(uri: str, shown: str) -> None:

@@ -160,6 +160,13 @@ CATALOGUE = [
         "fake.parquet is not a readable parquet file",
     ),
     bad("dataset.task=auto", "dataset.task=auto needs table data"),
+    # values found only at run time before, now at validation
+    bad("optimizer.weight_decay=inf", "optimizer.weight_decay=inf must be a finite number >= 0"),
+    bad("seed=4294967296", "seed=4294967296 (+ members - 1) is above 4294967295"),
+    bad("logger.experiment=", "logger.experiment must name an MLflow experiment (it is empty)"),
+    bad("members=5000", "members=5000 is above 1000 (each member is an MLflow run)"),
+    bad("dataset.generator.n_samples=1000000000", "features needs about 672 GB, more than half"),
+    bad("logger.experiment=café", "Hydra reads only ASCII outside quotes; quote the value"),
     # metrics that do not fit, and folds outside a sweep
     bad("loss=sparse_cce loss.metrics=[r2]", "loss.metrics: 'r2' does not apply to loss 'sparse"),
     bad("-m loss=mse,bce report.metric=nope", "unknown metric 'nope'; choose one of: ['accuracy'"),

@@ -107,6 +107,17 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, clien
     assert {r.data.tags["member"] for r in together.values()} == {"0", "1", "2"}
     assert len(alone) == 4 and len({r.data.tags["output_dir"] for r in alone.values()}) == 4
 
+    # the job's checkpoint is stored once, in member 0's run; every member's run points there
+    for loss in ("mse", "hinge"):
+        first = together[(loss, "0")].info.run_id
+        for seed in "012":
+            run = together[(loss, seed)]
+            stored = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+            assert stored == (["checkpoints/last.ckpt"] if seed == "0" else []), stored
+            tags = run.data.tags
+            assert tags["checkpoint"] == f"runs:/{first}/checkpoints/last.ckpt"
+            assert tags["checkpoint.members"] == "3"
+
     for key, single in alone.items():
         member = together[key]
         assert member.data.tags["member"] == str(int(key[1]))  # seed 0 + member k = seed k

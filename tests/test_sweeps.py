@@ -5,6 +5,7 @@ submitit launchers, and an Optuna search that tags its best trial."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def _csv(client, run_id: str, path: str, tmp_path: Path) -> list[dict[str, str]]
         return list(csv.DictReader(handle))
 
 
-def test_parallel_sweep_and_its_report(run_cli, client, tmp_path, store_uri, monkeypatch) -> None:
+def test_parallel_sweep_and_its_report(
+    run_cli, client, tmp_path, store_uri, monkeypatch, capsys
+) -> None:
     """Two joblib workers on a fresh store: nothing lost, one parent over four children, and a
     report whose numbers are those recomputed here from the child runs."""
     result = run_cli("-m", "hydra/launcher=parallel", "loss=mse,mae", "seed=0,1", *FAST)
@@ -103,6 +106,21 @@ def test_parallel_sweep_and_its_report(run_cli, client, tmp_path, store_uri, mon
     assert report_main([parent.info.run_id]) == 0
     assert (sweep_dir / "summary.csv").read_text() == first
     assert report_main(["no-such-run"]) == 1
+    # a child's id names its parent and writes nothing over the true report
+    assert report_main([children[0].info.run_id]) == 1
+    assert f"give its parent: python -m src.report {parent.info.run_id}" in capsys.readouterr().err
+    assert (sweep_dir / "summary.csv").read_text() == first
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders() -> None:
+    from tests.conftest import compose_cfg
+
+    folders = set()
+    for _ in range(2):
+        folder = str(compose_cfg(hydra_node=True).hydra.sweep.dir)
+        assert re.search(r"/\d\d-\d\d-\d\d-\d{6}$", folder), folder
+        folders.add(folder)
+    assert len(folders) == 2
 
 
 def test_failing_jobs_do_not_stop_the_sweep(run_cli, client, tmp_path) -> None:

@@ -1,0 +1,136 @@
+"""Stores are what they claim to be: a file that is not an MLflow database, a damaged or
+locked one, a deleted experiment, a store that does not exist for a read-only command. Each
+is one line before anything runs, and the file is left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, cli_env, hang, invoke, one_error_line, runs_of
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real MLflow store whose 'losslab' experiment is deleted."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    client.delete_experiment(client.create_experiment("losslab"))
+    return db
+
+
+def broken_stores(folder: Path, mlflow_store: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (the store file, what the one line says)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "random.db").write_bytes(bytes(range(256)) * 40)
+    other = sqlite3.connect(folder / "other.db")
+    other.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+    other.commit()
+    other.close()
+    truncated = folder / "truncated.db"
+    truncated.write_bytes(mlflow_store.read_bytes()[:20_000])
+    deleted = folder / "deleted.db"
+    deleted.write_bytes(mlflow_store.read_bytes())
+    return {
+        "random": (folder / "random.db", "random.db is not an SQLite database"),
+        "other": (folder / "other.db", "holds another application's tables (customers)"),
+        "truncated": (truncated, "truncated.db is damaged (database disk image is malformed)"),
+        "deleted": (deleted, "experiment 'losslab' is deleted in"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["random", "other", "truncated", "deleted"])
+def test_a_store_that_is_not_a_working_mlflow_store_is_refused_untouched(
+    tmp_path: Path, mlflow_store: Path, kind: str
+) -> None:
+    db, message = broken_stores(tmp_path / "stores", mlflow_store)[kind]
+    before = digest(db)
+    work = tmp_path / "work"
+    work.mkdir()
+    for args in (("trainer.max_epochs=1",), ("-m", "loss=mse,bce", "trainer.max_epochs=1")):
+        done = invoke(work, f"sqlite:///{db}", *args, timeout=120)
+        assert done.returncode == 1
+        line = one_error_line(done.stderr)
+        assert line.startswith("losslab: error: ") and message in line, line
+    assert digest(db) == before  # nothing written into it
+    assert list(work.iterdir()) == []  # no output folder
+
+
+def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
+    db = tmp_path / "nothing-here.db"
+    for command in (["src.report", str(tmp_path)], ["src.predict", "run_id=abc", "split=test"]):
+        done = subprocess.run(
+            [sys.executable, "-m", *command],
+            cwd=ROOT,
+            env=cli_env(f"sqlite:///{db}"),
+            capture_output=True,
+            text=True,
+            timeout=hang(120),
+        )
+        assert done.returncode == 1
+        line = one_error_line(done.stderr)
+        assert line == f"losslab: error: no MLflow store at {db}; set MLFLOW_TRACKING_URI to " + (
+            "the store the runs were logged to"
+        )
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "--port 99999 is not a TCP port; use 1-65535 (0: any free one)"),
+        (["--store", "sqlite:///{random}"], "random.db is not an SQLite database"),
+    ],
+)
+def test_serve_refuses_in_one_line_before_printing_its_url(
+    tmp_path: Path, mlflow_store: Path, args: list[str], message: str
+) -> None:
+    random_db = broken_stores(tmp_path, mlflow_store)["random"][0]
+    args = [a.replace("{random}", str(random_db)) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "src.serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=hang(60),
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert message in one_error_line(done.stderr)
+
+
+@pytest.mark.slow
+def test_a_locked_store_is_waited_for_and_said(tmp_path: Path, client, store_uri: str) -> None:
+    client.create_experiment("losslab")  # the store exists
+    db = Path(store_uri.removeprefix("sqlite:///"))
+    locked = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(db, timeout=10)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(4)
+        connection.rollback()
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait(10)
+    done = invoke(tmp_path, store_uri, "trainer.max_epochs=1", "logger.log_model=false")
+    holder.join()
+    assert done.returncode == 0, done.stderr
+    assert f"losslab: the MLflow store {db} is locked; waiting up to 30 s" in done.stdout
+    (run,) = runs_of(client)
+    assert run.info.status == "FINISHED"
