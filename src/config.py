@@ -499,6 +499,15 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
         _require(
+            self.devices == 1,
+            f"trainer.devices={self.devices}: losslab trains in one process on one device "
+            "(seeds run side by side as members=K); use trainer.devices=1",
+        )
+        _require(
+            self.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"),
+            f"trainer.accelerator={self.accelerator} is not one of cpu, gpu, cuda, mps, auto",
+        )
+        _require(
             self.checkpoint_every_n_epochs >= 0,
             f"trainer.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} must be >= 0",
         )

@@ -22,11 +22,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_method
+from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from src import store, tracking
 from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
-from src.config import Direction, LosslabConfig, Targets, Task, refused
+from src.config import ConfigError, Direction, LosslabConfig, Targets, Task, refused
 from src.data import Split, StudyDataModule, labels
 from src.metrics import Panel, class_labels
 from src.model import MemberMLP
@@ -38,6 +39,10 @@ log = logging.getLogger("losslab")
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+# Lightning's checkpoint connector asks SLURMEnvironment.detect() on every fit, which warns on
+# any machine with srun on PATH (every cluster node); a losslab job is one process, never
+# launched by srun for Lightning (see the Trainer's LightningEnvironment below).
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
 
 
 @dataclass
@@ -134,6 +139,9 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     if typed.trainer.checkpoint_every_n_epochs:
         callbacks.append(EpochCheckpoint(checkpoint_dir, typed.trainer.checkpoint_every_n_epochs))
     trainer = pl.Trainer(
+        # One process, never launched by srun: Lightning's own environment, so it does not
+        # look for SLURM and warn, on every run of a cluster node, that srun is not used.
+        plugins=[LightningEnvironment()],
         max_epochs=typed.trainer.max_epochs,
         accelerator=typed.trainer.accelerator,
         devices=typed.trainer.devices,
@@ -174,6 +182,7 @@ def build(
     starts: a value one of them refuses is a config mistake, reported in one line, with
     nothing in MLflow."""
     pl.seed_everything(typed.seed, workers=True, verbose=False)
+    _check_accelerator(typed.trainer.accelerator)
     with _refused_by_target("dataset.generator"):
         data = StudyDataModule(typed.dataset, typed.loss.targets)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -222,6 +231,21 @@ def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> P
     return panel
 
 
+def _check_accelerator(accelerator: str) -> None:
+    """An accelerator that is not there is one line before any run starts (Lightning says so
+    only after the run exists)."""
+    missing = {
+        "gpu": not torch.cuda.is_available(),
+        "cuda": not torch.cuda.is_available(),
+        "mps": not torch.backends.mps.is_available(),
+    }
+    if missing.get(accelerator):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}, but this machine has no such device visible to "
+            "torch; use trainer.accelerator=cpu"
+        )
+
+
 @contextmanager
 def _refused_by_target(where: str) -> Iterator[None]:
     """A function named by a config (``_target_``) that refuses its arguments is a config
@@ -254,6 +278,7 @@ def _finish(
     model, outcome and true status. Returns each member's final metrics (with its outcome)."""
     metric = typed.primary_metric()
     history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
+    module.eval()  # scored as predictions are made: no dropout or batch statistics updates
     final_all = {}
     for split, (x, y) in (("train", data.train), ("test", data.test)):
         final_all[f"final/{split}/loss"] = module.evaluate(x, y)["loss"].tolist()

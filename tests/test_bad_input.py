@@ -167,6 +167,8 @@ CATALOGUE = [
     bad("members=5000", "members=5000 is above 1000 (each member is an MLflow run)"),
     bad("dataset.generator.n_samples=1000000000", "features needs about 672 GB, more than half"),
     bad("logger.experiment=café", "Hydra reads only ASCII outside quotes; quote the value"),
+    bad("trainer.devices=2", "trainer.devices=2: losslab trains in one process on one device"),
+    bad("trainer.devices=0", "trainer.devices=0: losslab trains in one process on one device"),
     # metrics that do not fit, and folds outside a sweep
     bad("loss=sparse_cce loss.metrics=[r2]", "loss.metrics: 'r2' does not apply to loss 'sparse"),
     bad("-m loss=mse,bce report.metric=nope", "unknown metric 'nope'; choose one of: ['accuracy'"),
@@ -178,7 +180,7 @@ CATALOGUE = [
 
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, CliResult]]:
+def answers(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, CliResult]]:
     """Every catalogue row run through the real CLI, each in its own empty folder."""
     data = tmp_path_factory.mktemp("tables")
     write_tables(data)
@@ -192,13 +194,13 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, C
     # Folders first, in this thread: pytest's numbered mktemp is not thread-safe.
     folders = [tmp_path_factory.mktemp("bad") for _ in CATALOGUE]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip((row.id for row in CATALOGUE), pool.map(one, CATALOGUE, folders)))
+        return list(pool.map(one, CATALOGUE, folders))
 
 
 @pytest.mark.timeout(hang(1800))  # the first row's test runs the whole catalogue (fixture)
 @pytest.mark.parametrize(("args", "expected", "env"), CATALOGUE)
 def test_bad_input_gets_one_line_and_creates_nothing(answers, request, args, expected, env):
-    folder, result = answers[request.node.callspec.id]
+    folder, result = answers[request.node.callspec.indices["args"]]  # ids escape non-ASCII
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -258,3 +260,19 @@ def test_the_build_refuses_what_its_functions_refuse(overrides: list[str], expec
     with pytest.raises(config.ConfigError) as refused:
         experiment.build(cfg, typed, [0])
     assert expected in str(refused.value)
+
+
+def test_an_accelerator_that_is_not_there_is_one_line_before_any_run(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = invoke(tmp_path, store, "trainer.accelerator=gpu", "trainer.max_epochs=2")
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert "trainer.accelerator=gpu, but this machine has no such device" in line, line
+    from mlflow.tracking import MlflowClient  # no run, so no run left RUNNING
+
+    client = MlflowClient(tracking_uri=store)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

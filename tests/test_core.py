@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from src.config import ConfigError, MetricInput, Targets, Task
 from src.data import make_split
 from src.losses import hinge, msle, per_member
 from src.metrics import accuracy, inputs, rounded_accuracy
-from tests.conftest import compose_cfg, finished_children, runs_of
+from tests.conftest import compose_cfg, finished_children, one_error_line, runs_of
 
 
 def test_msle_clips_negative_targets_and_predictions_like_keras() -> None:
@@ -212,3 +213,18 @@ def test_user_mistakes_get_one_line(run_cli, tmp_path, args, expected) -> None:
     assert expected in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_no_srun_hint_on_a_machine_with_srun(run_cli, tmp_path) -> None:
+    """Every cluster node has srun on PATH; Lightning's two-line hint must not reach a run's
+    output (it also broke the one-line error promise there)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    path = f"{fake}:{os.environ['PATH']}"
+    done = run_cli("trainer.max_epochs=2", "logger.log_model=false", env={"PATH": path})
+    assert done.returncode == 0, done.stderr
+    assert "srun" not in done.stdout + done.stderr
+    bad = run_cli("optimizer.lr=0", env={"PATH": path})
+    assert one_error_line(bad.stderr) == "losslab: error: optimizer.lr=0.0 must be > 0"
