@@ -163,7 +163,8 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
             if (checkpoint_dir / "last.ckpt").exists():
                 kept = [o for o in job.overrides if not o.startswith("resume=")]
                 again = " ".join([*kept, f"resume={runs.run_ids[0]}"])
-                print(f"losslab: continue it with: python -m src.train {again}", file=sys.stderr)
+                hint = store.redact(f"python -m src.train {again}")
+                print(f"losslab: continue it with: {hint}", file=sys.stderr)
             raise KeyboardInterrupt from error
         raise
     elapsed = time.perf_counter() - started

@@ -613,8 +613,8 @@ def build(uri: str, parent_run_id: str, sweep_dir: Path, metric: str | None = No
         facts=facts,
     )
     report.verdicts = verdicts(report)
-    report.markdown = to_markdown(report, f"Sweep {sweep_dir.name}: which loss?")
-    report.console = to_console(report, sweep_dir / "report.md")
+    report.markdown = store.redact(to_markdown(report, f"Sweep {sweep_dir.name}: which loss?"))
+    report.console = store.redact(to_console(report, sweep_dir / "report.md"))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "report.md": report.markdown,

@@ -30,8 +30,9 @@ def resolve_uri(configured: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    """Hide credentials embedded in URIs (scheme://user:secret@host) anywhere in ``text``."""
-    return re.sub(r"(\w+://)[^/@\s:]+(:[^/@\s]*)?@", r"\1***@", text)
+    """Hide credentials embedded in URIs (scheme://user:secret@host) anywhere in ``text``,
+    also as Hydra writes a sweep job's override (``http\\://user\\:secret@host``)."""
+    return re.sub(r"(\w+\\?:\\?/\\?/)[^/@\s:\\]+(\\?:[^/@\s]*)?@", r"\1***@", text)
 
 
 def sqlite_path(uri: str) -> Path:

@@ -264,12 +264,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @functools.cache  # once per process
 def quiet_mlflow() -> None:
-    """MLflow's migration lines, artifact progress bars and pickle-format warning are not news
-    here (the pickle format is a choice made in conf/logger). Call it after importing MLflow,
-    which sets its own log levels."""
+    """MLflow's migration lines, artifact progress bars, run links and pickle-format warning
+    are not news here (the pickle format is a choice made in conf/logger). Call it after
+    importing MLflow, which sets its own log levels."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at: <tracking URI>" when a run on a server ends: the URI
+    # as given, password included, and losslab prints its own links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow.pytorch").addFilter(
         lambda record: "Pickle or CloudPickle" not in record.getMessage()
     )
@@ -376,7 +379,9 @@ class Tracker:
         from mlflow.entities import Param
 
         redacted = {key: store.redact(value) for key, value in tags.items()}
-        run_id = self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
+        run_id = self.client.create_run(
+            experiment_id, run_name=store.redact(name), tags=redacted
+        ).info.run_id
         self.open.add(run_id)
         items = [
             Param(key, store.redact(str(value))[:PARAM_VALUE_MAX]) for key, value in params.items()
@@ -484,7 +489,9 @@ class Tracker:
     def start_parent(self, experiment: str, name: str, tags: dict[str, str]) -> str:
         experiment_id = ensure_experiment(self.client, experiment)
         redacted = {key: store.redact(value) for key, value in tags.items()}
-        return self.client.create_run(experiment_id, run_name=name, tags=redacted).info.run_id
+        return self.client.create_run(
+            experiment_id, run_name=store.redact(name), tags=redacted
+        ).info.run_id
 
     def report(self, parent_run_id: str, sweep_dir: Path, metric: str | None) -> dict[str, Any]:
         """The sweep's comparison report (src/report.py), ranked by ``metric`` (None: each

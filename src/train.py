@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import config, hydra_callbacks
+from src import config, hydra_callbacks, store
 from src.cli import one_line_error
 from src.config import ConfigError
 
@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> float:
         if isinstance(error, ConfigError) and not multirun:  # refused before any run started
             raise hydra_callbacks.Abort() from error  # one line, as a bad override gets
         reason = " ".join(str(error).split())  # one line, even for a multi-line message
-        message = f"{' '.join(job.overrides) or 'defaults'}: {type(error).__name__}: {reason}"
+        shown = " ".join(job.overrides) or "defaults"
+        message = store.redact(f"{shown}: {type(error).__name__}: {reason}")
         if multirun:  # let the other jobs run; the sweep reports failures at the end
             print(f"#{job.job_num} FAILED {message}", file=sys.stderr)
             (job.output_dir / "error.txt").write_text(message + "\n")  # for the report
@@ -101,7 +102,7 @@ def cli() -> None:
         line = one_line_error(error)
         if line is None or full_error:
             raise error from None
-        print(f"losslab: error: {line}", file=sys.stderr)
+        print(f"losslab: error: {store.redact(line)}", file=sys.stderr)
         sys.exit(1)
     if hydra_callbacks.SWEEP.failures:
         print(f"losslab: {hydra_callbacks.SWEEP.summary}", file=sys.stderr)

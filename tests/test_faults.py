@@ -406,6 +406,50 @@ def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlf
     assert any(SECRETS[0].encode() in p.read_bytes() for p in hydra_record)  # the scan sees it
 
 
+def test_credentials_in_a_sweeps_tracking_uri_reach_no_run_file_or_output(
+    run_cli, tmp_path, mlflow_server
+):
+    """A sweep: Hydra writes each job's override escaped (http\\://alice\\:PW@...), and the
+    parent's run name holds the command line; neither may carry the password anywhere."""
+    from mlflow.tracking import MlflowClient
+
+    base = f"127.0.0.1:{mlflow_server}"
+    result = run_cli(
+        "-m",
+        "loss=mae",
+        "seed=0,1",
+        "trainer.max_epochs=2",
+        "logger.log_model=false",
+        f"logger.tracking_uri=http://alice:{SECRETS[0]}@{base}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRETS[0] not in result.stdout + result.stderr
+    client = MlflowClient(f"http://{base}")
+    runs = runs_of(client)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    recorded = [text for r in runs for text in (r.info.run_name, *r.data.tags.values())]
+    recorded += [value for r in runs for value in r.data.params.values()]
+    for run in runs:
+        for folder in ("config", "report"):
+            got = tmp_path / "got" / run.info.run_id / folder
+            try:
+                local = Path(client.download_artifacts(run.info.run_id, folder, str(got)))
+            except Exception:
+                continue  # a child has no report, the parent no config
+            recorded += [path.read_text() for path in local.rglob("*") if path.suffix != ".png"]
+    assert any("http://***@" in text or "http\\://***@" in text for text in recorded)
+    assert not [text for text in recorded if SECRETS[0] in text]
+    leaked = [
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+        and ".hydra" not in path.parts  # Hydra's own local records of the command line
+        and path.name != "multirun.yaml"
+        and SECRETS[0].encode() in path.read_bytes()
+    ]
+    assert leaked == []
+
+
 def test_instantiate_is_fed_project_targets_unless_the_user_widens_the_list():
     from src import config
 
