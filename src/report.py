@@ -345,32 +345,55 @@ def lost_jobs(sweep_dir: Path, results: Sequence[Result], since: float) -> list[
     return lost
 
 
+@dataclass
+class Standing:
+    """How one task's groups rank: the ranking metric, the groups that can be ranked, the
+    best of them (None when the metric's direction is unknown), and the groups whose runs
+    mostly collapsed, diverged or failed, which cannot be best on the few that did not."""
+
+    metric: str
+    facts: MetricFacts
+    rows: list[dict[str, object]]
+    unreliable: list[dict[str, object]]
+    best: dict[str, object] | None
+
+
+def standing(report: Report, task: str) -> Standing | None:
+    """The task's standing, or None when no run of it finished ok. The verdict and the
+    parent run's ``best.<task>`` tag both read it, so they always name the same group."""
+    rows = [r for r in report.summary if r["task"] == task and r["test_n"]]
+    if not rows:
+        return None
+    reliable = [r for r in rows if 2 * int(r["test_n"]) >= int(r["runs"])]
+    unreliable = [r for r in rows if r not in reliable] if reliable else []
+    rows = reliable or rows
+    metric = str(rows[0]["metric"])
+    facts = report.facts.get(metric, MetricFacts(None))
+    best = None
+    if facts.higher is not None:
+        best = (max if facts.higher else min)(rows, key=lambda r: float(r["test_median"]))
+    return Standing(metric, facts, rows, unreliable, best)
+
+
 def verdicts(report: Report) -> list[str]:
-    """One line per task: the best group by the ranking metric's median, and how every other
-    group compares with it (the Holm-adjusted pairwise test). A group whose runs mostly
-    collapsed, diverged or failed cannot be best on the few that did not: it is named as
-    unreliable instead."""
+    """One line per task: the best group by the ranking metric's median, how every other
+    group compares with it (the Holm-adjusted pairwise test), and the unreliable groups."""
     lines = []
     for task in dict.fromkeys(str(row["task"]) for row in report.summary):
-        rows = [r for r in report.summary if r["task"] == task and r["test_n"]]
-        if not rows:
+        found = standing(report, task)
+        if found is None:
             lines.append(f"{task}: no run finished ok; nothing to rank")
             continue
-        reliable = [r for r in rows if 2 * int(r["test_n"]) >= int(r["runs"])]
-        unreliable = [r for r in rows if r not in reliable] if reliable else []
-        rows = reliable or rows
-        metric = str(rows[0]["metric"])
-        facts = report.facts.get(metric, MetricFacts(None))
-        head = f"{task}, by test {metric} ({facts.words})"
-        if facts.higher is None:
+        head = f"{task}, by test {found.metric} ({found.facts.words})"
+        best = found.best
+        if best is None:
             lines.append(f"{head}: no direction known, no verdict")
             continue
-        best = (max if facts.higher else min)(rows, key=lambda r: float(r["test_median"]))
         parts = [f"best {best['group']} {_num(best['test_median'])}"]
-        for row in rows:
+        for row in found.rows:
             if row is best:
                 continue
-            found = next(
+            pair = next(
                 (
                     c
                     for c in report.comparisons
@@ -378,15 +401,15 @@ def verdicts(report: Report) -> list[str]:
                 ),
                 None,
             )
-            if found is None or math.isnan(float(found["p_holm"])):
+            if pair is None or math.isnan(float(pair["p_holm"])):
                 parts.append(f"{row['group']} untested (too few runs)")
-            elif found["better"] == best["group"]:
-                parts.append(f"{row['group']} worse (p={_num(found['p_holm'], 2)})")
-            elif found["better"]:
-                parts.append(f"{row['group']} better on average (p={_num(found['p_holm'], 2)})")
+            elif pair["better"] == best["group"]:
+                parts.append(f"{row['group']} worse (p={_num(pair['p_holm'], 2)})")
+            elif pair["better"]:
+                parts.append(f"{row['group']} better on average (p={_num(pair['p_holm'], 2)})")
             else:
-                parts.append(f"{row['group']} not distinguishable (p={_num(found['p_holm'], 2)})")
-        for row in unreliable:
+                parts.append(f"{row['group']} not distinguishable (p={_num(pair['p_holm'], 2)})")
+        for row in found.unreliable:
             parts.append(f"{row['group']} unreliable (ok in {row['test_n']} of {row['runs']} runs)")
         lines.append(f"{head}: " + "; ".join(parts))
     return lines
@@ -571,16 +594,16 @@ def summarize_on_parent(client, parent_run_id: str, report: Report) -> None:
     metrics = []
     now = int(time.time() * 1000)
     for task in dict.fromkeys(str(row["task"]) for row in report.summary):
-        rows = [r for r in report.summary if r["task"] == task and r["test_n"]]
-        if not rows:
+        found = standing(report, task)
+        if found is None:
             continue
-        metric = str(rows[0]["metric"])
-        higher = report.facts.get(metric, MetricFacts(None)).higher
-        if higher is not None:
-            best = (max if higher else min)(rows, key=lambda r: float(r["test_median"]))
-            tags += [RunTag(f"best.{task}", str(best["group"])), RunTag(f"best.{task}.by", metric)]
-        for row in rows:
-            key = _metric_key("median", str(row["group"]), f"test_{metric}")
+        if found.best is not None:
+            tags += [
+                RunTag(f"best.{task}", str(found.best["group"])),
+                RunTag(f"best.{task}.by", found.metric),
+            ]
+        for row in [*found.rows, *found.unreliable]:
+            key = _metric_key("median", str(row["group"]), f"test_{found.metric}")
             metrics.append(Metric(key, float(row["test_median"]), now, 0))
     client.log_batch(parent_run_id, metrics=metrics[:1000], tags=tags)
 

@@ -217,3 +217,29 @@ def test_folds_times_seeds_are_runs_paired_in_the_report(run_cli, client, tmp_pa
         (row,) = list(csv.DictReader(handle))
     assert (row["test"], row["n_a"], row["n_b"], row["metric"]) == ("paired t", "6", "6", "r2")
     assert "regression, by test r2 (higher is better): best " in done.stdout
+
+
+def test_a_loss_that_mostly_collapsed_is_unreliable_in_the_verdict_and_on_the_parent() -> None:
+    """msle ok in 3 of 15 runs with the best median: the verdict and the parent's best.<task>
+    tag (both read report.standing) name the reliable best instead."""
+    facts = {"r2": report.MetricFacts(higher=True, high=1.0)}
+    summary = [
+        {
+            "task": "regression",
+            "group": g,
+            "metric": "r2",
+            "runs": 15,
+            "test_n": n,
+            "test_median": m,
+        }
+        for g, n, m in (("mse", 14, 0.31), ("msle", 3, 0.48), ("log_cosh", 15, 0.36))
+    ]
+    built_report = report.Report(
+        results=[], summary=summary, comparisons=[], lost_jobs=[], facts=facts
+    )
+    found = report.standing(built_report, "regression")
+    assert found.best["group"] == "log_cosh"
+    assert [r["group"] for r in found.unreliable] == ["msle"]
+    (verdict,) = report.verdicts(built_report)
+    assert verdict.startswith("regression, by test r2 (higher is better): best log_cosh 0.36")
+    assert verdict.endswith("msle unreliable (ok in 3 of 15 runs)")
