@@ -55,13 +55,17 @@ class Split:
             return self.n_classes
         return self.y_train.shape[1]
 
+    def in_units(self, y: np.ndarray) -> np.ndarray:
+        """Encoded targets in the target's own units (unchanged but for a scaled table target)."""
+        scale, offset = self.units
+        return y if (scale, offset) == (1.0, 0.0) else y * scale + offset
+
     @property
     def nonnegative(self) -> bool:
         """Every target is >= 0 in its own units (where msle applies)."""
-        scale, offset = self.units
         if self.n_classes:
             return False
-        return bool(min(self.y_train.min(), self.y_test.min()) * scale + offset >= 0)
+        return bool(min(self.in_units(self.y_train).min(), self.in_units(self.y_test).min()) >= 0)
 
     def thinned(self, most: int = 5000) -> Split:
         """Every n-th row, at most ``most`` per side: a picture of a million rows costs seconds

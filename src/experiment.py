@@ -139,8 +139,8 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     if typed.trainer.checkpoint_every_n_epochs:
         callbacks.append(EpochCheckpoint(checkpoint_dir, typed.trainer.checkpoint_every_n_epochs))
     trainer = pl.Trainer(
-        # One process, never launched by srun: Lightning's own environment, so it does not
-        # look for SLURM and warn, on every run of a cluster node, that srun is not used.
+        # One process, never launched by srun for Lightning: its own environment, not the
+        # SLURM one it would pick inside a cluster job (the srun hint is filtered above).
         plugins=[LightningEnvironment()],
         max_epochs=typed.trainer.max_epochs,
         accelerator=typed.trainer.accelerator,
@@ -222,11 +222,10 @@ def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> P
     else:
         labels_ = class_labels(y, typed.loss.targets)
         rows = torch.cat([torch.nonzero(labels_ == c)[:2, 0] for c in labels_.unique()])
-    for name in panel.fns:
+    outputs = module.outputs(x[rows], y[rows])
+    for name, fn in panel.fns.items():  # one at a time, to name the one that refuses
         try:
-            Panel({name: panel.fns[name]}, panel.kinds, panel.targets)(
-                *module.outputs(x[rows], y[rows])
-            )
+            Panel({name: fn}, panel.kinds, panel.targets)(*outputs)
         except Exception as error:
             raise refused(f"metrics.{name}", error) from error
     return panel

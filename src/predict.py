@@ -136,8 +136,7 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
     typed = run_config(client, run.info.run_id)
     split = make_split(typed.dataset, typed.loss.targets)
     prediction = predict(model, split.x_test)  # the model's last layer maps back to the units
-    scale, offset = split.units
-    y_test = split.y_test * scale + offset if (scale, offset) != (1.0, 0.0) else split.y_test
+    y_test = split.in_units(split.y_test)
     panel = Panel.build(typed.panel(split.nonnegative), typed.loss.targets)
     pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(y_test)[None]
     recomputed = {name: values[0] for name, values in panel(pred, target).items()}
