@@ -276,7 +276,6 @@ class DatasetConfig:
                 f"dataset.batch_size={self.batch_size} is larger than the train split "
                 f"({n_train} rows); use a value between 1 and {n_train}",
             )
-        if n is not None:
             _require_memory(n, gen.get("n_features", 2))
         noise = gen.get("noise")
         _require(

@@ -15,10 +15,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from src.config import DatasetConfig, ScalerFit, Scaling, Targets, Task
-from src.preprocess import Preprocessing, split_rows
+from src.preprocess import Preprocessing, scaler, split_rows
 
 
 @dataclass
@@ -89,9 +88,7 @@ def labels(y: np.ndarray) -> np.ndarray:
 def _scale(values: np.ndarray, how: Scaling, fit_rows: np.ndarray | slice) -> np.ndarray:
     if how == Scaling.none:
         return values
-    scaler = StandardScaler() if how == Scaling.standard else MinMaxScaler()
-    scaler.fit(values[fit_rows])
-    return scaler.transform(values)
+    return scaler(how).fit(values[fit_rows]).transform(values)
 
 
 def _encode(labels: np.ndarray, targets: Targets, n_classes: int) -> np.ndarray:
