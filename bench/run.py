@@ -11,6 +11,8 @@ min / median / max, beside the absolute figures. Parts (``--only``):
            baseline's five runs in one process, imports included
   members  5 losses x 10 seeds: members=10 per loss (fit only, in process) against 50 baseline
            runs; with --e2e also the batched seed sweep through the CLI
+  lightning what each Lightning feature (callbacks, schedulers, dropout and norm, clipping,
+           precision) adds per epoch to a study fit, against callbacks=none (in process)
   startup  time to report a config mistake, and --help
   scaling  regression with 1e4, 1e5, 1e6 rows, batch 32 and 1024: fit time and peak memory,
            each in a fresh process
@@ -32,7 +34,21 @@ from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("mse", "msle", "mae", "bce", "hinge")
-PARTS = ("single", "sweep", "members", "startup", "scaling")
+PARTS = ("single", "sweep", "members", "lightning", "startup", "scaling")
+# What Lightning features cost per epoch: each against callbacks=none on the same loss.
+LIGHTNING = {
+    "default (last.ckpt every 10 epochs)": [],
+    "early_stopping": [
+        "callbacks=[default,early_stopping]",
+        "callbacks.early_stopping.patience=1000",
+    ],
+    "model_checkpoint (top-3, every epoch)": ["callbacks=[default,model_checkpoint]"],
+    "scheduler=step": ["scheduler=step"],
+    "scheduler=plateau": ["scheduler=plateau"],
+    "model.dropout=0.2 model.norm=batch": ["model.dropout=0.2", "model.norm=batch"],
+    "trainer.gradient_clip_val=1": ["trainer.gradient_clip_val=1"],
+    "trainer.precision=bf16-mixed": ["trainer.precision=bf16-mixed"],
+}
 
 
 def spread(values: list[float]) -> str:
@@ -230,6 +246,28 @@ def part_held(lab: Losslab, repeats: int, epochs: int | None) -> None:
             for fit, blocked, settle, background in rows
         ],
     )
+
+
+def part_lightning(lab: Losslab, repeats: int, epochs: int | None) -> None:
+    """Fit seconds of loss=mse with each feature, alternating with callbacks=none."""
+    print("## (4) Lightning features: fit-only cost per epoch (loss=mse, in process)\n")
+    base = ["loss=mse", "trainer.enable_progress_bar=false", "logger.log_model=false"]
+    if epochs:
+        base.append(f"trainer.max_epochs={epochs}")
+    n = epochs or 100
+    plain = [*base, "callbacks=none"]
+    lab.run(plain)  # warm-up
+    rows = []
+    for name, extra in LIGHTNING.items():
+        lab.run([*base, *extra])  # warm-up: this feature's first-call costs
+        pairs = alternate(
+            lambda extra=extra: lab.run([*base, *extra])["fit"],
+            lambda: lab.run(plain)["fit"],
+            repeats,
+        )
+        extra_ms = [1000 * (a - b) / n for a, b in pairs]
+        rows.append((name, spread(extra_ms), spread([a / b for a, b in pairs])))
+    table(("feature", "ms per epoch beyond callbacks=none", "ratio"), rows)
 
 
 def part_members(lab: Losslab, repeats: int, epochs: int | None, members: int) -> None:
@@ -470,13 +508,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder:
         store = Path(folder)
         env = child_env(store, args.threads)
-        if "single" in parts or "members" in parts:
+        if {"single", "members", "lightning"} & set(parts):
             lab = Losslab(store)
             if "single" in parts:
                 part_single(lab, repeats, epochs)
                 part_held(lab, repeats, epochs)
             if "members" in parts:
                 part_members(lab, repeats, epochs, args.members)
+            if "lightning" in parts:
+                part_lightning(lab, repeats, epochs)
         if "sweep" in parts:
             part_sweep(store, repeats, env, epochs)
         if "members" in parts and args.e2e:

@@ -1,13 +1,18 @@
-"""Lightning callbacks: an epoch progress bar, the bridge from per-epoch history to MLflow,
-and the periodic checkpoint that `resume=` continues from."""
+"""Lightning plumbing between a job and its MLflow runs: the one-line epoch progress bar,
+the bridge from per-epoch history to the runs, and a Lightning logger so that what callbacks
+log (lr_monitor, a user's own) reaches every member's run."""
 
 from __future__ import annotations
 
-import os
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 from src.module import LossModule
@@ -15,29 +20,51 @@ from src.tracking import RunSet
 
 # In every checkpoint: the runs it belongs to and the epochs it has trained.
 TRACKING_KEY = "losslab_tracking"
+BAR_WIDTH = 80  # at most: a progress bar that fits an 80-column terminal
 
 
-class EpochProgressBar(pl.Callback):
-    """One bar for the whole run, advancing per epoch (a Lightning step here is an epoch)."""
+class EpochBar(ProgressBar):
+    """Lightning's progress bar for a run that is one Lightning batch per epoch: one line for
+    the whole run, advancing per epoch, showing the primary test metric (the members' median
+    from ``callback_metrics``). Lightning's TQDMProgressBar would show a bar per epoch with
+    one batch in it, and a second one for each validation."""
 
-    def __init__(self, description: str, metric: str) -> None:
-        self.description = description
-        self.metric = metric
+    def __init__(self, name: str, metric: str) -> None:
+        """``metric``: the primary one; its median is read from the module's history, so the
+        bar costs no ``self.log`` (see LossModule.log_to_lightning)."""
+        super().__init__()
+        self.name = name if len(name) <= 24 else name[:23] + "…"
+        self.key = f"test/{metric}"
         self.bar: tqdm | None = None
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        columns = min(shutil.get_terminal_size((BAR_WIDTH, 24)).columns, BAR_WIDTH)
         self.bar = tqdm(
             total=trainer.max_epochs,
             initial=trainer.current_epoch,
-            desc=self.description,
+            desc=self.name,
             unit="epoch",
-            dynamic_ncols=True,
+            ncols=columns,
+            disable=not self._enabled,
+            bar_format=self._format(""),
         )
 
+    @staticmethod
+    def _format(shown: str) -> str:
+        return "{desc} {n_fmt}/{total_fmt} |{bar}| " + shown + " [{elapsed}<{remaining}]"
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
-        last = pl_module.history[-1]
-        shown = ("train/loss", "test/loss", f"train/{self.metric}", f"test/{self.metric}")
-        self.bar.set_postfix({key: f"{last[key].median().item():.4f}" for key in shown})
+        value = pl_module.history[-1].get(self.key)
+        if value is not None:
+            shown = f"{self.key}={float(value.float().nanmedian()):.4g}"
+            self.bar.bar_format = self._format(shown)
         self.bar.update(1)
 
     def _close(self) -> None:
@@ -50,6 +77,42 @@ class EpochProgressBar(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Any) -> None:
         self._close()  # before the error line is printed (teardown is not called then)
+
+
+class RunSetLogger(Logger):
+    """Lightning's logger interface onto the job's runs. losslab's own per-member metrics go
+    from the module's history (MlflowHistory); this carries what callbacks log through
+    ``trainer.logger`` (e.g. LearningRateMonitor), the same value into every member's run at
+    the current epoch (MLflow step = epoch, 1-based). Its ``save_dir`` makes a
+    ModelCheckpoint without a ``dirpath`` write to ``<output dir>/checkpoints``."""
+
+    def __init__(self, output_dir: Path) -> None:
+        super().__init__()
+        self.output_dir = output_dir
+        self.runs: RunSet | None = None  # attached once the runs exist
+        self.epoch: Callable[[], int] = lambda: 0
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.output_dir)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.runs is not None:
+            each = {key: [float(value)] * self.runs.members for key, value in metrics.items()}
+            self.runs.add_metrics(self.epoch(), each)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: every run already holds the whole resolved config as params."""
 
 
 class MlflowHistory(pl.Callback):
@@ -89,27 +152,3 @@ class MlflowHistory(pl.Callback):
             "run_ids": list(self.runs.run_ids),
             "epochs": len(pl_module.history),
         }
-
-
-class EpochCheckpoint(pl.Callback):
-    """Writes ``last.ckpt`` every ``every`` epochs and when training ends. Lightning's
-    ModelCheckpoint counts optimizer steps, which never advance here (the module steps its
-    torch optimizer itself), so it would only save at the very end. The file is replaced
-    atomically: a kill while writing leaves the previous checkpoint whole."""
-
-    def __init__(self, folder: Path, every: int) -> None:
-        self.path = folder / "last.ckpt"
-        self.every = every
-
-    def _save(self, trainer: pl.Trainer) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".part")
-        trainer.save_checkpoint(partial)
-        os.replace(partial, self.path)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every == 0:
-            self._save(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)

@@ -84,6 +84,14 @@ class Activation(Enum):
     gelu = "gelu"
 
 
+class Norm(Enum):
+    """Normalization after each hidden linear layer, per member."""
+
+    none = "none"
+    batch = "batch"  # over the minibatch (running statistics for scoring)
+    layer = "layer"  # over each row's features
+
+
 class Targets(Enum):
     """How the data module encodes labels for the loss."""
 
@@ -153,6 +161,10 @@ MEMORY_SHARE = 0.5  # generated data may take at most this share of the machine'
 DEFAULT_TARGET_PREFIXES = (
     *("src.", "sklearn.datasets.", "sklearn.metrics.", "torch.nn.functional.", "torch.optim."),
 )
+# Lightning callbacks (conf/callbacks/) come only from here unless the user widens the list.
+DEFAULT_CALLBACK_PREFIXES = ("pytorch_lightning.callbacks.", "src.")
+# Lightning precisions a job can train with (Lightning refuses the ones a device lacks).
+PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed")
 
 
 def _require_memory(n_samples: int, n_features: Any) -> None:
@@ -351,12 +363,17 @@ class DatasetConfig:
 class ModelConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [25])
     activation: Activation = Activation.relu
+    # After each hidden layer: linear -> norm -> activation -> dropout. Every member draws its
+    # dropout masks from its own generator, so members=K still equals K separate runs.
+    norm: Norm = Norm.none
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _require(
             all(h >= 1 for h in self.hidden_sizes),
             f"model.hidden_sizes={self.hidden_sizes}: every layer needs at least 1 unit",
         )
+        _require(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
 
 
 @dataclass
@@ -483,17 +500,34 @@ OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConfig]] = {"sgd": SGDConfig, "adam":
 
 @dataclass
 class TrainerConfig:
-    """Arguments passed straight to lightning's Trainer (plus the few losslab adds)."""
+    """Arguments passed straight to Lightning's Trainer, plus the few losslab adds (marked).
+
+    One Lightning batch is one epoch here (the module steps through the minibatches itself),
+    so the per-batch knobs mean minibatches: ``limit_train_batches`` limits the minibatches
+    an epoch trains on, and gradient clipping applies to each member on its own."""
 
     max_epochs: int = 100
+    min_epochs: int | None = None
+    max_time: str | None = None  # "DD:HH:MM:SS"
     accelerator: str = "cpu"
     devices: int = 1
+    precision: str = "32-true"
     deterministic: bool = True
+    benchmark: bool | None = None
+    fast_dev_run: bool = False  # one epoch, no checkpoints: a smoke test of the config
+    detect_anomaly: bool = False
+    profiler: str | None = None  # simple | advanced: Lightning's profile after the fit
+    limit_train_batches: float = 1.0  # a share (<= 1.0) or a count (> 1) of the minibatches
+    gradient_clip_val: float | None = None  # per member
+    gradient_clip_algorithm: str = "norm"  # norm | value
+    accumulate_grad_batches: int = 1
     enable_progress_bar: bool = True
-    checkpoint_every_n_epochs: int = 10  # 0 disables checkpoints
-    # torch intra-op threads for this job. 0: $OMP_NUM_THREADS when set (the joblib launcher
-    # sets it to cores // n_jobs), else every core. Set 1 when jobs share cores otherwise.
+    # losslab: torch intra-op threads for this job. 0: $OMP_NUM_THREADS when set (the joblib
+    # launcher sets it to cores // n_jobs), else every core. Set 1 when jobs share cores.
     threads: int = 0
+
+    # Keys losslab handles itself rather than handing them to Lightning's Trainer.
+    OWN = ("threads", "limit_train_batches", "gradient_clip_val", "gradient_clip_algorithm")
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
@@ -507,10 +541,54 @@ class TrainerConfig:
             f"trainer.accelerator={self.accelerator} is not one of cpu, gpu, cuda, mps, auto",
         )
         _require(
-            self.checkpoint_every_n_epochs >= 0,
-            f"trainer.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} must be >= 0",
+            self.precision in PRECISIONS,
+            f"trainer.precision={self.precision} is not one of {', '.join(PRECISIONS)}",
+        )
+        _require(
+            self.accumulate_grad_batches == 1,
+            f"trainer.accumulate_grad_batches={self.accumulate_grad_batches}: each minibatch "
+            "is one update here; for larger updates raise dataset.batch_size",
+        )
+        _require(
+            0 < self.limit_train_batches <= 1 or float(self.limit_train_batches).is_integer(),
+            f"trainer.limit_train_batches={self.limit_train_batches} must be a share in (0, 1] "
+            "or a whole number of minibatches",
+        )
+        _require(
+            self.gradient_clip_val is None
+            or (self.gradient_clip_val > 0 and math.isfinite(self.gradient_clip_val)),
+            f"trainer.gradient_clip_val={self.gradient_clip_val} must be a number > 0 (or null)",
+        )
+        _require(
+            self.gradient_clip_algorithm in ("norm", "value"),
+            f"trainer.gradient_clip_algorithm={self.gradient_clip_algorithm} is not norm or value",
         )
         _require(self.threads >= 0, f"trainer.threads={self.threads} must be >= 0")
+
+    def lightning_args(self) -> dict[str, Any]:
+        """What goes to ``pytorch_lightning.Trainer``."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in self.OWN and f.name != "enable_progress_bar"
+        }
+
+
+@dataclass
+class SchedulerConfig:
+    """A learning-rate scheduler (conf/scheduler/), stepped once per epoch."""
+
+    # torch.optim.lr_scheduler.<name> with _partial_: true; losslab passes the optimizer.
+    fn: dict[str, Any] = field(default_factory=dict)
+    # ReduceLROnPlateau's metric (train/<m> or test/<m>, the members' median); null otherwise.
+    monitor: str | None = None
+
+    def __post_init__(self) -> None:
+        _require("_target_" in self.fn, "scheduler.fn needs a _target_ (a torch scheduler)")
+        _require(
+            self.fn.get("_partial_") is True,
+            "scheduler.fn needs _partial_: true (losslab passes the optimizer)",
+        )
 
 
 @dataclass
@@ -544,6 +622,9 @@ class LosslabConfig:
     logger: LoggerConfig = MISSING
     metrics: dict[str, MetricConfig] = field(default_factory=dict)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # Lightning callbacks by name (conf/callbacks/), each a node with a _target_.
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    scheduler: SchedulerConfig | None = None
     seed: int = 0
     # Train seeds seed, seed+1, ..., seed+members-1 together as one batched model.
     members: int = 1
@@ -551,6 +632,9 @@ class LosslabConfig:
     resume: str | None = None
     allowed_target_prefixes: list[str] = field(
         default_factory=lambda: list(DEFAULT_TARGET_PREFIXES)
+    )
+    allowed_callback_prefixes: list[str] = field(
+        default_factory=lambda: list(DEFAULT_CALLBACK_PREFIXES)
     )
 
     def __post_init__(self) -> None:
@@ -568,10 +652,12 @@ class LosslabConfig:
         if self.dataset.task != DataTask.auto:  # else after the table is read (validate)
             check_pairing(self.loss, self.dataset)
         self._check_metrics()
+        self._check_callbacks()
         for where, node in (
             ("dataset.generator", self.dataset.generator),
             ("loss.fn", self.loss.fn),
             ("optimizer", {"_target_": self.optimizer._target_}),
+            ("scheduler.fn", self.scheduler.fn if self.scheduler else {}),
             *((f"metrics.{name}.fn", spec.fn) for name, spec in self.metrics.items()),
             *(
                 (f"metrics.{name}.epoch", {"_target_": spec.epoch})
@@ -588,6 +674,59 @@ class LosslabConfig:
                 f"{self.allowed_target_prefixes}; add it to allowed_target_prefixes "
                 "if you trust it",
             )
+
+    def _check_callbacks(self) -> None:
+        """Each callback names an allowed class; what a callback or the scheduler monitors is
+        logged every epoch, and a ``mode`` agrees with the metric's direction."""
+        keys = self.epoch_keys()
+        monitored = []
+        if self.scheduler:  # ReduceLROnPlateau's own mode sits in its fn
+            mode = self.scheduler.fn.get("mode")
+            monitored.append(("scheduler", {"monitor": self.scheduler.monitor, "mode": mode}))
+        for name, node in self.callbacks.items():
+            where = f"callbacks.{name}"
+            _require(
+                isinstance(node, dict) and isinstance(node.get("_target_"), str),
+                f"{where} needs a _target_ (a Lightning callback class)",
+            )
+            _require(
+                node["_target_"].startswith(tuple(self.allowed_callback_prefixes)),
+                f"{where}._target_={node['_target_']} is outside the allowed callback prefixes "
+                f"{self.allowed_callback_prefixes}; add it to allowed_callback_prefixes "
+                "if you trust it",
+            )
+            monitored.append((where, node))
+        for where, node in monitored:
+            monitor = node.get("monitor")
+            if monitor is None:
+                continue
+            _require(
+                monitor in keys,
+                f"{where}.monitor={monitor} is not logged each epoch; use one of: "
+                f"{', '.join(keys)}",
+            )
+            mode = node.get("mode")
+            metric = monitor.split("/", 1)[-1]
+            lower = metric == "loss" or self.metrics[metric].direction == Direction.lower
+            if mode is not None:
+                _require(
+                    mode == ("min" if lower else "max"),
+                    f"{where}.mode={mode}, but {monitor} is better when "
+                    f"{'lower' if lower else 'higher'}; use mode={'min' if lower else 'max'}",
+                )
+
+    def epoch_keys(self) -> list[str]:
+        """What every epoch logs (the members' medians go to Lightning's callback_metrics):
+        the loss and the per-epoch metrics on train and test."""
+        names = ["loss", *dict.fromkeys([self.primary_metric(), *self.loss.metrics])]
+        return [f"{split}/{name}" for split in ("train", "test") for name in names]
+
+    def couples_members(self) -> bool:
+        """True when one member's metrics steer every member's training (early stopping or a
+        plateau scheduler watch the members' median): such a job's members no longer equal
+        separate runs, so seed sweeps are not batched into it."""
+        stops = any("EarlyStopping" in node["_target_"] for node in self.callbacks.values())
+        return stops or bool(self.scheduler and self.scheduler.monitor)
 
     def _check_metrics(self) -> None:
         """Every metric a loss or the report names exists and fits the loss; each task has

@@ -224,7 +224,8 @@ def _encoded(
 class StudyDataModule(pl.LightningDataModule):
     """Holds the whole split as tensors. One training "batch" is the whole train set: the
     module shuffles it per member and steps through minibatches itself (see module.py), which
-    keeps Lightning's per-step bookkeeping out of the inner loop."""
+    keeps Lightning's per-step bookkeeping out of the inner loop; one validation batch is the
+    whole test set."""
 
     def __init__(self, cfg: DatasetConfig, targets: Targets) -> None:
         super().__init__()
@@ -236,6 +237,11 @@ class StudyDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> WholeSplit:
         return WholeSplit(self.train)
+
+    def val_dataloader(self) -> WholeSplit:
+        """The test set, scored after each epoch in Lightning's validation phase (the study
+        reports it per epoch, as Keras' validation_data)."""
+        return WholeSplit(self.test)
 
 
 class WholeSplit:

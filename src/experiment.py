@@ -21,17 +21,19 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_method
+from hydra.utils import get_method, instantiate
 from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from src import store, tracking
-from src.callbacks import EpochCheckpoint, EpochProgressBar, MlflowHistory
+from src.callbacks import EpochBar, MlflowHistory, RunSetLogger
 from src.config import ConfigError, Direction, LosslabConfig, Targets, Task, refused
 from src.data import Split, StudyDataModule, labels
 from src.metrics import Panel, class_labels
 from src.model import MemberMLP
 from src.module import Diverged, LossModule
+from src.optim import member_clipper
 
 log = logging.getLogger("losslab")
 # Lightning sets its own log level on import; keep its start-up chatter (accelerator
@@ -39,10 +41,6 @@ log = logging.getLogger("losslab")
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
-# Lightning's checkpoint connector asks SLURMEnvironment.detect() on every fit, which warns on
-# any machine with srun on PATH (every cluster node); a losslab job is one process, never
-# launched by srun for Lightning (see the Trainer's LightningEnvironment below).
-warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
 
 
 @dataclass
@@ -80,6 +78,7 @@ def trivial_score(module: LossModule, split: Split, metric: str) -> float:
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
 NOT_IN_NAME = (
     *("loss", "seed", "members", "resume", "hparams_search", "trainer.enable_progress_bar"),
+    "callbacks.model_checkpoint.every_n_epochs",  # how often it is saved, not what it is
     *("dataset.path", "dataset.target", "dataset.format"),  # the file's name stands for them
     *("dataset.folds", "dataset.fold", "report.metric"),  # fold=k/K stands for the first two
 )
@@ -119,6 +118,9 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     fold = f"fold={typed.dataset.fold}/{folds}" if folds > 1 else ""
     names = [run_name(typed.loss.name, job.overrides, seed, data_file, fold) for seed in seeds]
     checkpoint_dir = job.output_dir / "checkpoints"
+    bar = names[0] if len(seeds) == 1 else f"{typed.loss.name} x{len(seeds)}"
+    single = job.sweep_dir is None and typed.trainer.enable_progress_bar
+    trainer, runs_logger = build_trainer(cfg, typed, job.output_dir, bar if single else None)
     logged = 0
     ckpt_path = None
     if typed.resume:
@@ -132,31 +134,12 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     else:
         runs = _start_runs(cfg, typed, job, uri, names, seeds, split)
 
-    single = job.sweep_dir is None
-    callbacks: list[pl.Callback] = [MlflowHistory(runs, typed.logger.flush_every_n_epochs, logged)]
-    if single and typed.trainer.enable_progress_bar:
-        callbacks.append(EpochProgressBar(names[0] if len(seeds) == 1 else typed.loss.name, metric))
-    if typed.trainer.checkpoint_every_n_epochs:
-        callbacks.append(EpochCheckpoint(checkpoint_dir, typed.trainer.checkpoint_every_n_epochs))
-    trainer = pl.Trainer(
-        # One process, never launched by srun for Lightning: its own environment, not the
-        # SLURM one it would pick inside a cluster job (the srun hint is filtered above).
-        plugins=[LightningEnvironment()],
-        max_epochs=typed.trainer.max_epochs,
-        accelerator=typed.trainer.accelerator,
-        devices=typed.trainer.devices,
-        deterministic=typed.trainer.deterministic,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,  # EpochCheckpoint writes them
-        num_sanity_val_steps=0,
-        default_root_dir=job.output_dir,
-        callbacks=callbacks,
-    )
+    runs_logger.runs = runs
+    module.log_to_lightning = _reads_metrics(trainer, typed)
+    trainer.callbacks.insert(0, MlflowHistory(runs, typed.logger.flush_every_n_epochs, logged))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir)
+        finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir, trainer)
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -188,7 +171,14 @@ def build(
         data = StudyDataModule(typed.dataset, typed.loss.targets)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     sizes = [data.split.n_inputs, *typed.model.hidden_sizes, data.split.n_outputs]
-    model = MemberMLP(sizes, typed.model.activation, typed.loss.output, generators)
+    model = MemberMLP(
+        sizes,
+        typed.model.activation,
+        typed.loss.output,
+        generators,
+        norm=typed.model.norm,
+        dropout=typed.model.dropout,
+    )
     per_epoch = dict.fromkeys([typed.primary_metric(), *typed.loss.metrics])
     with _refused_by_target("loss.fn"):
         module = LossModule(
@@ -201,14 +191,92 @@ def build(
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             batch_size=typed.dataset.batch_size,
             generators=generators,
-            test=data.test,
             units=data.split.units,
+            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
+            if typed.scheduler
+            else None,
+            clip=member_clipper(
+                typed.trainer.gradient_clip_val, typed.trainer.gradient_clip_algorithm
+            ),
+            limit_batches=typed.trainer.limit_train_batches,
         )
     module.check_loss(*data.train)
-    with _refused_by_target("optimizer"):
+    with _refused_by_target("optimizer" if typed.scheduler is None else "optimizer/scheduler"):
         module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
     panel = _panel(typed, module, data)
     return data, module, panel
+
+
+def build_trainer(
+    cfg: DictConfig, typed: LosslabConfig, output_dir: Path, bar: str | None
+) -> tuple[pl.Trainer, RunSetLogger]:
+    """The Trainer with the config's arguments and callbacks, built before any run starts: an
+    argument or callback Lightning refuses is one line, with nothing in MLflow. ``bar``: the
+    progress bar's label (a single run), or None for none."""
+    prefixes = tuple(typed.allowed_callback_prefixes)
+    callbacks = [
+        _callback(name, node, prefixes) for name, node in (cfg.get("callbacks") or {}).items()
+    ]
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    if bar is None:  # a sweep's job: its one line is the progress
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    elif not has_bar:
+        callbacks.append(EpochBar(bar, typed.primary_metric()))
+    logger = RunSetLogger(output_dir)
+    try:
+        trainer = pl.Trainer(
+            **typed.trainer.lightning_args(),
+            # One process, never launched by srun for Lightning: its own environment, not the
+            # SLURM one it would pick inside a cluster job (the srun hint is filtered above).
+            plugins=[LightningEnvironment()],
+            logger=logger,
+            log_every_n_steps=1,  # a step is an epoch
+            enable_progress_bar=bar is not None,
+            enable_model_summary=False,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            num_sanity_val_steps=0,
+            default_root_dir=output_dir,
+            callbacks=callbacks,
+        )
+    except Exception as error:
+        raise refused("trainer", error) from error
+    logger.epoch = lambda: trainer.current_epoch + 1
+    return trainer, logger
+
+
+def _reads_metrics(trainer: pl.Trainer, typed: LosslabConfig) -> bool:
+    """Whether anything may read ``trainer.callback_metrics``: any callback but a
+    ModelCheckpoint without a monitor, Lightning's Timer and losslab's bar, or a plateau
+    scheduler."""
+    from pytorch_lightning.callbacks import Timer
+
+    def reads(callback: pl.Callback) -> bool:
+        unmonitored = isinstance(callback, ModelCheckpoint) and callback.monitor is None
+        return not (unmonitored or isinstance(callback, (Timer, EpochBar)))
+
+    monitored = typed.scheduler is not None and typed.scheduler.monitor is not None
+    return monitored or any(reads(callback) for callback in trainer.callbacks)
+
+
+def _callback(name: str, node: DictConfig, prefixes: tuple[str, ...]) -> pl.Callback:
+    """``callbacks.<name>``, checked by what its target is, not how it is spelled: a Lightning
+    Callback class defined under an allowed prefix (src/config.py checked the spelling)."""
+    from hydra.utils import get_object
+
+    where = f"callbacks.{name}"
+    try:
+        target = get_object(node._target_)
+    except Exception as error:
+        raise refused(where, error) from error
+    if not (isinstance(target, type) and issubclass(target, pl.Callback)):
+        raise ConfigError(f"{where}._target_={node._target_} is not a Lightning Callback class")
+    if not target.__module__.startswith(prefixes):
+        raise ConfigError(
+            f"{where}._target_={node._target_} is defined in {target.__module__}, outside the "
+            f"allowed callback prefixes {list(prefixes)}"
+        )
+    with _refused_by_target(where):
+        return instantiate(node)
 
 
 def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> Panel:
@@ -222,7 +290,8 @@ def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> P
     else:
         labels_ = class_labels(y, typed.loss.targets)
         rows = torch.cat([torch.nonzero(labels_ == c)[:2, 0] for c in labels_.unique()])
-    outputs = module.outputs(x[rows], y[rows])
+    with module.scoring():
+        outputs = module.outputs(x[rows], y[rows])
     for name, fn in panel.fns.items():  # one at a time, to name the one that refuses
         try:
             Panel({name: fn}, panel.kinds, panel.targets)(*outputs)
@@ -273,20 +342,23 @@ def _finish(
     typed: LosslabConfig,
     names: list[str],
     checkpoint_dir: Path,
+    trainer: pl.Trainer,
 ) -> list[dict]:
     """Final evaluation of every member (the loss and the whole metric panel), its figures,
     model, outcome and true status. Returns each member's final metrics (with its outcome)."""
     metric = typed.primary_metric()
     history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
-    module.eval()  # scored as predictions are made: no dropout or batch statistics updates
     final_all = {}
-    for split, (x, y) in (("train", data.train), ("test", data.test)):
-        final_all[f"final/{split}/loss"] = module.evaluate(x, y)["loss"].tolist()
-        for name, values in panel(*module.outputs(x, y)).items():
-            final_all[f"final/{split}/{name}"] = values
+    # Scored as predictions are made: eval mode (no dropout, batch norm's running statistics).
+    with module.scoring(), trainer.precision_plugin.forward_context():
+        for split, (x, y) in (("train", data.train), ("test", data.test)):
+            final_all[f"final/{split}/loss"] = module.evaluate(x, y)["loss"].tolist()
+            for name, values in panel(*module.outputs(x, y)).items():
+                final_all[f"final/{split}/{name}"] = values
     runs.add_metrics(len(history), final_all)
     trivial = trivial_score(module, data.split, metric)
     direction = typed.metrics[metric].direction
+    stop = _stop_tags(trainer, len(history))
     statuses, finals = [], []
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
@@ -295,7 +367,7 @@ def _finish(
         diverged = int(module.diverged_at[k])
         test_value = final[f"final/test/{metric}"]
         final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)
-        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.6g}"}
+        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.6g}", **stop}
         if diverged:
             tags["error"] = f"loss became non-finite at epoch {diverged}"
         runs.set_tags(k, tags)
@@ -316,6 +388,18 @@ def _finish(
     runs.end(statuses)
     runs.wait()
     return finals
+
+
+def _stop_tags(trainer: pl.Trainer, epochs: int) -> dict[str, str]:
+    """What ended training early (EarlyStopping: ``stopped_epoch``, 1-based like MLflow's
+    steps) and the best checkpoint a monitoring ModelCheckpoint kept."""
+    tags = {}
+    if epochs < trainer.max_epochs and trainer.should_stop:
+        tags["stopped_epoch"] = str(epochs)
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best and getattr(trainer.checkpoint_callback, "monitor", None):
+        tags["checkpoint.best"] = best
+    return tags
 
 
 def _start_runs(

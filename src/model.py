@@ -1,8 +1,10 @@
 """An MLP with a leading member axis: K independent networks held as stacked weights.
 
-Member k is initialised from its own generator, so a K-member model and K separate runs with
-the same seeds start from the same weights; a plain run is K = 1. Initialisation follows the
-study (Keras): He-uniform hidden layers, Glorot-uniform output layer, zero biases.
+Member k is initialised from its own generator and draws its dropout masks from it, and its
+normalization statistics are its own, so a K-member model and K separate runs with the same
+seeds compute the same numbers; a plain run is K = 1. Initialisation follows the study
+(Keras): He-uniform hidden layers, Glorot-uniform output layer, zero biases. A hidden layer is
+linear -> norm -> activation -> dropout.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from src.config import Activation, Output
+from src.config import Activation, Norm, Output
 
 ACTIVATED = {
     Output.identity: lambda t: t,
@@ -43,11 +45,15 @@ class MemberMLP(nn.Module):
         activation: Activation,
         output: Output,
         generators: list[torch.Generator],
+        norm: Norm = Norm.none,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.sizes = sizes
         self.activation, self.activation_module = HIDDEN[activation]
         self.output = output
+        self.generators = generators
+        self.dropout = dropout
         members = len(generators)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -63,6 +69,10 @@ class MemberMLP(nn.Module):
         # The same Parameter objects as a plain list: indexing a ParameterList costs more per
         # call than a minibatch's matmul. Loading a state dict copies into these in place.
         self.layers = list(zip(self.weights, self.biases))
+        widths = sizes[1:-1]
+        self.norms = nn.ModuleList(
+            [MemberNorm(norm, members, width) for width in widths] if norm != Norm.none else []
+        )
 
     @property
     def members(self) -> int:
@@ -72,9 +82,20 @@ class MemberMLP(nn.Module):
         """x: (members, batch, inputs) or (batch, inputs) shared by all members.
         Returns the raw last layer (logits), (members, batch, outputs)."""
         *hidden, (weight, bias) = self.layers
-        for w, b in hidden:
-            x = self.activation(torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b)
+        for i, (w, b) in enumerate(hidden):
+            x = torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b
+            if self.norms:
+                x = self.norms[i](x)
+            x = self.activation(x)
+            if self.dropout and self.training:
+                x = x * self._keep(x.shape[1:], x.dtype)
         return torch.baddbmm(bias, x, weight) if x.dim() == 3 else torch.matmul(x, weight) + bias
+
+    def _keep(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """Inverted-dropout masks (members, batch, width), member k's from its own generator."""
+        keep = 1.0 - self.dropout
+        masks = [torch.empty(shape).bernoulli_(keep, generator=g) for g in self.generators]
+        return (torch.stack(masks) / keep).to(dtype)
 
     def predict_from(self, logits: torch.Tensor) -> torch.Tensor:
         """Activated output (what metrics and users see) from the raw last layer."""
@@ -92,7 +113,11 @@ class MemberMLP(nn.Module):
                 linear.bias.copy_(bias[member, 0])
             layers.append(linear)
             if i < len(self.weights) - 1:
+                if self.norms:
+                    layers.append(self.norms[i].export(member))
                 layers.append(self.activation_module())
+                if self.dropout:
+                    layers.append(nn.Dropout(self.dropout))
         layers.append(_EXPORT[self.output]())
         if units != (1.0, 0.0):
             unscale = nn.Linear(1, 1)
@@ -101,3 +126,49 @@ class MemberMLP(nn.Module):
                 unscale.bias.fill_(units[1])
             layers.append(unscale)
         return nn.Sequential(*layers).eval()
+
+
+class MemberNorm(nn.Module):
+    """Batch or layer normalization of (members, batch, width) with each member's own scale,
+    shift and (batch norm) running statistics: torch's BatchNorm1d would pool the members."""
+
+    def __init__(self, kind: Norm, members: int, width: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.kind = kind
+        self.eps = eps
+        self.momentum = 0.1  # torch's BatchNorm1d default, so export() matches it
+        self.weight = nn.Parameter(torch.ones(members, 1, width))
+        self.bias = nn.Parameter(torch.zeros(members, 1, width))
+        if kind == Norm.batch:
+            self.register_buffer("running_mean", torch.zeros(members, 1, width))
+            self.register_buffer("running_var", torch.ones(members, 1, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == Norm.layer:
+            mean = x.mean(dim=-1, keepdim=True)
+            var = x.var(dim=-1, unbiased=False, keepdim=True)
+        elif self.training:
+            mean = x.mean(dim=1, keepdim=True)
+            var = x.var(dim=1, unbiased=False, keepdim=True)
+            with torch.no_grad():
+                n = x.shape[1]
+                unbiased = var * n / max(n - 1, 1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def export(self, member: int) -> nn.Module:
+        """Member ``member`` as torch's own BatchNorm1d or LayerNorm (for MLflow)."""
+        width = self.weight.shape[-1]
+        if self.kind == Norm.layer:
+            module: nn.Module = nn.LayerNorm(width, eps=self.eps)
+        else:
+            module = nn.BatchNorm1d(width, eps=self.eps, momentum=self.momentum)
+            module.running_mean.copy_(self.running_mean[member, 0])
+            module.running_var.copy_(self.running_var[member, 0])
+        with torch.no_grad():
+            module.weight.copy_(self.weight[member, 0])
+            module.bias.copy_(self.bias[member, 0])
+        return module.eval()

@@ -1,17 +1,21 @@
 """The LightningModule: a member MLP, its loss and metrics, trained as the study trains.
 
 One Lightning training step is one epoch: the module shuffles the train set for each member
-with that member's own generator and steps SGD through minibatches itself (manual
-optimization), then scores the test set, as Keras' fit(validation_data=...) does. Per-step
-Lightning bookkeeping, metric work and host syncs stay out of the inner loop: a step is a
-forward pass, the loss, gradients and the SGD update (src/optim.py); train metrics are computed
-once per epoch from the outputs the steps saw.
+with that member's own generator and steps through the minibatches itself (manual
+optimization); Lightning's validation phase then scores the test set, in eval mode and without
+gradients, as Keras' fit(validation_data=...) does. Per-step Lightning bookkeeping, metric work
+and host syncs stay out of the inner loop: a step is a forward pass, the loss, gradients, the
+per-member clip and the update (src/optim.py); train metrics are computed once per epoch from
+the outputs the steps saw. Lightning still sees every update (``global_step``) and each epoch's
+metrics through ``log_dict``: the members' medians, what callbacks such as EarlyStopping and
+ModelCheckpoint monitor. Every member's own values stay in ``history`` (and MLflow).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
@@ -22,7 +26,7 @@ from src.config import ConfigError, LossConfig, MetricInput, refused
 from src.losses import per_member
 from src.metrics import Metric, inputs
 from src.model import MemberMLP
-from src.optim import updater
+from src.optim import Clip, updater
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -49,8 +53,10 @@ class LossModule(pl.LightningModule):
         optimizer: dict[str, Any],
         batch_size: int,
         generators: list[torch.Generator],
-        test: Batch,
         units: tuple[float, float] = (1.0, 0.0),
+        scheduler: dict[str, Any] | None = None,
+        clip: Clip | None = None,
+        limit_batches: float = 1.0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -62,7 +68,13 @@ class LossModule(pl.LightningModule):
         self.optimizer_cfg = optimizer
         self.batch_size = batch_size
         self.generators = generators
-        self.test = test
+        self.scheduler_cfg = scheduler  # {"fn": partial config, "monitor": key or None}
+        self.clip = clip
+        self.limit_batches = limit_batches
+        # Whether anything reads Lightning's callback_metrics (a monitoring callback, a progress
+        # bar, a user's callback): self.log costs about 0.75 ms a key an epoch, 30-40% of a
+        # study fit, so a job whose callbacks read nothing skips it (set by build_trainer).
+        self.log_to_lightning = True
         # Metrics see outputs and targets in the target's own units (value * scale + offset):
         # a table's regression target is standardized for training only.
         self.units = None if units == (1.0, 0.0) else units
@@ -71,8 +83,26 @@ class LossModule(pl.LightningModule):
         # Epoch (1-based) at which each member's loss first went non-finite; 0 = never.
         self.diverged_at = torch.zeros(model.members, dtype=torch.long)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return instantiate(self.optimizer_cfg, params=self.parameters())
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.optimizer_cfg, params=self.parameters())
+        if self.scheduler_cfg is None:
+            return optimizer
+        # Under manual optimization Lightning does not step schedulers: on_validation_epoch_end
+        # does, once per epoch, before this epoch's checkpoint is written.
+        scheduler = instantiate(self.scheduler_cfg["fn"])(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+
+    @contextmanager
+    def scoring(self) -> Iterator[None]:
+        """Eval mode (no dropout, batch norm's running statistics) and no gradients, restoring
+        the mode after: probes and final scores must not move a member's random stream."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
 
     def _loss_input(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.from_logits else self.model.predict_from(logits)
@@ -80,16 +110,16 @@ class LossModule(pl.LightningModule):
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return per_member(self.loss_fn(self._loss_input(logits), target))
 
-    @torch.no_grad()
     def check_loss(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Call loss.fn on two rows before any run starts: a loss that refuses these targets,
         or reduces to one number (reduction: mean), fails here in one line, not in step one."""
-        output = self._loss_input(self.model(x[:2]))
         target = y[:2].expand(self.model.members, *y[:2].shape)
-        try:
-            values = self.loss_fn(output, target)
-        except Exception as error:
-            raise refused("loss.fn", error) from error
+        with self.scoring():
+            output = self._loss_input(self.model(x[:2]))
+            try:
+                values = self.loss_fn(output, target)
+            except Exception as error:
+                raise refused("loss.fn", error) from error
         if values.shape[:2] != output.shape[:2]:
             raise ConfigError(
                 f"loss.fn returned shape {tuple(values.shape)} for outputs of shape "
@@ -123,43 +153,94 @@ class LossModule(pl.LightningModule):
     def outputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's activated outputs on a split and the targets (member axis first),
         in the target's units: what the metric panel scores."""
-        return self.in_units(
-            self.model.predict_from(self.model(x)), y.expand(self.model.members, *y.shape)
-        )
+        logits = self.model(x.to(self.model.weights[0].dtype))  # 64-true trains in float64
+        target = y.expand(self.model.members, *y.shape)
+        return self.in_units(self.model.predict_from(logits), target)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss and per-epoch metrics of every member on one whole split: {name: (members,)}."""
-        logits = self.model(x)
+        logits = self.model(x.to(self.model.weights[0].dtype))
         target = y.expand(self.model.members, *y.shape)
         return {"loss": self._loss(logits, target), **self._scores(logits, target)}
+
+    def _steps(self, n: int) -> int:
+        """Minibatches per epoch: all of them, or trainer.limit_train_batches of them."""
+        total = -(-n // self.batch_size)
+        limit = self.limit_batches
+        if limit == 1:
+            return total
+        return max(1, min(total, int(limit if limit > 1 else total * limit)))
+
+    def _count_steps(self, steps: int) -> None:
+        """Advance ``trainer.global_step`` by the updates taken. Lightning counts a step when
+        ``LightningOptimizer.step`` runs; the update here calls torch's functional SGD on the
+        raw optimizer (src/optim.py) because the wrapper costs as much as a small model's
+        update, so it advances the counter Lightning's manual loop advances."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for _ in range(steps):
+            progress.increment_ready()
+            progress.increment_completed()
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
         n = x.shape[0]
-        step = updater(self.optimizers().optimizer)  # the torch optimizer: no per-step wrapping
+        optimizer = self.optimizers().optimizer  # the torch optimizer: no per-step wrapping
+        step = updater(optimizer, self.clip)
         order = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
         xs, ys = x[order], y[order]  # one gather per epoch; minibatches below are views
+        steps = self._steps(n)
+        seen_rows = min(n, steps * self.batch_size)
         # The raw outputs each minibatch saw before its update: the epoch's train loss and
         # metrics are computed from them once, not per step (Keras' batch-weighted mean).
-        seen = torch.empty(self.model.members, n, self.model.sizes[-1])
-        for start in range(0, n, self.batch_size):
+        seen = torch.empty(self.model.members, seen_rows, self.model.sizes[-1])
+        for start in range(0, seen_rows, self.batch_size):
             end = start + self.batch_size
             logits = self.model(xs[:, start:end])
             step(self._loss(logits, ys[:, start:end]).sum())  # members stay independent
             seen[:, start:end] = logits.detach()
+        self._count_steps(steps)
+        ys = ys[:, :seen_rows]
         with torch.no_grad():
             train = {"loss": self._loss(seen, ys), **self._scores(seen, ys)}
         record = {f"train/{name}": value for name, value in train.items()}
-        record.update({f"test/{k}": v for k, v in self.evaluate(*self.test).items()})
+        if self.scheduler_cfg is not None:  # the rate this epoch trained with
+            rate = float(optimizer.param_groups[0]["lr"])
+            record["lr"] = torch.full((self.model.members,), rate, dtype=torch.float64)
         self.history.append(record)
+        self._log_medians(record)
         bad = ~torch.isfinite(record["train/loss"]) & (self.diverged_at == 0)
         self.diverged_at[bad] = len(self.history)
-        if bool((self.diverged_at > 0).all()):
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """The test set, scored each epoch (Lightning has set eval mode and no_grad)."""
+        record = {f"test/{k}": v for k, v in self.evaluate(*batch).items()}
+        self.history[-1].update(record)
+        self._log_medians(record)
+        if bool((self.diverged_at > 0).all()):  # after the test score: the epoch is whole
+            loss = self.history[-1]["train/loss"].tolist()
             raise Diverged(
-                f"training loss is {record['train/loss'].tolist()} at epoch {len(self.history)}; "
-                "lower optimizer.lr"
+                f"training loss is {loss} at epoch {len(self.history)}; lower optimizer.lr"
             )
+
+    def on_validation_epoch_end(self) -> None:
+        """Step the scheduler once per epoch, before callbacks checkpoint the epoch."""
+        if self.scheduler_cfg is None or self.trainer.sanity_checking:
+            return
+        scheduler = self.lr_schedulers()
+        monitor = self.scheduler_cfg["monitor"]
+        if monitor is None:
+            scheduler.step()
+        else:
+            scheduler.step(float(self.history[-1][monitor].float().nanmedian()))
+
+    def _log_medians(self, record: dict[str, torch.Tensor]) -> None:
+        """The members' medians into Lightning's callback_metrics (what callbacks monitor);
+        each member's value goes to MLflow from ``history``, so not to a Lightning logger."""
+        if not self.log_to_lightning:
+            return
+        medians = {key: value.float().nanmedian() for key, value in record.items()}
+        self.log_dict(medians, on_step=False, on_epoch=True, logger=False, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Generator states make a resumed run shuffle exactly as the uninterrupted one. The

@@ -19,6 +19,31 @@ from torch.optim import optimizer as torch_optimizer
 from torch.optim.sgd import sgd
 
 Step = Callable[[torch.Tensor], None]
+Clip = Callable[[list[torch.Tensor]], None]
+
+
+def member_clipper(value: float | None, algorithm: str) -> Clip | None:
+    """Gradient clipping for each member on its own (every parameter's first axis is the
+    member): one joint clip, as Lightning's ``gradient_clip_val`` does over all parameters,
+    would let one member's large gradient shrink every other member's update. With one
+    member it is Lightning's (and torch's ``clip_grad_norm_``) arithmetic."""
+    if value is None:
+        return None
+    if algorithm == "value":
+
+        def by_value(grads: list[torch.Tensor]) -> None:
+            for grad in grads:
+                grad.clamp_(-value, value)
+
+        return by_value
+
+    def by_norm(grads: list[torch.Tensor]) -> None:
+        norms = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        scale = (value / (norms + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(scale.view(-1, *[1] * (grad.dim() - 1)))
+
+    return by_norm
 
 
 def _plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
@@ -42,14 +67,17 @@ def _plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
-def updater(optimizer: torch.optim.Optimizer) -> Step:
+def updater(optimizer: torch.optim.Optimizer, clip: Clip | None = None) -> Step:
     """A function that takes the summed loss and updates the parameters, as ``backward``
-    followed by ``optimizer.step()`` would."""
+    followed by ``optimizer.step()`` would (``clip`` first rescales the gradients)."""
     if not _plain_sgd(optimizer):
 
         def generic(loss: torch.Tensor) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                groups = optimizer.param_groups
+                clip([p.grad for g in groups for p in g["params"] if p.grad is not None])
             optimizer.step()
 
         return generic
@@ -60,6 +88,8 @@ def updater(optimizer: torch.optim.Optimizer) -> Step:
         params = group["params"]
         state = optimizer.state
         grads = list(torch.autograd.grad(loss, params))
+        if clip is not None:
+            clip(grads)
         buffers = [state[p].get("momentum_buffer") for p in params]
         with torch.no_grad():
             sgd(

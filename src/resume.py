@@ -28,7 +28,7 @@ FREE_KEYS = (
     "resume",
     "trainer.max_epochs",
     "trainer.enable_progress_bar",
-    "trainer.checkpoint_every_n_epochs",
+    "callbacks.model_checkpoint.every_n_epochs",
     "logger.",
 )
 
@@ -97,7 +97,7 @@ def _checkpoint_of(client: Any, run: Any) -> Path:
     if found is None:
         raise ConfigError(
             f"resume: run {run.info.run_id} has no checkpoint (it stopped before the first "
-            "one; see trainer.checkpoint_every_n_epochs); start it again instead"
+            "one; see callbacks.model_checkpoint.every_n_epochs); start it again instead"
         )
     return found
 

@@ -6,6 +6,7 @@ Lightning or MLflow is loaded, so a mistake is reported at once, in one line.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -37,6 +38,9 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
 
+    # Third-party warnings (Lightning's srun hint, deprecations) go to the job's log file
+    # (the py.warnings logger of conf/hydra/job_logging/losslab.yaml), not to the console.
+    logging.captureWarnings(True)
     from src.experiment import JobContext, run  # heavy imports, after validation
 
     job = JobContext(

@@ -1,10 +1,12 @@
-"""Targets that fail on purpose, for the failure-isolation test: one raises inside training
-(after the job's MLflow run exists), one while making the data (before any run exists)."""
+"""Targets that fail on purpose, for the failure-isolation tests: one raises inside training
+(after the job's MLflow run exists), one while making the data (before any run exists), and a
+Lightning callback that makes the Trainer fail at its first step."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 
 
@@ -18,3 +20,10 @@ def explode(output: Any, target: Any, **kwargs: Any) -> Any:
 
 def no_data(**kwargs: Any) -> Any:
     raise RuntimeError("deliberate failure before tracking (tests.failing.no_data)")
+
+
+class FailAtFirstStep(pl.Callback):
+    """The Trainer fails as its first training batch starts (the runs exist by then)."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        raise RuntimeError("deliberate failure at the first step (tests.failing.FailAtFirstStep)")

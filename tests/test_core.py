@@ -226,5 +226,7 @@ def test_no_srun_hint_on_a_machine_with_srun(run_cli, tmp_path) -> None:
     done = run_cli("trainer.max_epochs=2", "logger.log_model=false", env={"PATH": path})
     assert done.returncode == 0, done.stderr
     assert "srun" not in done.stdout + done.stderr
+    log = (tmp_path / "outputs/run/train.log").read_text()  # kept where a person can look
+    assert "The `srun` command is available" in log and "py.warnings" in log
     bad = run_cli("optimizer.lr=0", env={"PATH": path})
     assert one_error_line(bad.stderr) == "losslab: error: optimizer.lr=0.0 must be > 0"

@@ -42,7 +42,7 @@ def closed_port() -> int:
 SLOW_BCE = (  # 20 short epochs on circles, a checkpoint every 5
     "loss=bce",
     "trainer.max_epochs=20",
-    "trainer.checkpoint_every_n_epochs=5",
+    "callbacks.model_checkpoint.every_n_epochs=5",
     "logger.log_model=false",
     "trainer.enable_progress_bar=false",
 )

@@ -90,7 +90,8 @@ def _curve(client, run_id: str, name: str) -> list[float]:
 
 @pytest.mark.slow
 def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, client) -> None:
-    common = ("trainer.max_epochs=3", "logger.log_model=false")
+    every = "callbacks.model_checkpoint.every_n_epochs=3"  # a checkpoint at the last epoch
+    common = ("trainer.max_epochs=3", "logger.log_model=false", every)
     batched = run_cli("-m", "loss=mse,hinge", "seed=0,1,2", *common)
     assert batched.returncode == 0, batched.stderr
     assert "6 runs launched as 2 jobs" in batched.stdout

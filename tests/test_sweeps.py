@@ -17,7 +17,7 @@ from src.report import main as report_main
 from tests.conftest import runs_of
 
 pytestmark = pytest.mark.slow
-FAST = ("trainer.max_epochs=2", "logger.log_model=false", "trainer.checkpoint_every_n_epochs=0")
+FAST = ("trainer.max_epochs=2", "logger.log_model=false", "callbacks=none")
 
 
 def _split(runs: list) -> tuple:

@@ -5,7 +5,10 @@ differ only in their seed are instead launched as one job with ``seed=0 members=
 ``members`` in conf/config.yaml), which trains the five seeds together and still logs one
 MLflow child run per seed. Only consecutive seeds can share a job (members are seed,
 seed+1, ...): ``seed=0,1,2,7`` becomes ``seed=0 members=3`` and ``seed=7``. Jobs that already
-set ``members`` are left alone. ``hydra.sweeper.batch_seeds=false`` launches one job per seed.
+set ``members`` are left alone, and so are jobs whose members would steer each other (early
+stopping or a plateau scheduler watch the members' median: see
+``LosslabConfig.couples_members``), so that a batched job always equals its separate runs.
+``hydra.sweeper.batch_seeds=false`` launches one job per seed.
 
 Hydra only instantiates plugins from the ``hydra_plugins`` namespace package, hence this home;
 conf/hydra/sweeper/losslab.yaml selects it and conf/config.yaml makes it the default.
@@ -13,10 +16,12 @@ conf/hydra/sweeper/losslab.yaml selects it and conf/config.yaml makes it the def
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig
 
 SEED_KEYS = ("seed", "+seed", "++seed")
 FOLDS_KEY, FOLD_KEY = "dataset.folds", "dataset.fold"
@@ -50,9 +55,34 @@ def _seed(override: str) -> int | None:
         return None
 
 
-def batch_seeds(jobs: Sequence[Sequence[str]]) -> list[list[str]]:
+# Overrides that can change whether members steer each other (callbacks, the scheduler, or a
+# preset that sets them); the rest of a job cannot.
+COUPLING_KEYS = ("callbacks", "scheduler", "experiment", "hparams_search")
+
+
+def members_independent(loader: Any, config: DictConfig) -> Callable[[Sequence[str]], bool]:
+    """A check whether a job's seeds may train as members of one job. It composes the job
+    (about 0.3 s), once per distinct setting of COUPLING_KEYS, usually once per sweep."""
+    from src.config import validate
+
+    seen: dict[tuple[str, ...], bool] = {}
+
+    def independent(job: Sequence[str]) -> bool:
+        key = tuple(o for o in job if o.lstrip("+~").startswith(COUPLING_KEYS))
+        if key not in seen:
+            composed = loader.load_sweep_config(config, list(job))
+            seen[key] = not validate(composed).couples_members()
+        return seen[key]
+
+    return independent
+
+
+def batch_seeds(
+    jobs: Sequence[Sequence[str]], independent: Callable[[Sequence[str]], bool] = lambda job: True
+) -> list[list[str]]:
     """Merge jobs whose overrides differ only in a run of consecutive integer seeds into one
-    job ``[..., seed=<first>, members=<count>]``; keep the first job's position and order."""
+    job ``[..., seed=<first>, members=<count>]``, where ``independent(job)`` allows it; keep
+    the first job's position and order."""
     groups: dict[tuple[str, ...], list[tuple[int, list[str]]]] = {}
     order: list[tuple[str, ...] | int] = []
     for index, job in enumerate(jobs):
@@ -79,6 +109,9 @@ def batch_seeds(jobs: Sequence[Sequence[str]]) -> list[list[str]]:
                 runs.append([(seed, job)])
         for run in runs:
             first_job = run[0][1]
+            if len(run) > 1 and not independent(first_job):
+                merged += [job for _, job in run]
+                continue
             merged.append(first_job + ([f"members={len(run)}"] if len(run) > 1 else []))
     return merged
 
@@ -106,7 +139,8 @@ class LosslabSweeper(BasicSweeper):
         batches = BasicSweeper.split_arguments(overrides, None)
         jobs = expand_folds([job for batch in batches for job in batch])
         if self.batch_seeds:
-            merged = batch_seeds(jobs)
+            loader = self.hydra_context.config_loader
+            merged = batch_seeds(jobs, members_independent(loader, self.config))
             if len(merged) < len(jobs):
                 print(
                     f"losslab: {len(jobs)} runs launched as {len(merged)} jobs (seeds as members)"
