@@ -128,7 +128,10 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
 
         found = resume.locate(typed.resume, uri, cfg)
         ckpt_path, logged = found.checkpoint, found.logged
-        resumed = {"resumed_from": f"epoch {found.epoch}: {found.checkpoint}"}
+        resumed = {
+            "resumed_from": f"epoch {found.epoch}: {found.checkpoint}",
+            **tracking.owner_tags(),  # this process writes them now
+        }
         runs = tracking.RunSet.reopen(uri, found.run_ids, resumed)
         log.info(f"resuming {len(found.run_ids)} run(s) from epoch {found.epoch}")
     else:
@@ -434,6 +437,7 @@ def _start_runs(
             **({"job": str(job.job_num)} if job.job_num is not None else {}),
             "output_dir": str(job.output_dir),
             **source,
+            **tracking.owner_tags(),
         }
         tags.append(run_tags)
         params.append({**tracking.flatten(resolved), "seed": seed})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,27 @@ def _is_grid(sweeper_target: str) -> bool:
         return False
 
 
+def _check_writable(folder: Path, key: str) -> None:
+    """An output folder that cannot be made is one line before anything is created (Hydra
+    would fail making it with a traceback, after the store was set up). Tried with a
+    temporary folder in its nearest existing parent, which is removed again: the folder's
+    own name may hold a time stamp Hydra has yet to resolve."""
+    parent = folder.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is a file")
+        Path(tempfile.mkdtemp(prefix=".losslab-", dir=parent)).rmdir()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        example = "multirun" if "sweep" in key else "outputs"
+        raise ConfigError(
+            f"{key}={folder}: cannot create a folder under {parent} ({reason}); "
+            f"choose a writable place, e.g. {key}={example}/<name>"
+        ) from None
+
+
 class LosslabCallback(Callback):
     @_abort_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -120,8 +142,10 @@ class LosslabCallback(Callback):
             from src import resume
 
             resume.locate(typed.resume, uri, config)
-        # starts importing MLflow while the job imports torch
-        tracking.writer(uri, models=typed.logger.log_model)
+        _check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        # starts importing MLflow while the job imports torch; then closes runs that processes
+        # now gone left RUNNING (in the tracking process: the job does not wait for it)
+        tracking.writer(uri, models=typed.logger.log_model).send("reap", typed.logger.experiment)
 
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -133,6 +157,7 @@ class LosslabCallback(Callback):
             raise ConfigError("resume= continues one run; resume each sweep job on its own")
         uri = store.resolve_uri(typed.logger.tracking_uri)
         store.check(uri, typed.logger.experiment)
+        _check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
         # The tracking process creates (and migrates) the store, the experiment and the parent
         # once, here: parallel jobs never race on a fresh sqlite database.
@@ -140,8 +165,13 @@ class LosslabCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(config.hydra.overrides.task)
         name = f"sweep {sweep_dir.name}: {' '.join(overrides) or 'defaults'}"
-        tags = {"losslab.sweep": "parent", **tracking.source_tags(overrides, sweep_dir)}
+        tags = {
+            "losslab.sweep": "parent",
+            **tracking.source_tags(overrides, sweep_dir),
+            **tracking.owner_tags(),
+        }
         call = writer.send("start_parent", typed.logger.experiment, name, tags, reply=True)
+        writer.send("reap", typed.logger.experiment)  # runs left RUNNING by processes now gone
         if config.hydra.launcher._target_ == IN_PROCESS_LAUNCHER:
             # The jobs run in this process: they leave their MLflow work to the tracking
             # process and the sweep waits for it once, at its end; and torch and Lightning are

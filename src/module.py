@@ -14,6 +14,8 @@ ModelCheckpoint monitor. Every member's own values stay in ``history`` (and MLfl
 from __future__ import annotations
 
 import functools
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -229,10 +231,14 @@ class LossModule(pl.LightningModule):
             return
         scheduler = self.lr_schedulers()
         monitor = self.scheduler_cfg["monitor"]
-        if monitor is None:
-            scheduler.step()
-        else:
-            scheduler.step(float(self.history[-1][monitor].float().nanmedian()))
+        with warnings.catch_warnings():
+            # torch checks that optimizer.step() ran first; the fast update calls torch's
+            # functional sgd instead (src/optim.py), after which this step does come.
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+            if monitor is None:
+                scheduler.step()
+            else:
+                scheduler.step(float(self.history[-1][monitor].float().nanmedian()))
 
     def _log_medians(self, record: dict[str, torch.Tensor]) -> None:
         """The members' medians into Lightning's callback_metrics (what callbacks monitor);

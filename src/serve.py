@@ -22,6 +22,7 @@ import errno
 import os
 import socket
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def runs_link(
     if row is None:
         return None
     return f"{base_url}/#/experiments/{row[0]}/runs?workflowType=machine_learning"
+
+
+def reap_in_background(store_uri: str) -> None:
+    """Close runs left RUNNING by processes that are gone (src/tracking.py ``reap``), in a
+    process of its own while the server starts: the UI then shows no run as running that
+    is not."""
+    code = f"from src.tracking import reap_store; reap_store({store_uri!r})"
+    subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
 
 
 def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -151,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     link = runs_link(args.store, base_url)
     if link:
         print(f"losslab: the losslab runs: {link}", flush=True)
+    if not args.store.startswith("sqlite:///") or store.sqlite_path(args.store).is_file():
+        reap_in_background(args.store)
     # The job runner serves GenAI features (judges, trace roll-ups) losslab does not use: two
     # worker pools fewer on a small machine. Set it to true in the environment to keep it.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

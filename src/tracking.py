@@ -16,6 +16,7 @@ import importlib
 import itertools
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,89 @@ def source_tags(overrides: list[str], sweep_dir: Path | None) -> dict[str, str]:
     if sweep_dir is not None:
         tags["sweep_dir"] = str(sweep_dir)
     return tags
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process writes a run: its host, pid and the pid's start time (a reused pid has
+    another). ``reap`` closes RUNNING runs whose process is gone."""
+    pid = os.getpid()
+    return {"losslab.host": socket.gethostname(), "losslab.pid": str(pid), **_started(pid)}
+
+
+def _started(pid: int) -> dict[str, str]:
+    """The process's start time in clock ticks since boot (Linux's /proc), or nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return {}
+    return {"losslab.pid_started": stat.rsplit(")", 1)[1].split()[19]}
+
+
+def process_gone(tags: Mapping[str, str]) -> bool:
+    """True when the run's writer process is certainly gone: it ran on this host, and its pid
+    is free or now belongs to a process started at another time."""
+    if tags.get("losslab.host") != socket.gethostname() or not tags.get("losslab.pid"):
+        return False  # another machine's (or an older losslab's) run: no way to tell here
+    pid = int(tags["losslab.pid"])
+    if "losslab.pid_started" in tags:
+        return _started(pid).get("losslab.pid_started") != tags["losslab.pid_started"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def reap(client: Any, experiment_ids: list[str], keep: set[str] = frozenset()) -> list[str]:
+    """Close the RUNNING runs in these experiments whose process is gone (a SIGKILL of both a
+    job and its tracking process, a machine that rebooted, a disk that filled): KILLED, with
+    the reason. Returns their ids; ``keep``: runs this process still has open."""
+    host = socket.gethostname().replace("'", "")
+    query = f"attributes.status = 'RUNNING' and tags.`losslab.host` = '{host}'"
+    closed, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
+        for run in page:
+            if run.info.run_id in keep or not process_gone(run.data.tags):
+                continue
+            pid = run.data.tags["losslab.pid"]
+            reason = (
+                f"its process (pid {pid} on {host}) ended without closing it; closed by "
+                f"losslab on {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            )
+            client.log_batch(
+                run.info.run_id,
+                tags=[_tag("outcome", "killed"), _tag("error", reason)],
+            )
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+        token = page.token
+        if not token:
+            break
+    return closed
+
+
+def _tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+def reap_store(uri: str) -> None:
+    """``reap`` over every experiment of a store (``make ui``), saying what it closed."""
+    try:
+        import mlflow  # noqa: F401  (quiet_mlflow sets its loggers after this import)
+
+        quiet_mlflow()
+        client = get_client(uri)
+        closed = reap(client, [e.experiment_id for e in client.search_experiments()])
+    except Exception as error:  # the UI starts anyway; say why nothing was closed
+        print(f"losslab: could not check for runs left RUNNING: {type(error).__name__}: {error}")
+        return
+    if closed:
+        print(f"losslab: closed {len(closed)} run(s) left RUNNING by processes that are gone")
 
 
 # ------------------------------------------------------------------- the job's side
@@ -206,7 +290,7 @@ class RunSet:
         except WriterError as error:
             raise TrackingError(str(error)) from None
         if failures:
-            raise TrackingError("; ".join(failures))
+            raise TrackingError("; ".join(dict.fromkeys(failures)))
 
 
 # ------------------------------------------------------------------- the tracking process
@@ -273,6 +357,17 @@ def quiet_mlflow() -> None:
     # MLflow prints "View run ... at: <tracking URI>" when a run on a server ends: the URI
     # as given, password included, and losslab prints its own links.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Deadlines for a tracking server: MLflow's defaults retry a dead one for minutes per
+    # call (7 retries, backoff up to 2 minutes, 120 s timeout), which kept a finished job
+    # waiting on its tracking process for half an hour. Each call now gives up in about
+    # 3 s on a refused connection and 3 x 10 s on one that hangs; Tracker.refuse then fails
+    # the rest at once.
+    for name, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+    ):
+        os.environ.setdefault(name, value)
     logging.getLogger("mlflow.pytorch").addFilter(
         lambda record: "Pickle or CloudPickle" not in record.getMessage()
     )
@@ -300,6 +395,7 @@ class Tracker:
         self.open: set[str] = set()  # started or reopened, not yet ended
         self.failures: list[str] = []
         self.broken: set[int] = set()  # handles whose runs could not be started
+        self.down: str | None = None  # why the tracking server is taken for gone
         self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
         self._datasets: dict[str, Path] = {}
         self._model_experiment: str | None = None
@@ -317,7 +413,20 @@ class Tracker:
         return True
 
     # -- bookkeeping
+    def refuse(self, method: str) -> str | None:
+        """Why ``method`` is not even tried: the server stopped answering (see ``failed``),
+        and each further call would wait out its own deadline."""
+        return self.down if method not in ("take_failures", "idle") else None
+
     def failed(self, method: str, args: tuple, error: str) -> None:
+        server = self.uri.startswith(("http://", "https://"))
+        unanswered = "failed with exception" in error or "Max retries exceeded" in error
+        if self.down is None and server and unanswered:
+            self.down = (
+                f"the MLflow server at {store.redact(self.uri)} stopped answering "
+                f"({error.split(' failed with exception', 1)[0][:200]})"
+            )
+            error = self.down
         if args and args[0] in self.broken:
             return  # its start failed and said why; what follows cannot work
         self.failures.append(error)
@@ -329,7 +438,7 @@ class Tracker:
         return failures
 
     def abandoned(self) -> None:
-        """The job process died without closing its runs (SIGKILL): record that."""
+        """The job (or sweep) process died without closing its runs (SIGKILL): record that."""
         for run_id in list(self.open):
             try:
                 tags = {"outcome": "killed", "error": "the job process died"}
@@ -485,13 +594,21 @@ class Tracker:
             else:
                 self._close(run_id, status)
 
+    def reap(self, experiment: str) -> None:
+        """Close the experiment's runs left RUNNING by processes that are gone (``reap``)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            reap(self.client, [found.experiment_id], keep=self.open)
+
     # -- a sweep's parent run
     def start_parent(self, experiment: str, name: str, tags: dict[str, str]) -> str:
         experiment_id = ensure_experiment(self.client, experiment)
         redacted = {key: store.redact(value) for key, value in tags.items()}
-        return self.client.create_run(
+        run_id = self.client.create_run(
             experiment_id, run_name=store.redact(name), tags=redacted
         ).info.run_id
+        self.open.add(run_id)  # closed KILLED by abandoned() if the sweep's process dies
+        return run_id
 
     def report(self, parent_run_id: str, sweep_dir: Path, metric: str | None) -> dict[str, Any]:
         """The sweep's comparison report (src/report.py), ranked by ``metric`` (None: each
@@ -518,7 +635,7 @@ class Tracker:
                 self._close(run.info.run_id, status, {"outcome": status.lower(), "error": reason})
 
     def end_parent(self, parent_run_id: str, status: str) -> None:
-        self.client.set_terminated(parent_run_id, status)
+        self._close(parent_run_id, status)
 
 
 # ------------------------------------------------------------------- other readers

@@ -25,6 +25,9 @@ from src.cli import one_line_error
 from src.config import ConfigError
 
 config.register()
+# A full disk or a vanished log folder must not turn every later log line into a logging
+# traceback (378 lines on a disk that filled mid-run): the run's own error says it once.
+logging.raiseExceptions = False
 SWITCHES = ("-m", "--multirun", "-r", "--run", "--resolve")  # Hydra flags that take no value
 
 

@@ -89,6 +89,14 @@ CATALOGUE = [
     bad("logger.tracking_uri=sqlite:////proc/losslab/mlflow.db", "cannot create the MLflow"),
     # resume= that cannot work
     bad("resume=nope.ckpt", "resume=nope.ckpt is neither a checkpoint file nor an MLflow run id"),
+    bad("hydra.run.dir=/proc/losslab/run", "hydra.run.dir=/proc/losslab/run: cannot create a"),
+    bad("-m seed=0,1 hydra.sweep.dir=/proc/losslab/x", "hydra.sweep.dir=/proc/losslab/x: cannot"),
+    bad("trainer.devices=0", "trainer.devices=0: losslab trains in one process"),
+    bad("trainer.precision=bf17", "trainer.precision=bf17 is not one of"),
+    bad(
+        "'callbacks=[default,early_stopping]' callbacks.early_stopping.monitor=val_loss",
+        "is not logged each epoch",
+    ),
     bad(f"resume={'ab' * 16}", "does not exist; nothing to resume"),
     # a sweep with one bad grid point: nothing runs, no parent run
     bad("-m optimizer.lr=0.01,0", "optimizer.lr=0.0 must be > 0"),

@@ -6,8 +6,10 @@ writers, a failing artifact store), and safe defaults (credentials, instantiate'
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
 import shutil
 import signal
 import socket
@@ -158,6 +160,95 @@ def test_a_killed_job_is_closed_by_its_tracking_process(tmp_path, store_uri, cli
     assert run.data.tags["error"] == "the job process died"
     kept = history(client, run.info.run_id)
     assert len(kept) >= 5 and [s for s, _ in kept] == list(range(1, len(kept) + 1))
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_runs_whose_process_is_gone_are_closed_at_the_next_start(
+    tmp_path, store_uri, run_cli, client
+):
+    """The job and its tracking process both killed (nothing records the stop): the run
+    stays RUNNING until the next command on the store closes it, KILLED with the reason."""
+    args = [a.replace("max_epochs=20", "max_epochs=400") for a in SLOW_BCE]  # still training
+    process = start_cli(tmp_path, store_uri, *args, "logger.flush_every_n_epochs=5")
+    wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
+    time.sleep(1)  # the tracking process writes epochs 1-5
+    for tracker in children_of(process.pid):
+        os.kill(tracker, signal.SIGKILL)
+    process.kill()
+    process.communicate(timeout=hang(60))
+    (left,) = runs_of(client)
+    assert left.info.status == "RUNNING"
+    assert left.data.tags["losslab.pid"] == str(process.pid)
+    assert left.data.tags["losslab.host"] == socket.gethostname()
+    again = run_cli("loss=mse", "trainer.max_epochs=1", "logger.log_model=false", "callbacks=none")
+    assert again.returncode == 0, again.stderr
+    runs = {r.info.run_id: r for r in runs_of(client)}
+    reaped = runs[left.info.run_id]
+    assert reaped.info.status == "KILLED" and reaped.data.tags["outcome"] == "killed"
+    assert f"its process (pid {process.pid} on " in reaped.data.tags["error"]
+    assert len(history(client, left.info.run_id)) >= 1  # what it had sent is kept
+    (new,) = [r for r in runs.values() if r.info.run_id != left.info.run_id]
+    assert new.info.status == "FINISHED"
+
+
+def test_the_reaper_keeps_live_and_foreign_runs(store_uri, client) -> None:
+    """``make ui`` runs tracking.reap_store: a run of a live process (this one), another
+    host's run and a run without owner tags stay RUNNING; a dead pid's run is closed."""
+    from src import tracking
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    experiment = client.create_experiment("losslab")
+    owners = {
+        "dead": {"losslab.host": socket.gethostname(), "losslab.pid": str(dead.pid)},
+        "live": tracking.owner_tags(),
+        "elsewhere": {"losslab.host": "another-host", "losslab.pid": str(dead.pid)},
+        "older": {},
+    }
+    ids = {name: client.create_run(experiment, tags=t).info.run_id for name, t in owners.items()}
+    tracking.reap_store(store_uri)
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "dead": "KILLED",
+        "live": "RUNNING",
+        "elsewhere": "RUNNING",
+        "older": "RUNNING",
+    }
+
+
+def test_a_sweep_killed_with_sigkill_leaves_no_run_running(tmp_path, store_uri, client):
+    """SIGKILL of a sweep's launching process: its tracking process closes the parent and
+    the running child KILLED."""
+    process = start_cli(
+        tmp_path, store_uri, "-m", "seed=0,1", "hydra.sweeper.batch_seeds=false", *SLOW_BCE
+    )
+    deadline = time.monotonic() + hang(180)
+    while not list(tmp_path.glob("multirun/*/checkpoints/last.ckpt")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=hang(60))
+    deadline = time.monotonic() + hang(60)
+    runs = runs_of(client)
+    while any(r.info.status == "RUNNING" for r in runs):
+        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in runs]
+        time.sleep(0.2)
+        runs = runs_of(client)
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert len(runs) == 2  # the parent and the first job's run
 
 
 def test_a_tracking_process_that_cannot_start_answers_with_the_reason(tmp_path):
@@ -328,9 +419,9 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri
 # ---- safe defaults --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder."""
+def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, int]:
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder, in
+    a process group of its own (its workers die with it)."""
     port = closed_port()
     server = subprocess.Popen(
         [
@@ -345,15 +436,16 @@ def mlflow_server(tmp_path):
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{folder / 'server.db'}",
             "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
+            str(folder / "server-artifacts"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + hang(90)
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
@@ -361,12 +453,39 @@ def mlflow_server(tmp_path):
         except OSError:
             assert server.poll() is None and time.monotonic() < deadline, "server did not start"
             time.sleep(0.3)
+    return server, port
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server, port = start_mlflow_server(tmp_path)
     yield port
-    server.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=hang(30))
 
 
 SECRETS = ("pw-in-uri-7f3a", "pw-in-env-9c1b")
+
+
+def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang(tmp_path):
+    """The tracking server is killed after epoch 5: training goes on, every later call fails
+    at once (not after MLflow's minutes of retries each), and the command ends with one line
+    naming the server, exit 1; the checkpoint is kept locally."""
+    server, port = start_mlflow_server(tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    args = [a.replace("max_epochs=20", "max_epochs=60") for a in SLOW_BCE]
+    process = start_cli(tmp_path, url, *args, "logger.flush_every_n_epochs=5")
+    wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=hang(30))
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=hang(240))
+    assert process.returncode == 1
+    line = one_error_line(stderr)
+    assert f"the MLflow server at {url} stopped answering" in line, line
+    assert time.monotonic() - started < hang(120)
+    assert (tmp_path / "outputs/run/checkpoints/last.ckpt").is_file()
 
 
 def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlflow_server):
