@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
+from src.metrics import plain
 from src.module import LossModule
 from src.tracking import RunSet
 
@@ -132,7 +133,7 @@ class MlflowHistory(pl.Callback):
     def _buffer(self, pl_module: LossModule) -> None:
         """Buffer the epochs not yet buffered."""
         for epoch, record in enumerate(pl_module.history[self.buffered :], self.buffered + 1):
-            self.runs.add_metrics(epoch, {key: value.tolist() for key, value in record.items()})
+            self.runs.add_metrics(epoch, {key: plain(value) for key, value in record.items()})
         self.buffered = max(self.buffered, len(pl_module.history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:

@@ -30,7 +30,7 @@ from src import store, tracking
 from src.callbacks import EpochBar, MlflowHistory, RunSetLogger
 from src.config import ConfigError, Direction, LosslabConfig, Targets, Task, refused
 from src.data import Split, StudyDataModule, labels
-from src.metrics import Panel, class_labels
+from src.metrics import Panel, class_labels, plain
 from src.model import MemberMLP
 from src.module import Diverged, LossModule
 from src.optim import member_clipper
@@ -118,7 +118,9 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     fold = f"fold={typed.dataset.fold}/{folds}" if folds > 1 else ""
     names = [run_name(typed.loss.name, job.overrides, seed, data_file, fold) for seed in seeds]
     checkpoint_dir = job.output_dir / "checkpoints"
-    bar = names[0] if len(seeds) == 1 else f"{typed.loss.name} x{len(seeds)}"
+    # The bar's label stays short on an 80-column terminal: the run name holds every override.
+    shown = f"seed={seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    bar = f"{typed.loss.name} {shown}"
     single = job.sweep_dir is None and typed.trainer.enable_progress_bar
     trainer, runs_logger = build_trainer(cfg, typed, job.output_dir, bar if single else None)
     logged = 0
@@ -142,7 +144,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     trainer.callbacks.insert(0, MlflowHistory(runs, typed.logger.flush_every_n_epochs, logged))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir, trainer)
+        finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir, trainer, started)
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -346,19 +348,23 @@ def _finish(
     names: list[str],
     checkpoint_dir: Path,
     trainer: pl.Trainer,
+    started: float,
 ) -> list[dict]:
     """Final evaluation of every member (the loss and the whole metric panel), its figures,
     model, outcome and true status. Returns each member's final metrics (with its outcome)."""
     metric = typed.primary_metric()
-    history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
+    history = [{key: plain(value) for key, value in row.items()} for row in module.history]
     final_all = {}
     # Scored as predictions are made: eval mode (no dropout, batch norm's running statistics).
     with module.scoring(), trainer.precision_plugin.forward_context():
         for split, (x, y) in (("train", data.train), ("test", data.test)):
-            final_all[f"final/{split}/loss"] = module.evaluate(x, y)["loss"].tolist()
+            final_all[f"final/{split}/loss"] = plain(module.evaluate(x, y)["loss"])
             for name, values in panel(*module.outputs(x, y)).items():
                 final_all[f"final/{split}/{name}"] = values
-    runs.add_metrics(len(history), final_all)
+    # The job's wall time in each member's run: MLflow's duration of a member's run is its
+    # whole job's, so five seeds of one job would read as five runs of that length.
+    seconds = {"job_seconds": [round(time.perf_counter() - started, 3)] * len(names)}
+    runs.add_metrics(len(history), {**final_all, **seconds})
     trivial = trivial_score(module, data.split, metric)
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))

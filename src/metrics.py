@@ -125,3 +125,12 @@ class Panel:
 def _rows(values: np.ndarray) -> np.ndarray:
     """One value per row, as scikit-learn takes them; (rows, classes) probabilities stay."""
     return values if values.ndim == 2 and values.shape[1] > 1 else values.reshape(-1)
+
+
+def plain(values: torch.Tensor) -> list[float]:
+    """One value per member as MLflow should show it: a float32 (or lower) value as the
+    shortest decimal that is that value (0.85, not its float64 expansion 0.8500000238418579,
+    which the run list showed), a float64 value as it is."""
+    if values.dtype == torch.float64:
+        return values.tolist()
+    return [float(str(v)) for v in values.detach().float().cpu().numpy()]

@@ -73,6 +73,7 @@ class MemberMLP(nn.Module):
         self.norms = nn.ModuleList(
             [MemberNorm(norm, members, width) for width in widths] if norm != Norm.none else []
         )
+        self.norm_layers = list(self.norms)  # plain list: no nn.Module lookup per forward
 
     @property
     def members(self) -> int:
@@ -84,8 +85,8 @@ class MemberMLP(nn.Module):
         *hidden, (weight, bias) = self.layers
         for i, (w, b) in enumerate(hidden):
             x = torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b
-            if self.norms:
-                x = self.norms[i](x)
+            if self.norm_layers:
+                x = self.norm_layers[i](x)
             x = self.activation(x)
             if self.dropout and self.training:
                 x = x * self._keep(x.shape[1:], x.dtype)
@@ -95,7 +96,7 @@ class MemberMLP(nn.Module):
         """Inverted-dropout masks (members, batch, width), member k's from its own generator."""
         keep = 1.0 - self.dropout
         masks = [torch.empty(shape).bernoulli_(keep, generator=g) for g in self.generators]
-        return (torch.stack(masks) / keep).to(dtype)
+        return (torch.stack(masks) / keep).to(self.weights[0].device, dtype)
 
     def predict_from(self, logits: torch.Tensor) -> torch.Tensor:
         """Activated output (what metrics and users see) from the raw last layer."""

@@ -189,13 +189,13 @@ class LossModule(pl.LightningModule):
         n = x.shape[0]
         optimizer = self.optimizers().optimizer  # the torch optimizer: no per-step wrapping
         step = updater(optimizer, self.clip)
-        order = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
+        order = torch.stack([torch.randperm(n, generator=g) for g in self.generators]).to(x.device)
         xs, ys = x[order], y[order]  # one gather per epoch; minibatches below are views
         steps = self._steps(n)
         seen_rows = min(n, steps * self.batch_size)
         # The raw outputs each minibatch saw before its update: the epoch's train loss and
         # metrics are computed from them once, not per step (Keras' batch-weighted mean).
-        seen = torch.empty(self.model.members, seen_rows, self.model.sizes[-1])
+        seen = torch.empty(self.model.members, seen_rows, self.model.sizes[-1], device=x.device)
         for start in range(0, seen_rows, self.batch_size):
             end = start + self.batch_size
             logits = self.model(xs[:, start:end])
@@ -211,7 +211,7 @@ class LossModule(pl.LightningModule):
             record["lr"] = torch.full((self.model.members,), rate, dtype=torch.float64)
         self.history.append(record)
         self._log_medians(record)
-        bad = ~torch.isfinite(record["train/loss"]) & (self.diverged_at == 0)
+        bad = ~torch.isfinite(record["train/loss"].cpu()) & (self.diverged_at == 0)
         self.diverged_at[bad] = len(self.history)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from src import store
@@ -69,12 +70,39 @@ def runs_link(
     return f"{base_url}/#/experiments/{row[0]}/runs?workflowType=machine_learning"
 
 
-def reap_in_background(store_uri: str) -> None:
-    """Close runs left RUNNING by processes that are gone (src/tracking.py ``reap``), in a
-    process of its own while the server starts: the UI then shows no run as running that
-    is not."""
-    code = f"from src.tracking import reap_store; reap_store({store_uri!r})"
+def when_up(store_uri: str, base_url: str, server_pid: int, reap: bool) -> None:
+    """Run beside the server (``after_start``): close runs left RUNNING by processes that are
+    gone (src/tracking.py ``reap``), then print the runs link once the server answers (it
+    takes tens of seconds to start; a link printed before that leads nowhere)."""
+    code = (
+        "from src.serve import after_start; "
+        f"after_start({store_uri!r}, {base_url!r}, {server_pid}, {reap})"
+    )
     subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+
+
+def after_start(store_uri: str, base_url: str, server_pid: int, reap: bool) -> None:
+    import urllib.request
+
+    if reap:
+        from src.tracking import reap_store
+
+        reap_store(store_uri)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)  # the server is gone: nothing to announce
+        except ProcessLookupError:
+            return
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        return
+    link = runs_link(store_uri, base_url) or base_url
+    print(f"losslab: the UI answers: {link}", flush=True)
 
 
 def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -157,11 +185,12 @@ def main(argv: list[str] | None = None) -> None:
         f"(store {store.redact(args.store)}, artifacts {args.artifacts}; Ctrl-C stops it)",
         flush=True,
     )
-    link = runs_link(args.store, base_url)
-    if link:
-        print(f"losslab: the losslab runs: {link}", flush=True)
-    if not args.store.startswith("sqlite:///") or store.sqlite_path(args.store).is_file():
-        reap_in_background(args.store)
+    print("losslab: starting; the link follows when the server answers", flush=True)
+    exists = not args.store.startswith("sqlite:///") or store.sqlite_path(args.store).is_file()
+    when_up(args.store, base_url, os.getpid(), reap=exists)  # this pid becomes the server's
+    # MLflow's and Starlette's deprecation notices are for MLflow's developers, not its users.
+    quiet = "ignore::DeprecationWarning,ignore::FutureWarning,ignore:starlette.middleware.wsgi is"
+    os.environ.setdefault("PYTHONWARNINGS", quiet)
     # The job runner serves GenAI features (judges, trace roll-ups) losslab does not use: two
     # worker pools fewer on a small machine. Set it to true in the environment to keep it.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

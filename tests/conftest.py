@@ -110,6 +110,14 @@ def runs_of(client, experiment: str = "losslab") -> list:
     return client.search_runs([found.experiment_id], max_results=10000)
 
 
+TIMINGS = ("job_seconds",)  # metrics that measure the machine, not the result
+
+
+def results(run) -> dict[str, float]:
+    """A run's metrics that the config and seed decide: all but the timings."""
+    return {k: v for k, v in run.data.metrics.items() if k not in TIMINGS}
+
+
 def compose_cfg(*overrides: str, hydra_node: bool = False):
     """The config the CLI would compose for these overrides (Hydra's compose API)."""
     from hydra import compose, initialize_config_dir

@@ -14,7 +14,7 @@ from src.config import ConfigError, MetricInput, Targets, Task
 from src.data import make_split
 from src.losses import hinge, msle, per_member
 from src.metrics import accuracy, inputs, rounded_accuracy
-from tests.conftest import compose_cfg, finished_children, one_error_line, runs_of
+from tests.conftest import compose_cfg, finished_children, one_error_line, results, runs_of
 
 
 def test_msle_clips_negative_targets_and_predictions_like_keras() -> None:
@@ -179,7 +179,7 @@ def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
 def test_same_seed_same_numbers(run_cli, client) -> None:
     for _ in range(2):
         assert run_cli("loss=mae", "trainer.max_epochs=2", "logger.log_model=false").returncode == 0
-    first, second = (r.data.metrics for r in runs_of(client))
+    first, second = (results(r) for r in runs_of(client))
     assert first == second
 
 
@@ -230,3 +230,49 @@ def test_no_srun_hint_on_a_machine_with_srun(run_cli, tmp_path) -> None:
     assert "The `srun` command is available" in log and "py.warnings" in log
     bad = run_cli("optimizer.lr=0", env={"PATH": path})
     assert one_error_line(bad.stderr) == "losslab: error: optimizer.lr=0.0 must be > 0"
+
+
+def test_the_progress_bar_fits_an_80_column_terminal(tmp_path, store_uri) -> None:
+    """Through a real pseudo-terminal of 80 columns: every redraw of the bar fits, and it
+    shows the run, the epoch and the primary test metric."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    from tests.conftest import ROOT, cli_command, cli_env, hang
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    args = ("loss=mse", "trainer.max_epochs=30", "logger.log_model=false", "optimizer.lr=0.02")
+    process = subprocess.Popen(
+        cli_command(tmp_path, *args),
+        cwd=ROOT,
+        env=cli_env(store_uri, {"COLUMNS": "80"}),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    output = b""
+    deadline = time.monotonic() + hang(300)
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(timeout=hang(60))
+    os.close(master)
+    assert process.returncode == 0, output.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode())
+    bars = [s for s in re.split(r"[\r\n]", text) if "|" in s and "/30" in s]
+    assert bars, text
+    assert max(len(s) for s in bars) <= 80, [s for s in bars if len(s) > 80]
+    assert any(s.startswith("mse seed=0 30/30 |") for s in bars), bars
+    assert "test/mse=" in bars[-1]

@@ -15,7 +15,7 @@ from src.config import ConfigError, MetricInput, Targets
 from src.data import make_split
 from src.losses import EPS, cross_entropy, kl_divergence, log_cosh, per_member, squared_hinge
 from src.metrics import accuracy, inputs
-from tests.conftest import compose_cfg, finished_children, runs_of
+from tests.conftest import compose_cfg, finished_children, results, runs_of
 
 config.register()
 
@@ -254,7 +254,7 @@ def test_new_losses_train_through_the_cli(run_cli, client) -> None:
         "cce": "blobs",
         "sparse_cce": "blobs",
     }
-    by_loss = {loss: r.data.metrics for loss, r in children.items()}
+    by_loss = {loss: results(r) for loss, r in children.items()}
     assert "final/test/rounded_accuracy" in by_loss["squared_hinge"]
     # one-hot and integer labels are the same loss on the same data: the same numbers
     assert by_loss["cce"] == by_loss["sparse_cce"]

@@ -8,7 +8,7 @@ import torch
 
 from hydra_plugins.losslab.sweeper import batch_seeds
 from src.optim import updater
-from tests.conftest import compose_cfg, runs_of
+from tests.conftest import compose_cfg, results, runs_of
 
 TOLERANCE = 1e-5
 
@@ -118,12 +118,15 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, clien
             tags = run.data.tags
             assert tags["checkpoint"] == f"runs:/{first}/checkpoints/last.ckpt"
             assert tags["checkpoint.members"] == "3"
+        # each member's run says how long its job took, the same for all three
+        seconds = {together[(loss, seed)].data.metrics["job_seconds"] for seed in "012"}
+        assert len(seconds) == 1 and 0 < seconds.pop() < 600
 
     for key, single in alone.items():
         member = together[key]
         assert member.data.tags["member"] == str(int(key[1]))  # seed 0 + member k = seed k
         assert set(member.data.metrics) == set(single.data.metrics)
-        for name, value in single.data.metrics.items():
+        for name, value in results(single).items():
             assert member.data.metrics[name] == pytest.approx(value, abs=TOLERANCE), name
             if name.startswith(("train/", "test/")):
                 curve = _curve(client, single.info.run_id, name)

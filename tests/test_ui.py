@@ -67,6 +67,7 @@ class Server:
     url: str
     store: str  # its sqlite backend, which runs can also log to directly
     artifacts: Path
+    log: Path  # what `make server` printed
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
             time.sleep(0.5)
-        yield Server(url, store, root / "artifacts")
+        yield Server(url, store, root / "artifacts", root / "server.log")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -120,6 +121,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+def test_serve_prints_its_link_once_the_server_answers_and_no_deprecations(server) -> None:
+    deadline = time.monotonic() + hang(30)
+    while "losslab: the UI answers: " not in (text := server.log.read_text()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    lines = text.splitlines()
+    answers = next(i for i, line in enumerate(lines) if "the UI answers: " in line)
+    assert lines[answers] == f"losslab: the UI answers: {server.url}"  # no experiment yet
+    assert any("Application startup complete" in line for line in lines[:answers])
+    assert "Deprecat" not in text and "Warning" not in text, text
 
 
 def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
