@@ -653,7 +653,19 @@ class LosslabConfig:
             check_pairing(self.loss, self.dataset)
         self._check_metrics()
         self._check_callbacks()
-        for where, node in (
+        for where, target in self.targets():
+            _require(
+                target.startswith(tuple(self.allowed_target_prefixes)),
+                f"{where}._target_={target} is outside the allowed prefixes "
+                f"{self.allowed_target_prefixes}; add it to allowed_target_prefixes "
+                "if you trust it",
+            )
+
+    def targets(self) -> list[tuple[str, str]]:
+        """Every function or class the config names for instantiate (callbacks apart):
+        (where, _target_). Checked here by spelling, and by what each resolves to when the
+        job builds them (experiment.check_targets)."""
+        nodes = [
             ("dataset.generator", self.dataset.generator),
             ("loss.fn", self.loss.fn),
             ("optimizer", {"_target_": self.optimizer._target_}),
@@ -664,16 +676,9 @@ class LosslabConfig:
                 for name, spec in self.metrics.items()
                 if spec.epoch
             ),
-        ):
-            target = node.get("_target_")
-            if target is None:  # table data read from a file has no generator
-                continue
-            _require(
-                target.startswith(tuple(self.allowed_target_prefixes)),
-                f"{where}._target_={target} is outside the allowed prefixes "
-                f"{self.allowed_target_prefixes}; add it to allowed_target_prefixes "
-                "if you trust it",
-            )
+        ]
+        # table data read from a file has no generator
+        return [(where, node["_target_"]) for where, node in nodes if node.get("_target_")]
 
     def _check_callbacks(self) -> None:
         """Each callback names an allowed class; what a callback or the scheduler monitors is

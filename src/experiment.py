@@ -6,6 +6,7 @@ is imported by the tracking process, src/tracking.py).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -172,6 +173,7 @@ def build(
     nothing in MLflow."""
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     _check_accelerator(typed.trainer.accelerator)
+    check_targets(typed)
     with _refused_by_target("dataset.generator"):
         data = StudyDataModule(typed.dataset, typed.loss.targets)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -263,23 +265,43 @@ def _reads_metrics(trainer: pl.Trainer, typed: LosslabConfig) -> bool:
     return monitored or any(reads(callback) for callback in trainer.callbacks)
 
 
-def _callback(name: str, node: DictConfig, prefixes: tuple[str, ...]) -> pl.Callback:
-    """``callbacks.<name>``, checked by what its target is, not how it is spelled: a Lightning
-    Callback class defined under an allowed prefix (src/config.py checked the spelling)."""
+def resolve_target(where: str, spelled: str, prefixes: tuple[str, ...]) -> object:
+    """What ``_target_`` names, checked by what it is, not how it is spelled: a function or a
+    class defined in a module under an allowed prefix. ``src.tracking.Path.write_text``
+    passes the spelling (``src.``) and is refused here: it is pathlib's. torch's C functions
+    (``torch.nn.functional.softplus`` lives in ``torch._C._nn``) count as where they are
+    spelled."""
     from hydra.utils import get_object
 
-    where = f"callbacks.{name}"
     try:
-        target = get_object(node._target_)
+        target = get_object(spelled)
     except Exception as error:
         raise refused(where, error) from error
+    module = getattr(target, "__module__", None) or ""
+    builtin_of_torch = inspect.isbuiltin(target) and module.startswith("torch._C")
+    kind_ok = inspect.isfunction(target) or inspect.isclass(target) or builtin_of_torch
+    inside = f"{module}.".startswith(prefixes)  # torch.nn.functional. holds torch.nn.functional
+    if not kind_ok or not (inside or builtin_of_torch):
+        raise ConfigError(
+            f"{where}._target_={spelled} is {getattr(target, '__qualname__', type(target))} "
+            f"from {module or 'nowhere'}, not a function or class under {list(prefixes)}"
+        )
+    return target
+
+
+def check_targets(typed: LosslabConfig) -> None:
+    """Every function and class the config names, by what it resolves to (before any of
+    them is called)."""
+    for where, spelled in typed.targets():
+        resolve_target(where, spelled, tuple(typed.allowed_target_prefixes))
+
+
+def _callback(name: str, node: DictConfig, prefixes: tuple[str, ...]) -> pl.Callback:
+    """``callbacks.<name>``: a Lightning Callback class, checked by what it resolves to."""
+    where = f"callbacks.{name}"
+    target = resolve_target(where, node._target_, prefixes)
     if not (isinstance(target, type) and issubclass(target, pl.Callback)):
         raise ConfigError(f"{where}._target_={node._target_} is not a Lightning Callback class")
-    if not target.__module__.startswith(prefixes):
-        raise ConfigError(
-            f"{where}._target_={node._target_} is defined in {target.__module__}, outside the "
-            f"allowed callback prefixes {list(prefixes)}"
-        )
     with _refused_by_target(where):
         return instantiate(node)
 

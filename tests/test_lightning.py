@@ -207,7 +207,7 @@ def test_a_trainer_failure_at_step_one_leaves_failed_runs(run_cli, client) -> No
         ),
         (
             ("+callbacks.evil._target_=src.tracking.Path",),
-            "callbacks.evil._target_=src.tracking.Path is not a Lightning Callback class",
+            "callbacks.evil._target_=src.tracking.Path is Path from pathlib, not a function or",
         ),
         (
             ("scheduler=plateau", "scheduler.monitor=lr"),
