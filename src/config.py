@@ -527,7 +527,10 @@ class TrainerConfig:
     threads: int = 0
 
     # Keys losslab handles itself rather than handing them to Lightning's Trainer.
-    OWN = ("threads", "limit_train_batches", "gradient_clip_val", "gradient_clip_algorithm")
+    OWN = (
+        *("threads", "limit_train_batches", "gradient_clip_val", "gradient_clip_algorithm"),
+        "enable_progress_bar",  # losslab's bar on a single run, none in a sweep
+    )
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
@@ -570,7 +573,7 @@ class TrainerConfig:
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in self.OWN and f.name != "enable_progress_bar"
+            if f.name not in self.OWN
         }
 
 

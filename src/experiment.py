@@ -234,7 +234,8 @@ def build_trainer(
         trainer = pl.Trainer(
             **typed.trainer.lightning_args(),
             # One process, never launched by srun for Lightning: its own environment, not the
-            # SLURM one it would pick inside a cluster job (the srun hint is filtered above).
+            # SLURM one it would pick inside a cluster job (the srun hint, which Lightning
+            # still prints on such machines, goes to the job's log file: src/train.py).
             plugins=[LightningEnvironment()],
             logger=logger,
             log_every_n_steps=1,  # a step is an epoch
@@ -375,7 +376,8 @@ def _finish(
     """Final evaluation of every member (the loss and the whole metric panel), its figures,
     model, outcome and true status. Returns each member's final metrics (with its outcome)."""
     metric = typed.primary_metric()
-    history = [{key: plain(value) for key, value in row.items()} for row in module.history]
+    # For the curves' picture only: MlflowHistory already sent these values (as plain()).
+    history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
     final_all = {}
     # Scored as predictions are made: eval mode (no dropout, batch norm's running statistics).
     with module.scoring(), trainer.precision_plugin.forward_context():

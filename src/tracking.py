@@ -118,10 +118,7 @@ def reap(client: Any, experiment_ids: list[str], keep: set[str] = frozenset()) -
                 f"its process (pid {pid} on {host}) ended without closing it; closed by "
                 f"losslab on {time.strftime('%Y-%m-%d %H:%M:%S')}"
             )
-            client.log_batch(
-                run.info.run_id,
-                tags=[_tag("outcome", "killed"), _tag("error", reason)],
-            )
+            log_tags(client, run.info.run_id, {"outcome": "killed", "error": reason})
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
         token = page.token
@@ -130,10 +127,12 @@ def reap(client: Any, experiment_ids: list[str], keep: set[str] = frozenset()) -
     return closed
 
 
-def _tag(key: str, value: str) -> Any:
+def log_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
+    """Tags in one call, redacted (a tracking URI's password never reaches the store)."""
     from mlflow.entities import RunTag
 
-    return RunTag(key, value)
+    items = [RunTag(key, store.redact(value)) for key, value in tags.items()]
+    client.log_batch(run_id, tags=items)
 
 
 def reap_store(uri: str) -> None:
@@ -453,10 +452,7 @@ class Tracker:
         self.open.discard(run_id)
 
     def _tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(key, store.redact(value)) for key, value in tags.items()]
-        self.client.log_batch(run_id, tags=items)
+        log_tags(self.client, run_id, tags)
 
     def _members(self, handle: int, member: int | None) -> list[str]:
         run_ids = self.runs[handle]

@@ -226,6 +226,8 @@ def test_the_reaper_keeps_live_and_foreign_runs(store_uri, client) -> None:
         "elsewhere": "RUNNING",
         "older": "RUNNING",
     }
+    for name in ("live", "elsewhere", "older"):  # no store left with a RUNNING run
+        client.set_terminated(ids[name], "KILLED")
 
 
 def test_a_sweep_killed_with_sigkill_leaves_no_run_running(tmp_path, store_uri, client):
@@ -486,6 +488,15 @@ def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang(tmp_path):
     assert f"the MLflow server at {url} stopped answering" in line, line
     assert time.monotonic() - started < hang(120)
     assert (tmp_path / "outputs/run/checkpoints/last.ckpt").is_file()
+    # The server's store holds the run as RUNNING (nobody could tell it otherwise); the
+    # reaper, as the next command on it or `make ui` runs it, closes it: its job is gone.
+    from mlflow.tracking import MlflowClient
+
+    from src import tracking
+
+    server_store = f"sqlite:///{tmp_path / 'server.db'}"
+    tracking.reap_store(server_store)
+    assert [r.info.status for r in runs_of(MlflowClient(server_store))] == ["KILLED"]
 
 
 def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlflow_server):
