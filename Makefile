@@ -15,10 +15,10 @@ MLFLOW_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test sweep study ui server browser bench clean
+.PHONY: help install lint format test sweep study ui server browser slurm slurm-stop bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ browser: ## Install Chromium (Debian package, as root) for the UI's browser test
 		echo "browser: $(CHROMIUM) is missing and installing it needs root (apt-get install" \
 			"chromium); the browser test will be skipped"; \
 	fi
+
+slurm: ## A one-node SLURM cluster with accounting on this machine (Debian, root; about a minute)
+	@scripts/slurm.sh up
+
+slurm-stop: ## Stop the SLURM cluster's daemons (packages and accounting database stay)
+	@scripts/slurm.sh down
 
 bench: install ## Speed benchmarks against a plain-PyTorch baseline (prints ratios)
 	$(PY) -m bench.run

@@ -13,6 +13,9 @@ min / median / max, beside the absolute figures. Parts (``--only``):
            runs; with --e2e also the batched seed sweep through the CLI
   lightning what each Lightning feature (callbacks, schedulers, dropout and norm, clipping,
            precision) adds per epoch to a study fit, against callbacks=none (in process)
+  launchers the 5-loss x 5-seed sweep end to end on the default launcher (in process), on
+           SLURM (when `scontrol ping` answers: `make slurm`) and on submitit-local, with where
+           SLURM's time goes (queue wait, job run time) from sacct
   startup  time to report a config mistake, and --help
   scaling  regression with 1e4, 1e5, 1e6 rows, batch 32 and 1024: fit time and peak memory,
            each in a fresh process
@@ -34,7 +37,7 @@ from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("mse", "msle", "mae", "bce", "hinge")
-PARTS = ("single", "sweep", "members", "lightning", "startup", "scaling")
+PARTS = ("single", "sweep", "members", "lightning", "launchers", "startup", "scaling")
 # What Lightning features cost per epoch: each against callbacks=none on the same loss.
 LIGHTNING = {
     "default (last.ckpt every 10 epochs)": [],
@@ -393,6 +396,79 @@ def part_members_e2e(store: Path, env: dict[str, str], members: int, epochs: int
     )
 
 
+def _slurm_jobs(sweep_dir: Path) -> list[dict[str, float]]:
+    """Queue wait and run time of each job of a SLURM sweep, from sacct (its .submitit ids)."""
+    ids = sorted({p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name})
+    listed = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,Submit,Start,End", *(f"-j{i}" for i in ids)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    from datetime import datetime
+
+    jobs = []
+    for line in listed.splitlines():
+        _, submit, start, end = line.split("|")
+        at = [datetime.fromisoformat(t).timestamp() for t in (submit, start, end)]
+        jobs.append({"wait": at[1] - at[0], "run": at[2] - at[1]})
+    return jobs
+
+
+def part_launchers(store: Path, repeats: int, env: dict[str, str], epochs: int | None) -> None:
+    print("## (5) the 5-loss x 5-seed sweep on each launcher (whole commands)\n")
+    ours = ["loss=" + ",".join(LOSSES), "seed=0,1,2,3,4", "trainer.enable_progress_bar=false"]
+    theirs = ["--seeds", "0,1,2,3,4"]
+    if epochs:
+        ours.append(f"trainer.max_epochs={epochs}")
+        theirs += ["--epochs", str(epochs)]
+    slurm = subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    launchers = {
+        "default (in process)": [],
+        "submitit-local (all jobs at once)": ["hydra/launcher=local"],
+    }
+    if slurm:
+        launchers["slurm (one-node cluster)"] = [
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=debug",
+            "hydra.launcher.poll_s=1",
+        ]
+    else:
+        print("(no SLURM cluster answers `scontrol ping`: `make slurm` to include it)\n")
+    seconds: dict[str, list[float]] = {name: [] for name in ["baseline", *launchers]}
+    jobs: list[dict[str, float]] = []
+    for _ in range(repeats):  # each round runs every side once, so load drift hits them all
+        seconds["baseline"].append(baseline_runs(theirs, env)[0])
+        for name, extra in launchers.items():
+            sweep_dir = Path(tempfile.mkdtemp(dir=store, prefix="sweep-"))
+            args = [*ours, *extra, f"hydra.sweep.dir={sweep_dir}"]
+            elapsed, out, err = command([sys.executable, "-m", "src.train", "-m", *args], env)
+            if "(exit 0)" not in err:
+                raise SystemExit(f"losslab sweep ({name}) failed:\n{out}\n{err}")
+            seconds[name].append(elapsed)
+            if name.startswith("slurm"):
+                jobs += _slurm_jobs(sweep_dir)
+    base = statistics.median(seconds["baseline"])
+    table(
+        ("command", "seconds (median)", "ratio to the baseline"),
+        [("`python -m bench.baseline` (25 runs, one process)", f"{base:.1f}", "1")]
+        + [
+            (name, f"{statistics.median(times):.1f}", f"{statistics.median(times) / base:.2f}")
+            for name, times in seconds.items()
+            if name != "baseline"
+        ],
+    )
+    if jobs:
+        waits, runs = [j["wait"] for j in jobs], [j["run"] for j in jobs]
+        print(
+            f"SLURM, {len(jobs)} jobs (sacct, 1-s resolution): queue wait median "
+            f"{statistics.median(waits):.0f} s (max {max(waits):.0f}), run time median "
+            f"{statistics.median(runs):.0f} s; a job's run time includes importing torch, "
+            "Lightning and MLflow in a fresh process\n",
+            flush=True,
+        )
+
+
 def part_startup(repeats: int, env: dict[str, str]) -> None:
     print("## (4) start-up: time to report a mistake, and --help\n")
     cases = {
@@ -521,6 +597,8 @@ def main() -> None:
             part_sweep(store, repeats, env, epochs)
         if "members" in parts and args.e2e:
             part_members_e2e(store, env, args.members, epochs)
+        if "launchers" in parts:
+            part_launchers(store, repeats, env, epochs)
         if "startup" in parts:
             part_startup(repeats, env)
         if "scaling" in parts:

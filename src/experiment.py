@@ -27,7 +27,7 @@ from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
-from src import store, tracking
+from src import cluster, store, tracking
 from src.callbacks import EpochBar, MlflowHistory, RunSetLogger
 from src.config import ConfigError, Direction, LosslabConfig, Targets, Task, refused
 from src.data import Split, StudyDataModule, labels
@@ -126,14 +126,17 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     trainer, runs_logger = build_trainer(cfg, typed, job.output_dir, bar if single else None)
     logged = 0
     ckpt_path = None
-    if typed.resume:
+    # a job SLURM requeued (preemption, time-out) continues its runs from its checkpoint
+    resume_from = typed.resume or cluster.requeued_checkpoint(job.output_dir)
+    if resume_from:
         from src import resume  # reads the store here; only a resume needs it
 
-        found = resume.locate(typed.resume, uri, cfg)
+        found = resume.locate(str(resume_from), uri, cfg)
         ckpt_path, logged = found.checkpoint, found.logged
         resumed = {
             "resumed_from": f"epoch {found.epoch}: {found.checkpoint}",
             **tracking.owner_tags(),  # this process writes them now
+            **cluster.tags(),
         }
         runs = tracking.RunSet.reopen(uri, found.run_ids, resumed)
         log.info(f"resuming {len(found.run_ids)} run(s) from epoch {found.epoch}")
@@ -466,6 +469,7 @@ def _start_runs(
             **({"fold": str(typed.dataset.fold)} if typed.dataset.folds > 1 else {}),
             **({"job": str(job.job_num)} if job.job_num is not None else {}),
             "output_dir": str(job.output_dir),
+            **cluster.tags(),
             **source,
             **tracking.owner_tags(),
         }

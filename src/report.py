@@ -345,6 +345,16 @@ def lost_jobs(sweep_dir: Path, results: Sequence[Result], since: float) -> list[
     return lost
 
 
+def record_lost_job(job_dir: Path, overrides: Sequence[str], error: str) -> None:
+    """Leave what ``lost_jobs`` reads for a job that ended before it could write it (a SLURM
+    job cancelled while queued): its overrides, as Hydra records them, and the reason."""
+    from omegaconf import OmegaConf
+
+    (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
+    (job_dir / "error.txt").write_text(error + "\n")
+
+
 @dataclass
 class Standing:
     """How one task's groups rank: the ranking metric, the groups that can be ranked, the

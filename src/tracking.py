@@ -620,15 +620,35 @@ class Tracker:
             "best": len(best),
         }
 
-    def close_orphans(self, parent_run_id: str, status: str) -> None:
-        """Close child runs that dead local workers left RUNNING (loky workers ignore SIGINT
-        and are terminated by joblib)."""
+    def close_orphans(self, parent_run_id: str, status: str, reason: str | None = None) -> None:
+        """Close child runs left RUNNING by jobs that are gone: dead local workers (loky
+        workers ignore SIGINT and are terminated by joblib), or a launcher's job that ended
+        without closing them."""
         from src.report import child_runs
 
-        reason = f"the sweep ended ({status}) while this run was running"
+        reason = reason or f"the sweep ended ({status}) while this run was running"
         for run in child_runs(self.uri, parent_run_id):
             if run.info.status == "RUNNING":
                 self._close(run.info.run_id, status, {"outcome": status.lower(), "error": reason})
+
+    def close_job(
+        self, parent_run_id: str, job_num: int, status: str, reason: str, tags: dict[str, str]
+    ) -> int:
+        """Record why a launcher's job ended without a result (SLURM: cancelled, timed out)
+        on its runs (tag ``job``): those still RUNNING end with ``status``, those the job
+        closed itself keep their status and get the reason. Returns how many runs it had."""
+        from src.report import child_runs
+
+        runs = [
+            r for r in child_runs(self.uri, parent_run_id) if r.data.tags.get("job") == str(job_num)
+        ]
+        for run in runs:
+            told = {**tags, "error": reason}
+            if run.info.status == "RUNNING":
+                self._close(run.info.run_id, status, {**told, "outcome": status.lower()})
+            else:
+                self._tags(run.info.run_id, told)
+        return len(runs)
 
     def end_parent(self, parent_run_id: str, status: str) -> None:
         self._close(parent_run_id, status)

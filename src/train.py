@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -20,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import config, hydra_callbacks, store
+from src import cluster, config, hydra_callbacks, store
 from src.cli import one_line_error
 from src.config import ConfigError
 
@@ -44,6 +43,7 @@ def main(cfg: DictConfig) -> float:
     # Third-party warnings (Lightning's srun hint, deprecations) go to the job's log file
     # (the py.warnings logger of conf/hydra/job_logging/losslab.yaml), not to the console.
     logging.captureWarnings(True)
+    cluster.handle_job_signals(requeue=int(hc.launcher.get("max_num_timeout") or 0) > 0)
     from src.experiment import JobContext, run  # heavy imports, after validation
 
     job = JobContext(
@@ -70,11 +70,6 @@ def main(cfg: DictConfig) -> float:
         raise hydra_callbacks.Abort() from RunFailed(f"run failed: {message}")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM ends a run like Ctrl-C: marked KILLED, metrics and checkpoint kept."""
-    raise KeyboardInterrupt
-
-
 def _check_arguments() -> None:
     """Hydra's argparse answers a bad flag with ten lines of usage and cannot take a switch
     after an override (`loss=mse -m seed=0,1`): move switches first, then parse once with
@@ -92,7 +87,7 @@ def _check_arguments() -> None:
 
 def cli() -> None:
     """Run Hydra, turning user mistakes into one line and failed sweeps into exit code 1."""
-    signal.signal(signal.SIGTERM, _terminate)
+    cluster.stop_on_sigterm()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
 

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -101,7 +102,15 @@ def _get(conn: Connection) -> Any:
 
 
 def _main() -> None:
-    """The helper process: its standard input is the socket to the client."""
+    """The helper process: its standard input is the socket to the client.
+
+    It ignores the signals meant for its job: SLURM sends SIGTERM (scancel, time limit) and
+    submitit's early warning (SIGUSR2) to every process of a job at once, and the job needs
+    its helper to record the stop. The helper ends when its client closes it or dies (then
+    ``abandoned`` closes what was left open); every call it makes has a deadline, and SLURM's
+    SIGKILL follows ``KillWait`` seconds after SIGTERM."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     conn = Connection(os.dup(0))
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     factory, args = _get(conn)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +121,59 @@ TIMINGS = ("job_seconds",)  # metrics that measure the machine, not the result
 def results(run) -> dict[str, float]:
     """A run's metrics that the config and seed decide: all but the timings."""
     return {k: v for k, v in run.data.metrics.items() if k not in TIMINGS}
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, int]:
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder, in
+    a process group of its own (its workers die with it)."""
+    port = closed_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + hang(90)
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+    return server, port
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server, port = start_mlflow_server(tmp_path)
+    yield port
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=hang(30))
 
 
 def compose_cfg(*overrides: str, hydra_node: bool = False):

@@ -6,7 +6,6 @@ writers, a failing artifact store), and safe defaults (credentials, instantiate'
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -16,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,19 +23,13 @@ from tests.conftest import (
     ROOT,
     cli_command,
     cli_env,
+    closed_port,
     compose_cfg,
     hang,
     one_error_line,
     runs_of,
+    start_mlflow_server,
 )
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # ---- faults: each drives a real subprocess and then reads the store ----------------------------
 
@@ -419,52 +411,6 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri
 
 
 # ---- safe defaults --------------------------------------------------------------------------
-
-
-def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, int]:
-    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder, in
-    a process group of its own (its workers die with it)."""
-    port = closed_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder / "server-artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + hang(90)
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.3)
-    return server, port
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server, port = start_mlflow_server(tmp_path)
-    yield port
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=hang(30))
 
 
 SECRETS = ("pw-in-uri-7f3a", "pw-in-env-9c1b")
