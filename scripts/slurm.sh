@@ -188,7 +188,10 @@ stop() {
 case "${1:-}" in
 up) up ;;
 down) stop ;;
--h | --help | help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help | help)
+	echo "usage: scripts/slurm.sh up|down|--help"
+	sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+	;;
 *)
 	echo "usage: scripts/slurm.sh up|down|--help" >&2
 	exit 2

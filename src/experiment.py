@@ -27,7 +27,7 @@ from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
-from src import cluster, store, tracking
+from src import cluster, store, tracking, unsent
 from src.callbacks import EpochBar, MlflowHistory, RunSetLogger
 from src.config import ConfigError, Direction, LosslabConfig, Targets, Task, refused
 from src.data import Split, StudyDataModule, labels
@@ -138,7 +138,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
             **tracking.owner_tags(),  # this process writes them now
             **cluster.tags(),
         }
-        runs = tracking.RunSet.reopen(uri, found.run_ids, resumed)
+        runs = tracking.RunSet.reopen(uri, found.run_ids, resumed, job.output_dir / unsent.FOLDER)
         log.info(f"resuming {len(found.run_ids)} run(s) from epoch {found.epoch}")
     else:
         runs = _start_runs(cfg, typed, job, uri, names, seeds, split)
@@ -475,7 +475,8 @@ def _start_runs(
         }
         tags.append(run_tags)
         params.append({**tracking.flatten(resolved), "seed": seed})
-    runs = tracking.RunSet.start(uri, typed.logger.experiment, names, tags, params)
+    spool = job.output_dir / unsent.FOLDER
+    runs = tracking.RunSet.start(uri, typed.logger.experiment, names, tags, params, spool)
     for k in range(len(seeds)):
         runs.log_text(k, config_yaml, "config/config.yaml")
         runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")

@@ -16,6 +16,7 @@ import importlib
 import itertools
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ EXPERIMENT_DESCRIPTION = (
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a sweep's folder: its jobs' parent run
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
+SPOOLED = ("log_metrics", "set_tags", "end")  # kept on disk when the store fails (unsent.py)
 PARAM_VALUE_MAX = 6000
 
 
@@ -201,16 +203,21 @@ class RunSet:
         names: list[str],
         tags: list[dict[str, str]],
         params: list[dict[str, Any]],
+        spool: Path | None = None,
     ) -> RunSet:
+        """New runs; what the store cannot take mid-run is kept in ``spool`` (unsent.py)."""
         handle = next(_HANDLES)
-        args = (handle, experiment, names, tags, params)
+        args = (handle, experiment, names, tags, params, str(spool) if spool else None)
         return cls(uri, handle, writer(uri).send("start", *args, reply=True), len(names))
 
     @classmethod
-    def reopen(cls, uri: str, run_ids: list[str], tags: dict[str, str]) -> RunSet:
+    def reopen(
+        cls, uri: str, run_ids: list[str], tags: dict[str, str], spool: Path | None = None
+    ) -> RunSet:
         """Continue existing runs (a resume): RUNNING again, the old error tag dropped."""
         handle = next(_HANDLES)
-        ready = writer(uri).send("reopen", handle, run_ids, tags, reply=True)
+        spooled = str(spool) if spool else None
+        ready = writer(uri).send("reopen", handle, run_ids, tags, spooled, reply=True)
         return cls(uri, handle, ready, len(run_ids))
 
     @property
@@ -352,6 +359,9 @@ def quiet_mlflow() -> None:
     importing MLflow, which sets its own log levels."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a locked or failing database: MLflow logs each error with a 60-line traceback before it
+    # raises; the Tracker reports it in one line (and keeps the data: src/unsent.py)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow prints "View run ... at: <tracking URI>" when a run on a server ends: the URI
     # as given, password included, and losslab prints its own links.
@@ -393,8 +403,11 @@ class Tracker:
         self.errors: dict[str, str] = {}  # run id -> why it cannot finish
         self.open: set[str] = set()  # started or reopened, not yet ended
         self.failures: list[str] = []
+        self.told: set[int] = set()  # handles whose unsent data the user was told about
+        self.retry: dict[int, list[tuple[str, tuple, str]]] = {}  # handle -> calls to retry
         self.broken: set[int] = set()  # handles whose runs could not be started
         self.down: str | None = None  # why the tracking server is taken for gone
+        self.spools: dict[int, Path] = {}  # handle -> where its unsent data is kept (unsent.py)
         self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
         self._datasets: dict[str, Path] = {}
         self._model_experiment: str | None = None
@@ -428,9 +441,86 @@ class Tracker:
             error = self.down
         if args and args[0] in self.broken:
             return  # its start failed and said why; what follows cannot work
+        if args and args[0] in self.spools:
+            if method in SPOOLED:  # metrics, tags, statuses: on disk until sent
+                self._keep(method, args, error)
+                return
+            if self.down is None:  # maybe a passing fault (a locked database)
+                self.retry.setdefault(args[0], []).append((method, args, error))
+                self._tell(args[0], error)
+                return
+        self._lost(args, error)
+
+    def _lost(self, args: tuple, error: str) -> None:
+        """A call that cannot be made up for: its job's runs end FAILED with the reason."""
         self.failures.append(error)
         for run_id in self.runs.get(args[0], []) if args else []:
             self.errors.setdefault(run_id, error)
+
+    def _keep(self, method: str, args: tuple, error: str) -> None:
+        """Keep on disk what the store could not take (src/unsent.py); say so once per job."""
+        from src import unsent
+
+        handle, folder = args[0], self.spools[args[0]]
+        run_ids = self.runs.get(handle, [])
+        if method == "log_metrics":
+            for k, run_id in enumerate(run_ids):
+                rows = [
+                    [key, values[k], timestamp, step]
+                    for step, timestamp, row in args[1]
+                    for key, values in row.items()
+                ]
+                unsent.keep(folder, run_id, {"metrics": rows})
+        elif method == "set_tags":
+            redacted = {key: store.redact(value) for key, value in args[2].items()}
+            unsent.keep(folder, run_ids[args[1]], {"tags": redacted})
+        else:  # end: the runs cannot be closed now; a run that lost more than this is FAILED
+            for retried, retried_args, _ in self.retry.pop(handle, []):
+                self._lost(retried_args, f"{retried}: {self.down or error}")
+            for run_id, status in zip(run_ids, args[1]):
+                lost = self.errors.pop(run_id, None)
+                if lost and status == "FINISHED":
+                    status = "FAILED"
+                    told = {"outcome": "failed", "error": f"not recorded: {lost}"[:5000]}
+                    unsent.keep(folder, run_id, {"tags": told})
+                unsent.keep(folder, run_id, {"status": status})
+                self.open.discard(run_id)  # closed from the file; abandoned() cannot either
+            self.failures.append(
+                f"{self.down or error}; the runs' epochs and status are kept in {folder}: "
+                f"send them with `python -m src.unsent {folder}` once the store answers"
+            )
+        self._tell(handle, error)
+
+    def _tell(self, handle: int, error: str) -> None:
+        """One line per job, from this process at once: what failed and where data is kept."""
+        if handle in self.told:
+            return
+        self.told.add(handle)
+        folder = self.spools[handle]
+        reason = store.redact(" ".join(re.split(r"\s*\[SQL:", error)[0].split()))[:160]
+        print(
+            f"losslab: MLflow could not take the run's data ({reason}); training goes on and "
+            f"it is tried again when the run ends; epochs and tags not sent by then stay in "
+            f"{folder} for `python -m src.unsent {folder}`",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _send_kept(self, handle: int) -> None:
+        """Before a job's runs close: retry the calls that failed (figures, models, files; a
+        second failure marks the runs FAILED), then send what was kept on disk for them
+        (raises if the store still fails: then the closing is kept on disk too)."""
+        from src import unsent
+
+        for method, args, _ in self.retry.pop(handle, []):
+            try:
+                getattr(self, method)(*args)
+            except Exception as error:  # it was not passing: the runs end FAILED with why
+                self._lost(args, f"{type(error).__name__}: {error}")
+        folder = self.spools.get(handle)
+        for run_id in self.runs.get(handle, []) if folder else []:
+            if (folder / f"{run_id}.jsonl").exists():
+                unsent.send(self.client, folder / f"{run_id}.jsonl")
 
     def take_failures(self) -> list[str]:
         failures, self.failures = self.failures, []
@@ -466,8 +556,11 @@ class Tracker:
         names: list[str],
         tags: list[dict[str, str]],
         params: list[dict[str, Any]],
+        spool: str | None = None,
     ) -> list[str]:
         run_ids = self.runs[handle] = []
+        if spool:
+            self.spools[handle] = Path(spool)
         try:
             self.experiments[handle] = ensure_experiment(self.client, experiment)
             for name, run_tags, run_params in zip(names, tags, params):
@@ -495,8 +588,12 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + PARAM_CHUNK])
         return run_id
 
-    def reopen(self, handle: int, run_ids: list[str], tags: dict[str, str]) -> list[str]:
+    def reopen(
+        self, handle: int, run_ids: list[str], tags: dict[str, str], spool: str | None = None
+    ) -> list[str]:
         self.runs[handle] = list(run_ids)
+        if spool:
+            self.spools[handle] = Path(spool)
         for run_id in run_ids:
             run = self.client.get_run(run_id)
             self.experiments[handle] = run.info.experiment_id
@@ -583,6 +680,7 @@ class Tracker:
         )
 
     def end(self, handle: int, statuses: list[str]) -> None:
+        self._send_kept(handle)
         for run_id, status in zip(self.runs.get(handle, []), statuses):
             error = self.errors.pop(run_id, None)
             if error and status == "FINISHED":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,15 @@ from src.config import ConfigError, MetricInput, Targets, Task
 from src.data import make_split
 from src.losses import hinge, msle, per_member
 from src.metrics import accuracy, inputs, rounded_accuracy
-from tests.conftest import compose_cfg, finished_children, one_error_line, results, runs_of
+from tests.conftest import (
+    ROOT,
+    compose_cfg,
+    finished_children,
+    hang,
+    one_error_line,
+    results,
+    runs_of,
+)
 
 
 def test_msle_clips_negative_targets_and_predictions_like_keras() -> None:
@@ -276,3 +286,22 @@ def test_the_progress_bar_fits_an_80_column_terminal(tmp_path, store_uri) -> Non
     assert max(len(s) for s in bars) <= 80, [s for s in bars if len(s) > 80]
     assert any(s.startswith("mse seed=0 30/30 |") for s in bars), bars
     assert "test/mse=" in bars[-1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "src.train", "--help"],
+        [sys.executable, "-m", "src.predict", "--help"],
+        [sys.executable, "-m", "src.report", "--help"],
+        [sys.executable, "-m", "src.serve", "--help"],
+        [sys.executable, "-m", "src.unsent", "--help"],
+        ["scripts/slurm.sh", "--help"],
+    ],
+    ids=lambda command: command[-2].split("/")[-1],
+)
+def test_every_command_answers_help(command: list[str]) -> None:
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=hang(120))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    shown = done.stdout.lower()
+    assert "usage" in shown or "powered by hydra" in shown, done.stdout
