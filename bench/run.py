@@ -398,18 +398,27 @@ def part_members_e2e(store: Path, env: dict[str, str], members: int, epochs: int
 
 def _slurm_jobs(sweep_dir: Path) -> list[dict[str, float]]:
     """Queue wait and run time of each job of a SLURM sweep, from sacct (its .submitit ids)."""
-    ids = sorted({p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name})
-    listed = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID,Submit,Start,End", *(f"-j{i}" for i in ids)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
     from datetime import datetime
+
+    ids = sorted({p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name})
+    deadline = time.monotonic() + 60
+    while True:  # slurmctld hands finished jobs to the accounting database a little later
+        listed = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,Submit,Start,End", *(f"-j{i}" for i in ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        complete = len(listed.splitlines()) >= len(ids) and "Unknown" not in listed
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(2)
 
     jobs = []
     for line in listed.splitlines():
         _, submit, start, end = line.split("|")
+        if "Unknown" in (submit, start, end):
+            continue
         at = [datetime.fromisoformat(t).timestamp() for t in (submit, start, end)]
         jobs.append({"wait": at[1] - at[0], "run": at[2] - at[1]})
     return jobs

@@ -33,7 +33,10 @@ def hang(seconds: float) -> float:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test without its own timeout gets TEST_TIMEOUT x SLOWDOWN."""
+    """Every test without its own timeout gets TEST_TIMEOUT x SLOWDOWN. The SLURM tests
+    (one file, one worker, minutes) go first, so the other worker takes the rest meanwhile
+    instead of the suite ending on them alone."""
+    items.sort(key=lambda item: item.path.name != "test_slurm.py")  # stable
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(hang(TEST_TIMEOUT)))
