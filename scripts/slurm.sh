@@ -32,7 +32,16 @@ wait_for() {
 
 # running <name>: a live (not zombie) process of that exact name; PID 1 here reaps late, so a
 # killed daemon can linger as a zombie that `kill -0` would call alive
-running() { ps -C "$1" -o stat= 2>/dev/null | grep -qv '^Z'; }
+# (read from /proc: a minimal image may lack procps)
+pids_of() {
+	local proc
+	for proc in /proc/[0-9]*; do
+		[[ $(cat "$proc/comm" 2>/dev/null) == "$1" ]] || continue
+		[[ $(cut -d' ' -f3 "$proc/stat" 2>/dev/null) == Z ]] && continue
+		echo "${proc#/proc/}"
+	done
+}
+running() { [[ -n $(pids_of "$1") ]]; }
 
 install_packages() {
 	local missing=0 binary
@@ -174,10 +183,10 @@ up() {
 stop() {
 	local name
 	for name in slurmd slurmctld slurmdbd; do
-		pkill -x "$name" 2>/dev/null
+		kill $(pids_of "$name") 2>/dev/null
 	done
-	if running mariadbd; then log mysqladmin shutdown || pkill -x mariadbd; fi
-	pkill -x munged 2>/dev/null
+	if running mariadbd; then log mysqladmin shutdown || kill $(pids_of mariadbd) 2>/dev/null; fi
+	kill $(pids_of munged) 2>/dev/null
 	local deadline=$((SECONDS + 30))
 	for name in slurmd slurmctld slurmdbd mariadbd munged; do
 		while running "$name" && ((SECONDS < deadline)); do sleep 0.2; done
