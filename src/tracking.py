@@ -680,7 +680,18 @@ class Tracker:
         )
 
     def end(self, handle: int, statuses: list[str]) -> None:
-        self._send_kept(handle)
+        """Close the job's runs, after what was kept for them is sent. Kept epochs the store
+        refuses while it answers (not a passing fault) leave the runs FAILED, the file kept;
+        a store that does not answer fails the closing too, which is then kept on disk."""
+        try:
+            self._send_kept(handle)
+        except Exception as error:
+            folder = self.spools[handle]
+            unsent = (
+                f"kept epochs not sent ({type(error).__name__}: {error}); they stay in {folder}"
+            )
+            for run_id in self.runs.get(handle, []):
+                self.errors.setdefault(run_id, unsent[:5000])
         for run_id, status in zip(self.runs.get(handle, []), statuses):
             error = self.errors.pop(run_id, None)
             if error and status == "FINISHED":
