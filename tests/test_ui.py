@@ -293,6 +293,7 @@ def test_predict_bad_input_is_one_line(
         experiment.experiment_id if experiment else client.create_experiment("no-models")
     )
     bare = client.create_run(experiment_id).info.run_id  # a run that logged no model
+    client.set_terminated(bare)  # FINISHED: no test leaves a run RUNNING
     args = [arg.replace("NOMODEL", bare) for arg in args]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     monkeypatch.setattr(sys, "argv", ["src.predict", *args])
