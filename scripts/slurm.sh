@@ -64,9 +64,9 @@ write_config() {
 	mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.85}' /proc/meminfo)
 	mkdir -p "$CONF" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 	cat >"$CONF/slurm.conf" <<EOF
-# written by losslab's scripts/slurm.sh: a one-node test cluster
+# written by losslab's scripts/slurm.sh: a one-node test cluster (addresses, not names: no DNS needed)
 ClusterName=losslab
-SlurmctldHost=$NODE
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
@@ -92,7 +92,7 @@ MinJobAge=60
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$NODE CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Default=YES Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
 	# slurmdbd runs as root and reaches MariaDB through its socket as root (unix_socket

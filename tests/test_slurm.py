@@ -74,11 +74,12 @@ def _wait_for_epochs(client, process: subprocess.Popen, count: int, timeout: flo
         time.sleep(0.5)
 
 
-def _squeue(name_filter: str) -> list[str]:
+def _squeue(array: str) -> list[str]:
+    """squeue's lines ("<id>_<task> <name> <state>") of the jobs of one array."""
     listed = subprocess.run(
-        ["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, timeout=30
+        ["squeue", "-h", "--array", "-o", "%i %j %T"], capture_output=True, text=True, timeout=30
     ).stdout
-    return [line for line in listed.splitlines() if name_filter in line]
+    return [line for line in listed.splitlines() if line.split("_")[0] == array]
 
 
 def _assert_complete(client, run, epochs: int) -> None:
@@ -193,7 +194,9 @@ def test_ctrl_c_cancels_every_job_and_kills_every_unfinished_run(
     _, stderr = process.communicate(timeout=hang(180))
     assert process.returncode == 130, stderr
     (array,) = ours
-    assert not _squeue(array), "jobs left on SLURM"
+    # cancelled: none queued or running (a cancelled job may still be COMPLETING its cleanup)
+    left = [line for line in _squeue(array) if line.endswith((" PENDING", " RUNNING"))]
+    assert not left, f"jobs left on SLURM: {left}"
     children = _children(client)
     assert len(children) == 2 and all(r.info.status == "KILLED" for r in children)
     assert all("interrupted" in r.data.tags["error"] for r in children)
