@@ -207,7 +207,7 @@ class RunSet:
     ) -> RunSet:
         """New runs; what the store cannot take mid-run is kept in ``spool`` (unsent.py)."""
         handle = next(_HANDLES)
-        args = (handle, experiment, names, tags, params, str(spool) if spool else None)
+        args = (handle, experiment, names, tags, params, spool)
         return cls(uri, handle, writer(uri).send("start", *args, reply=True), len(names))
 
     @classmethod
@@ -216,8 +216,7 @@ class RunSet:
     ) -> RunSet:
         """Continue existing runs (a resume): RUNNING again, the old error tag dropped."""
         handle = next(_HANDLES)
-        spooled = str(spool) if spool else None
-        ready = writer(uri).send("reopen", handle, run_ids, tags, spooled, reply=True)
+        ready = writer(uri).send("reopen", handle, run_ids, tags, spool, reply=True)
         return cls(uri, handle, ready, len(run_ids))
 
     @property
@@ -404,7 +403,7 @@ class Tracker:
         self.open: set[str] = set()  # started or reopened, not yet ended
         self.failures: list[str] = []
         self.told: set[int] = set()  # handles whose unsent data the user was told about
-        self.retry: dict[int, list[tuple[str, tuple, str]]] = {}  # handle -> calls to retry
+        self.retry: dict[int, list[tuple[str, tuple]]] = {}  # handle -> calls to try again
         self.broken: set[int] = set()  # handles whose runs could not be started
         self.down: str | None = None  # why the tracking server is taken for gone
         self.spools: dict[int, Path] = {}  # handle -> where its unsent data is kept (unsent.py)
@@ -446,7 +445,7 @@ class Tracker:
                 self._keep(method, args, error)
                 return
             if self.down is None:  # maybe a passing fault (a locked database)
-                self.retry.setdefault(args[0], []).append((method, args, error))
+                self.retry.setdefault(args[0], []).append((method, args))
                 self._tell(args[0], error)
                 return
         self._lost(args, error)
@@ -475,7 +474,7 @@ class Tracker:
             redacted = {key: store.redact(value) for key, value in args[2].items()}
             unsent.keep(folder, run_ids[args[1]], {"tags": redacted})
         else:  # end: the runs cannot be closed now; a run that lost more than this is FAILED
-            for retried, retried_args, _ in self.retry.pop(handle, []):
+            for retried, retried_args in self.retry.pop(handle, []):
                 self._lost(retried_args, f"{retried}: {self.down or error}")
             for run_id, status in zip(run_ids, args[1]):
                 lost = self.errors.pop(run_id, None)
@@ -512,7 +511,7 @@ class Tracker:
         (raises if the store still fails: then the closing is kept on disk too)."""
         from src import unsent
 
-        for method, args, _ in self.retry.pop(handle, []):
+        for method, args in self.retry.pop(handle, []):
             try:
                 getattr(self, method)(*args)
             except Exception as error:  # it was not passing: the runs end FAILED with why
@@ -556,11 +555,11 @@ class Tracker:
         names: list[str],
         tags: list[dict[str, str]],
         params: list[dict[str, Any]],
-        spool: str | None = None,
+        spool: Path | None = None,
     ) -> list[str]:
         run_ids = self.runs[handle] = []
         if spool:
-            self.spools[handle] = Path(spool)
+            self.spools[handle] = spool
         try:
             self.experiments[handle] = ensure_experiment(self.client, experiment)
             for name, run_tags, run_params in zip(names, tags, params):
@@ -589,11 +588,11 @@ class Tracker:
         return run_id
 
     def reopen(
-        self, handle: int, run_ids: list[str], tags: dict[str, str], spool: str | None = None
+        self, handle: int, run_ids: list[str], tags: dict[str, str], spool: Path | None = None
     ) -> list[str]:
         self.runs[handle] = list(run_ids)
         if spool:
-            self.spools[handle] = Path(spool)
+            self.spools[handle] = spool
         for run_id in run_ids:
             run = self.client.get_run(run_id)
             self.experiments[handle] = run.info.experiment_id
@@ -687,11 +686,9 @@ class Tracker:
             self._send_kept(handle)
         except Exception as error:
             folder = self.spools[handle]
-            unsent = (
-                f"kept epochs not sent ({type(error).__name__}: {error}); they stay in {folder}"
-            )
+            why = f"kept epochs not sent ({type(error).__name__}: {error}); they stay in {folder}"
             for run_id in self.runs.get(handle, []):
-                self.errors.setdefault(run_id, unsent[:5000])
+                self.errors.setdefault(run_id, why[:5000])
         for run_id, status in zip(self.runs.get(handle, []), statuses):
             error = self.errors.pop(run_id, None)
             if error and status == "FINISHED":

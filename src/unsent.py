@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 FOLDER = "unsent"
-BATCH = 1000  # MLflow's most metrics per log_batch
 
 
 def keep(folder: Path, run_id: str, entry: dict[str, Any]) -> Path:
@@ -38,6 +37,8 @@ def send(client: Any, path: Path) -> int:
     status goes last, so a run is closed only once its metrics are in."""
     from mlflow.entities import Metric
 
+    from src.tracking import BATCH_LIMIT
+
     run_id = path.stem
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [row for entry in entries for row in entry.get("metrics", [])]
@@ -47,8 +48,8 @@ def send(client: Any, path: Path) -> int:
         for m in client.get_metric_history(run_id, key)
     }
     new = [Metric(k, v, t, s) for k, v, t, s in rows if (k, s) not in held]
-    for i in range(0, len(new), BATCH):
-        client.log_batch(run_id, metrics=new[i : i + BATCH])
+    for i in range(0, len(new), BATCH_LIMIT):
+        client.log_batch(run_id, metrics=new[i : i + BATCH_LIMIT])
     for entry in entries:
         for key, value in entry.get("tags", {}).items():
             client.set_tag(run_id, key, value)

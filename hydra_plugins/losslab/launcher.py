@@ -60,9 +60,9 @@ ENDINGS = {
         "ended without a result; SLURM accounting (sacct) is off, so why is unknown",
     ),
 }
-CANCEL_WAIT_S = 60.0
+CANCEL_WAIT_S = 60.0  # after Ctrl-C: how long to wait for cancelled jobs to stop
 RESULT_WAIT_S = 15.0  # how long a job that ended normally may take to show its result file
-# after Ctrl-C: how long to wait for cancelled jobs to stop
+INTERRUPTED = "cancelled: the sweep was interrupted (Ctrl-C)"  # the reason on its runs
 
 
 class _TruthfulLauncher(BaseSubmititLauncher):
@@ -183,7 +183,7 @@ class _TruthfulLauncher(BaseSubmititLauncher):
                     detail = (str(error).strip().splitlines() or [""])[-1][:300]
             status, reason = ENDINGS.get(state, ("FAILED", f"the job ended {state}"))
             if interrupted:
-                status, reason = "KILLED", "cancelled: the sweep was interrupted (Ctrl-C)"
+                status, reason = "KILLED", INTERRUPTED
             reason = f"{reason} [{self._EXECUTOR} job {job.job_id}, {state}]"
             if detail:
                 reason += f": {detail}"
@@ -198,7 +198,7 @@ class _TruthfulLauncher(BaseSubmititLauncher):
             returns.append(_ended(overrides, num))
         if sweep.parent_run_id is not None:  # every job has ended: nothing can close these
             status, left = (
-                ("KILLED", "cancelled: the sweep was interrupted (Ctrl-C)")
+                ("KILLED", INTERRUPTED)
                 if interrupted
                 else ("FAILED", "its job ended without closing it (its tracking process was gone)")
             )
