@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -99,6 +100,13 @@ def run_name(
         if key not in NOT_IN_NAME and not key.startswith(NOT_IN_NAME_PREFIXES)
     ]
     return " ".join([loss, *extra, *([fold] if fold else []), f"seed={seed}"])
+
+
+def model_name(run: str) -> str:
+    """The run's model as the Models page lists it: 'mse seed=0' -> 'mse-seed0',
+    'mse optimizer.lr=0.1 seed=0' -> 'mse-optimizer_lr0_1-seed0' (MLflow refuses / : . % and
+    quotes in a model's name)."""
+    return re.sub(r"[^\w\-]+", "_", "-".join(run.replace("=", "").split())).strip("_")
 
 
 def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
@@ -391,6 +399,7 @@ def _finish(
     # The job's wall time in each member's run: MLflow's duration of a member's run is its
     # whole job's, so five seeds of one job would read as five runs of that length.
     seconds = {"job_seconds": [round(time.perf_counter() - started, 3)] * len(names)}
+    runs.flush()  # the epochs now: the finals wait for the models they are linked to
     runs.add_metrics(len(history), {**final_all, **seconds})
     trivial = trivial_score(module, data.split, metric)
     direction = typed.metrics[metric].direction
@@ -399,7 +408,7 @@ def _finish(
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
         member_history = [{key: values[k] for key, values in row.items()} for row in history]
-        runs.log_learning_curves(k, member_history, metric, f"{name}: loss and {metric}")
+        runs.log_learning_curves(k, member_history, typed.loss.name, metric, name)
         diverged = int(module.diverged_at[k])
         test_value = final[f"final/test/{metric}"]
         final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)
@@ -410,6 +419,7 @@ def _finish(
         if typed.logger.log_model and not diverged:
             runs.log_model(
                 k,
+                model_name(name),
                 module.model.export(k, data.split.units),
                 data.split.x_test[:5],
                 [f"torch=={torch.__version__.split('+')[0]}"],
@@ -488,7 +498,8 @@ def _start_runs(
     thin = split.thinned()
     arrays = (thin.x_train, labels(thin.y_train), thin.x_test, labels(thin.y_test))
     key = repr((typed.dataset, typed.loss.targets))
-    runs.log_dataset(key, arrays, f"{typed.dataset.label} data")
+    classes = typed.loss.task != Task.regression
+    runs.log_dataset(key, arrays, f"{typed.dataset.label} data", classes)
     return runs
 
 

@@ -5,7 +5,7 @@ imports matplotlib and numpy, not src.data."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -14,83 +14,137 @@ from matplotlib.lines import Line2D
 
 
 class LearningCurves:
-    """The study's figure: loss on top, the task's metric below, train vs test per epoch.
+    """The study's figure: the loss on top, the task's metric below, train vs test per epoch;
+    one panel when the loss is the metric (the same numbers twice told nothing). A panel
+    whose values span more than a decade (MSE falls 1000-fold in 20 epochs) gets a log axis.
 
-    Built once per metric and redrawn with each run's data: building the axes costs as much
+    Built once per layout and redrawn with each run's data: building the axes costs as much
     as drawing them, and a sweep draws one per run. Save the figure before the next call."""
 
     def __init__(self) -> None:
-        self._built: dict[str, tuple[Figure, list[Axes], dict[str, Line2D]]] = {}
+        self._built: dict[tuple[str, ...], tuple[Figure, list[Axes], dict[str, Line2D]]] = {}
 
-    def __call__(self, history: Sequence[Mapping[str, float]], metric: str, title: str) -> Figure:
-        if metric not in self._built:
-            self._built[metric] = self._build(metric)
-        fig, axes, lines = self._built[metric]
+    def __call__(
+        self, history: Sequence[Mapping[str, float]], loss: str, metric: str, title: str
+    ) -> Figure:
+        panels = ("loss",) if _same(history, metric) else ("loss", metric)
+        layout = (loss, *panels)
+        if layout not in self._built:
+            self._built[layout] = self._build(loss, panels)
+        fig, axes, lines = self._built[layout]
         epochs = np.arange(1, len(history) + 1)
         for key, line in lines.items():
             line.set_data(epochs, [row[key] for row in history])
-        for ax in axes:
+        for ax, name in zip(axes, panels):
+            values = np.array([row[f"{split}/{name}"] for row in history for split in SPLITS])
+            ax.set_yscale("log" if _spans_decades(values) else "linear")
             ax.relim()
             ax.autoscale_view()
-        fig.suptitle(title)
+        fig.suptitle(f"{title}: " + " and ".join(axis.get_ylabel() for axis in axes))
         return fig
 
     @staticmethod
-    def _build(metric: str) -> tuple[Figure, list[Axes], dict[str, Line2D]]:
+    def _build(loss: str, panels: tuple[str, ...]) -> tuple[Figure, list[Axes], dict[str, Line2D]]:
         # Fixed margins: constrained layout costs a third of the rendering time.
-        fig = Figure(figsize=(7, 6))
-        fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.08, hspace=0.08)
-        axes = list(fig.subplots(2, 1, sharex=True))
+        fig = Figure(figsize=(7, 3.2 + 2.8 * len(panels)))
+        fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.08, hspace=0.08)
+        axes = list(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
         lines = {}
-        for ax, name in zip(axes, ("loss", metric)):
-            for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
+        for ax, name in zip(axes, panels):
+            for split, color in zip(SPLITS, ("tab:blue", "tab:orange")):
                 (lines[f"{split}/{name}"],) = ax.plot([], [], color=color, label=split)
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
+            ax.set_ylabel(f"loss ({loss})" if name == "loss" else name)
+            ax.grid(alpha=0.3, which="both")
             ax.legend()
         axes[-1].set_xlabel("epoch")
         return fig, axes, lines
+
+
+SPLITS = ("train", "test")
+
+
+def _same(history: Sequence[Mapping[str, float]], metric: str) -> bool:
+    """Whether the metric's curves are the loss's own (the mse loss scored by mse)."""
+    if not history or any(f"train/{metric}" not in row for row in history):
+        return False
+    loss = [row[f"{split}/loss"] for row in history for split in SPLITS]
+    scored = [row[f"{split}/{metric}"] for row in history for split in SPLITS]
+    return bool(np.allclose(loss, scored, equal_nan=True))
+
+
+def _spans_decades(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    return finite.size > 1 and finite.min() > 0 and finite.max() / finite.min() > 10
 
 
 learning_curves = LearningCurves()
 
 
 def dataset(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, title: str
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    title: str,
+    classes: bool,
 ) -> Figure:
-    """Two-feature data as a scatter coloured by class (train dots, test crosses); wider data
-    as its first principal component against the target, with the targets' histogram. The
-    targets come one value per row (``data.labels``)."""
-    fig = Figure(figsize=(10, 4.5))
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.12, wspace=0.2)
-    if x_train.shape[1] == 2:
+    """The data as a person would look at it, one value per target row (``data.labels``):
+    classes as a scatter coloured by class with train/test as the marker's shape (the two
+    features, or the first two principal components of wider data); a regression target
+    against its most informative feature (the largest |correlation|), beside the targets'
+    histogram. Legends sit outside the data."""
+    fig = Figure(figsize=(8, 6) if classes else (11, 4.8))
+    fig.subplots_adjust(left=0.1, right=0.8, top=0.9, bottom=0.1, wspace=0.25)
+    splits = ((x_train, y_train, "o", "train"), (x_test, y_test, "x", "test"))
+    if classes:
         ax = fig.subplots()
-        for label in np.unique(np.concatenate([y_train, y_test])):
-            for x, y, marker, name in (
-                (x_train, y_train, "o", "train"),
-                (x_test, y_test, "x", "test"),
-            ):
-                rows = y == label
-                ax.scatter(*x[rows].T, s=10, marker=marker, label=f"{name} class {label:g}")
-        ax.set_xlabel("x0")
-        ax.set_ylabel("x1")
-        ax.set_aspect("equal")
-        ax.legend(fontsize="small", markerscale=1.5)
+        wide = x_train.shape[1] > 2
+        project = _principal(np.concatenate([x_train, x_test]), 2) if wide else (lambda x: x)
+        labels = np.unique(np.concatenate([y_train, y_test]))
+        colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+        for x, y, marker, _ in splits:
+            xy = project(x)
+            ax.scatter(*xy.T, s=12, marker=marker, c=[colours[v] for v in y], linewidths=0.8)
+        ax.set_xlabel("principal component 1" if wide else "x0")
+        ax.set_ylabel("principal component 2" if wide else "x1")
+        if not wide:
+            ax.set_aspect("equal")
+        handles = [_key("o", colours[v], f"class {v:g}") for v in labels]
+        handles += [_key(m, "0.3", name) for _, _, m, name in splits]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
     else:
         scatter, hist = fig.subplots(1, 2)
-        x_all = np.concatenate([x_train, x_test])
-        centred = x_all - x_all.mean(axis=0)
-        component = np.linalg.svd(centred, full_matrices=False)[2][0]
-        for x, y, name in ((x_train, y_train, "train"), (x_test, y_test, "test")):
-            scatter.scatter((x - x_all.mean(axis=0)) @ component, y, s=6, alpha=0.6, label=name)
-            hist.hist(y, bins=40, alpha=0.6, label=name)
-        scatter.set_xlabel("first principal component of X")
+        x_all, y_all = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+        best = _most_informative(x_all, y_all)
+        for (x, y, marker, name), colour in zip(splits, ("tab:blue", "tab:orange")):
+            scatter.scatter(x[:, best], y, s=10, marker=marker, color=colour, label=name)
+            hist.hist(y, bins=40, alpha=0.6, color=colour, label=name)
+        r = np.corrcoef(x_all[:, best], y_all)[0, 1]
+        scatter.set_xlabel(f"feature {best} (most informative, r = {r:.2f})")
         scatter.set_ylabel("target")
         hist.set_xlabel("target")
-        scatter.legend()
-        hist.legend()
+        hist.set_ylabel("rows")
+        hist.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(title)
     return fig
+
+
+def _key(marker: str, colour: str, label: str) -> Line2D:
+    return Line2D([], [], marker=marker, color=colour, linestyle="", label=label)
+
+
+def _principal(x: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Projection onto the first ``k`` principal components of ``x``."""
+    mean = x.mean(axis=0)
+    components = np.linalg.svd(x - mean, full_matrices=False)[2][:k]
+    return lambda rows: (rows - mean) @ components.T
+
+
+def _most_informative(x: np.ndarray, y: np.ndarray) -> int:
+    """The column most correlated with the target (constant columns count as 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = [np.corrcoef(column, y)[0, 1] for column in x.T]
+    return int(np.nanargmax(np.abs(np.nan_to_num(r))))
 
 
 def _by_task(results: Sequence) -> dict[str, list]:

@@ -1,11 +1,11 @@
 """Use a logged model: ``python -m src.predict run_id=<id> input=<csv> [output=<csv>]``.
 
-The model is the run's MLflow pytorch model (``runs:/<id>/model``): a plain torch network that
-returns the activated output (a value for regression, a probability for bce, a tanh value for
-hinge). A run on table data (``dataset=csv``, a bundled dataset) also logged its fitted
-preprocessing (``preprocessing/``): then ``input=`` takes raw rows with the original columns
-(any order, extra columns ignored, a CSV or Parquet file) and the predictions come in the
-target's own units and class names. For the study's arrays, the input is the features as the
+The model is the run's MLflow pytorch model (its tag ``model``: ``models:/<id>``): a plain torch
+network that returns the activated output (a value for regression, a probability for bce, a tanh
+value for hinge). A run on table data (``dataset=csv``, a bundled dataset) also logged its
+fitted preprocessing (``preprocessing/``): then ``input=`` takes raw rows with the original
+columns (any order, extra columns ignored, a CSV or Parquet file) and the predictions come in
+the target's own units and class names. For the study's arrays, the input is the features as the
 run's data produced them (scaled), one column per input.
 
 ``split=test`` instead of ``input=`` rebuilds the run's own test split from its logged config
@@ -115,7 +115,13 @@ def load_model(client: MlflowClient, run: Run) -> torch.nn.Module:
             "or it diverged)"
         )
     mlflow.set_tracking_uri(client.tracking_uri)
-    return mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    return mlflow.pytorch.load_model(model_uri(run))
+
+
+def model_uri(run: Run) -> str:
+    """Where the run's model is: its tag ``model`` (``models:/<id>``; models are named for
+    their run), or ``runs:/<id>/model`` for runs logged before models had names."""
+    return run.data.tags.get("model", f"runs:/{run.info.run_id}/model")
 
 
 def predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -301,7 +307,7 @@ def main(argv: list[str]) -> None:
             output.parent.mkdir(parents=True, exist_ok=True)
             result.to_csv(output, index=False)
         else:
-            signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
+            signature = mlflow.models.get_model_info(model_uri(run)).signature
             x = read_inputs(source, signature.inputs.inputs[0].shape[-1])
             write_csv(output, {"x": x, "prediction": predict(model, x)})
     print(f"wrote {output}")

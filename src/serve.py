@@ -103,6 +103,16 @@ def after_start(store_uri: str, base_url: str, server_pid: int, reap: bool) -> N
         return
     link = runs_link(store_uri, base_url) or base_url
     print(f"losslab: the UI answers: {link}", flush=True)
+    print(f"losslab: {CLASSIC_VIEW}", flush=True)
+
+
+# MLflow 3.17 keeps its GenAI/Model training choice per browser (localStorage
+# mlflow.workflowType_v1, GenAI until chosen); the printed link's workflowType parameter holds
+# for that page only, and MLflow's own run links drop it. Nothing server-side sets it.
+CLASSIC_VIEW = (
+    "first visit in a browser: click 'Model training' at the top of MLflow's sidebar once; "
+    "the browser keeps the classic run view from then on"
+)
 
 
 def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:

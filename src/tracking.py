@@ -261,15 +261,15 @@ class RunSet:
         every member's run when ``member`` is None."""
         self._send("log_file", member, str(local), folder)
 
-    def log_dataset(self, key: str, arrays: tuple, title: str) -> None:
+    def log_dataset(self, key: str, arrays: tuple, title: str, classes: bool) -> None:
         """dataset.png in every member's run, drawn once per tracking process and ``key``
-        from (x_train, labels_train, x_test, labels_test)."""
-        self._send("log_dataset", key, arrays, title)
+        from (x_train, labels_train, x_test, labels_test); ``classes``: labels are classes."""
+        self._send("log_dataset", key, arrays, title, classes)
 
     def log_learning_curves(
-        self, member: int, history: list[dict], metric: str, title: str
+        self, member: int, history: list[dict], loss: str, metric: str, title: str
     ) -> None:
-        self._send("log_learning_curves", member, history, metric, title)
+        self._send("log_learning_curves", member, history, loss, metric, title)
 
     def log_input(self, record: Mapping[str, str]) -> None:
         """The run's dataset, the MLflow way (``log_inputs``): name, digest, source, schema
@@ -277,9 +277,17 @@ class RunSet:
         self._send("log_input", dict(record))
 
     def log_model(
-        self, member: int, model: Any, input_example: Any, requirements: list[str], fmt: str
+        self,
+        member: int,
+        name: str,
+        model: Any,
+        input_example: Any,
+        requirements: list[str],
+        fmt: str,
     ) -> None:
-        self._send("log_model", member, model, input_example, requirements, fmt)
+        """The member's model, named ``name``; final metrics added before the next flush are
+        linked to it."""
+        self._send("log_model", member, name, model, input_example, requirements, fmt)
 
     def end(self, statuses: list[str]) -> None:
         """Close every run with its true status: FINISHED, FAILED or KILLED."""
@@ -410,6 +418,7 @@ class Tracker:
         self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
         self._datasets: dict[str, Path] = {}
         self._model_experiment: str | None = None
+        self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final/* link to it)
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
         self._warm_up = ["src.plots"]
@@ -607,8 +616,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         for k, run_id in enumerate(self.runs[handle]):
+            model_id = self.models.get(run_id)
             metrics = [
-                Metric(key, values[k], timestamp, step)
+                Metric(key, values[k], timestamp, step, model_id=_final(key, model_id))
                 for step, timestamp, row in rows
                 for key, values in row.items()
             ]
@@ -625,13 +635,13 @@ class Tracker:
         for run_id in self._members(handle, member):
             self.client.log_artifact(run_id, local, folder)
 
-    def log_dataset(self, handle: int, key: str, arrays: tuple, title: str) -> None:
+    def log_dataset(self, handle: int, key: str, arrays: tuple, title: str, classes: bool) -> None:
         from src import plots
 
         if key not in self._datasets:  # every member and job on the same data shares it
             path = Path(self._rendered.name) / str(len(self._datasets)) / "dataset.png"
             path.parent.mkdir()
-            plots.dataset(*arrays, title).savefig(path)
+            plots.dataset(*arrays, title, classes).savefig(path)
             self._datasets[key] = path
         self.log_file(handle, None, str(self._datasets[key]), None)
 
@@ -644,24 +654,27 @@ class Tracker:
             self.client.log_inputs(run_id, datasets=found)
 
     def log_learning_curves(
-        self, handle: int, member: int, history: list[dict], metric: str, title: str
+        self, handle: int, member: int, history: list[dict], loss: str, metric: str, title: str
     ) -> None:
         from src import plots
 
-        figure = plots.learning_curves(history, metric, title)
+        figure = plots.learning_curves(history, loss, metric, title)
         self.client.log_figure(self.runs[handle][member], figure, "learning_curves.png")
 
     def log_model(
         self,
         handle: int,
         member: int,
+        name: str,
         model: Any,
         input_example: Any,
         requirements: list[str],
         serialization: str,
     ) -> None:
-        """MLflow pytorch flavor with signature and input example; explicit requirements spare
-        MLflow from inferring them in a subprocess (seconds per model)."""
+        """MLflow pytorch flavor with signature and input example, named for its run; the
+        run's final metrics, logged after it, are linked to it (the Models page ranks by
+        them) and its ``models:/`` URI is the run's tag ``model``. Explicit requirements
+        spare MLflow from inferring them in a subprocess (seconds per model)."""
         import mlflow.pytorch
 
         run_id = self.runs[handle][member]
@@ -669,14 +682,18 @@ class Tracker:
         if experiment_id != self._model_experiment:  # where MLflow files the model
             mlflow.set_experiment(experiment_id=experiment_id)
             self._model_experiment = experiment_id
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model,
-            name="model",
+            name=name,
             run_id=run_id,
             input_example=input_example,
             pip_requirements=requirements,
             serialization_format=serialization,
         )
+        # This helper runs as `python -c`, which MLflow would record as the model's source.
+        self.client.set_logged_model_tags(info.model_id, {"mlflow.source.name": "src.train"})
+        self.models[run_id] = info.model_id
+        self._tags(run_id, {"model": f"models:/{info.model_id}"})
 
     def end(self, handle: int, statuses: list[str]) -> None:
         """Close the job's runs, after what was kept for them is sent. Kept epochs the store
@@ -758,6 +775,11 @@ class Tracker:
 
     def end_parent(self, parent_run_id: str, status: str) -> None:
         self._close(parent_run_id, status)
+
+
+def _final(key: str, model_id: str | None) -> str | None:
+    """The model a metric describes: a run's final scores are its model's."""
+    return model_id if key.startswith("final/") else None
 
 
 # ------------------------------------------------------------------- other readers

@@ -173,11 +173,19 @@ def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
     assert {"learning_curves.png", "dataset.png", "config"} <= artifacts
     config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert config_files == {"config/config.yaml", "config/overrides.txt"}
+    # The model is named for its run, comes from src.train, and carries the run's finals.
+    model = client.get_logged_model(tags["model"].removeprefix("models:/"))
+    assert model.name == "hinge-trainer_max_epochs3-seed1"
+    assert model.source_run_id == run.info.run_id
+    assert model.tags["mlflow.source.name"] == "src.train"
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["final/test/accuracy"] == metrics["final/test/accuracy"]
+    assert not any(key.startswith(("train/", "test/")) for key in linked)
 
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(store_uri)
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pytorch.load_model(run.data.tags["model"])
     cfg = config.validate(compose_cfg("loss=hinge"))
     split = make_split(cfg.dataset, cfg.loss.targets)
     with torch.no_grad():

@@ -53,7 +53,7 @@ def logged_pieces(client, store_uri: str, run, tmp_path: Path):
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(store_uri)
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pytorch.load_model(run.data.tags["model"])
     folder = Path(client.download_artifacts(run.info.run_id, "preprocessing", str(tmp_path)))
     facts = json.loads((folder / "target.json").read_text())
     return model, joblib.load(folder / "features.joblib"), facts
