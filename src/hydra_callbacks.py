@@ -177,6 +177,7 @@ class LosslabCallback(Callback):
             # process and the sweep waits for it once, at its end; and torch and Lightning are
             # imported now, while the tracking process sets up the store.
             tracking.hold(uri)
+            print("losslab: preparing the sweep: loading torch and Lightning", flush=True)
             import src.experiment  # noqa: F401
         try:
             parent = writer.result(call)

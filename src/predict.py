@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from src import store
+from src import quick_exit, store
 from src.config import ConfigError, LosslabConfig
 
 if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to be good
@@ -326,4 +326,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    quick_exit.run(cli)

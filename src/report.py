@@ -25,7 +25,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from scipy import stats
 
-from src import plots, store, tracking
+from src import plots, quick_exit, store, tracking
 from src.config import ConfigError
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written into the sweep dir by the Optuna sweeper
@@ -766,4 +766,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    quick_exit.run(lambda: sys.exit(main(sys.argv[1:])))

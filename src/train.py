@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import cluster, config, hydra_callbacks, store
+from src import cluster, config, hydra_callbacks, quick_exit, store
 from src.cli import one_line_error
 from src.config import ConfigError
 
@@ -44,6 +44,9 @@ def main(cfg: DictConfig) -> float:
     # (the py.warnings logger of conf/hydra/job_logging/losslab.yaml), not to the console.
     logging.captureWarnings(True)
     cluster.handle_job_signals(requeue=int(hc.launcher.get("max_num_timeout") or 0) > 0)
+    if not multirun and "src.experiment" not in sys.modules:  # seconds of silence otherwise
+        shown = " ".join(hc.overrides.task) or "defaults"
+        print(f"losslab: {shown}: loading torch and Lightning", flush=True)
     from src.experiment import JobContext, run  # heavy imports, after validation
 
     job = JobContext(
@@ -114,4 +117,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    quick_exit.run(cli)

@@ -110,4 +110,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from src import quick_exit
+
+    quick_exit.run(lambda: sys.exit(main(sys.argv[1:])))

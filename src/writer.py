@@ -115,6 +115,9 @@ def _main() -> None:
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     factory, args = _get(conn)
     _serve(conn, factory, args)
+    from src import quick_exit
+
+    quick_exit.leave(0)  # every call is done; skip MLflow's and torch's teardown (1.7 s)
 
 
 def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:

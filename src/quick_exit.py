@@ -1,0 +1,49 @@
+"""End a command as soon as its work is done, not 1.7 s later.
+
+Measured (2026-12-03, this machine): a process that has imported torch, Lightning, MLflow and
+scikit-learn spends 1.7 s after its last line tearing those modules down, 0.05 s with
+``os._exit``; a sweep paid it twice (the job process and its tracking process), about 15% of a
+five-loss sweep. Everything a command owes at exit is in its exit handlers (the tracking
+process's last writes, log files, temporary folders, joblib's workers), so they run first; only
+the module teardown, which writes nothing, is skipped.
+
+Only for ``__main__`` blocks: a test calling ``cli()`` in its own process must get SystemExit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+def run(main: Callable[[], object]) -> NoReturn:
+    """``main()``, then exit with its SystemExit code (0 when it returns). An exception other
+    than SystemExit (a bug) propagates, for Python to print its traceback as usual."""
+    try:
+        main()
+        code: object = 0
+    except SystemExit as stop:
+        code = stop.code
+    leave(code)
+
+
+def leave(code: object) -> NoReturn:
+    """Exit now with ``code`` (as ``sys.exit`` reads it), after the exit handlers."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message") prints the message and exits 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()  # what interpreter exit would run, in order
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+            stream.flush()
+    os._exit(status)
