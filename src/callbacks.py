@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 from src.metrics import plain
-from src.module import LossModule
+from src.module import Diverged, LossModule
 from src.tracking import RunSet
 
 # In every checkpoint: the runs it belongs to and the epochs it has trained.
@@ -130,11 +130,16 @@ class MlflowHistory(pl.Callback):
         self.flush_every = flush_every
         self.buffered = logged  # epochs already buffered or in the store
 
-    def _buffer(self, pl_module: LossModule) -> None:
-        """Buffer the epochs not yet buffered."""
-        for epoch, record in enumerate(pl_module.history[self.buffered :], self.buffered + 1):
+    def _buffer(self, pl_module: LossModule, stopped: bool = False) -> None:
+        """Buffer the epochs not yet buffered. A run ``stopped`` between an epoch's training
+        and its test scores leaves that epoch out: a resume recomputes it whole, and would
+        otherwise skip its test scores (the store's last train/loss step says what it holds)."""
+        history = pl_module.history
+        if stopped and len(history) > 1 and set(history[-1]) < set(history[0]):
+            history = history[:-1]
+        for epoch, record in enumerate(history[self.buffered :], self.buffered + 1):
             self.runs.add_metrics(epoch, {key: plain(value) for key, value in record.items()})
-        self.buffered = max(self.buffered, len(pl_module.history))
+        self.buffered = max(self.buffered, len(history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
         self._buffer(pl_module)
@@ -142,7 +147,8 @@ class MlflowHistory(pl.Callback):
             self.runs.flush()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: LossModule, exception: Any) -> None:
-        self._buffer(pl_module)
+        # a diverged epoch keeps its non-finite train loss: it is the reason the run failed
+        self._buffer(pl_module, stopped=not isinstance(exception, Diverged))
         self.runs.flush()
 
     def on_save_checkpoint(

@@ -28,6 +28,12 @@ def one_line_error(error: BaseException) -> str | None:
             group, name = found.groups()
             return f"unknown {group} '{name}'; choose one of: {', '.join(_options(group))}"
         return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, ValueError) and str(error).startswith("Unable to configure"):
+        cause = f": {_first_line(error.__cause__)}" if error.__cause__ else ""
+        return (
+            f"Hydra's logging config: {_first_line(error)}{cause}; check the "
+            "hydra.job_logging / hydra.hydra_logging overrides"
+        )
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         line = _first_line(error)
         if "LexerNoViableAltException" in line or "token recognition error" in line:

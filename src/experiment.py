@@ -172,7 +172,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     for name, final in zip(names, finals):
         line = _study_line(final, metric, typed.loss.metrics)
         log.info(f"{prefix}{name}: {line} [{final['outcome']}, {elapsed:.1f}s]")
-    return float(np.median([f[f"final/test/{metric}"] for f in finals]))
+    return float(np.median([f[f"final_test_{metric}"] for f in finals]))
 
 
 def build(
@@ -393,14 +393,17 @@ def _finish(
     # Scored as predictions are made: eval mode (no dropout, batch norm's running statistics).
     with module.scoring(), trainer.precision_plugin.forward_context():
         for split, (x, y) in (("train", data.train), ("test", data.test)):
-            final_all[f"final/{split}/loss"] = plain(module.evaluate(x, y)["loss"])
+            final_all[f"final_{split}_loss"] = plain(module.evaluate(x, y)["loss"])
             for name, values in panel(*module.outputs(x, y)).items():
-                final_all[f"final/{split}/{name}"] = values
+                final_all[f"final_{split}_{name}"] = values
     # The job's wall time in each member's run: MLflow's duration of a member's run is its
     # whole job's, so five seeds of one job would read as five runs of that length.
     seconds = {"job_seconds": [round(time.perf_counter() - started, 3)] * len(names)}
     runs.flush()  # the epochs now: the finals wait for the models they are linked to
-    runs.add_metrics(len(history), {**final_all, **seconds})
+    # Step 0 and no "/" in their names: MLflow's run page draws a step-0 metric as a bar (its
+    # value), not a one-dot line chart, and files unprefixed keys in its last section, so a
+    # run's charts open on the learning curves (sections test/ and train/).
+    runs.add_metrics(0, {**final_all, **seconds})
     trivial = trivial_score(module, data.split, metric)
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
@@ -410,7 +413,7 @@ def _finish(
         member_history = [{key: values[k] for key, values in row.items()} for row in history]
         runs.log_learning_curves(k, member_history, typed.loss.name, metric, name)
         diverged = int(module.diverged_at[k])
-        test_value = final[f"final/test/{metric}"]
+        test_value = final[f"final_test_{metric}"]
         final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)
         tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.6g}", **stop}
         if diverged:
@@ -531,7 +534,7 @@ def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
     """The study's printout with the metric named, to 4 significant digits (3 decimals hid
     MSE's 0.0007): 'accuracy Train: 0.836, Test: 0.852', 'mse Train: 0.00071, Test: 0.005'."""
     return "; ".join(
-        f"{name} Train: {final[f'final/train/{name}']:.4g}, Test: {final[f'final/test/{name}']:.4g}"
+        f"{name} Train: {final[f'final_train_{name}']:.4g}, Test: {final[f'final_test_{name}']:.4g}"
         for name in dict.fromkeys([metric, *extra])
     )
 

@@ -19,9 +19,9 @@ from typing import Any
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from src import store, tracking
+from src import override_policy, store, tracking
 from src.config import ConfigError, validate
 from src.writer import WriterError
 
@@ -127,6 +127,11 @@ def _check_writable(folder: Path, key: str) -> None:
         ) from None
 
 
+def _check_job_logging(config: DictConfig) -> None:
+    node = OmegaConf.to_container(config.hydra.job_logging, resolve=False)
+    override_policy.check_logging_references("hydra.job_logging", node)
+
+
 class LosslabCallback(Callback):
     @_abort_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -143,6 +148,7 @@ class LosslabCallback(Callback):
 
             resume.locate(typed.resume, uri, config)
         _check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        _check_job_logging(config)
         # starts importing MLflow while the job imports torch; then closes runs that processes
         # now gone left RUNNING (in the tracking process: the job does not wait for it)
         tracking.writer(uri, models=typed.logger.log_model).send("reap", typed.logger.experiment)
@@ -158,6 +164,7 @@ class LosslabCallback(Callback):
         uri = store.resolve_uri(typed.logger.tracking_uri)
         store.check(uri, typed.logger.experiment)
         _check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        _check_job_logging(config)
 
         # The tracking process creates (and migrates) the store, the experiment and the parent
         # once, here: parallel jobs never race on a fresh sqlite database.

@@ -148,9 +148,9 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
     recomputed = {name: values[0] for name, values in panel(pred, target).items()}
     logged_metrics = run.data.metrics
     logged = {
-        name: logged_metrics[f"final/test/{name}"]
+        name: logged_metrics[f"final_test_{name}"]
         for name in recomputed
-        if f"final/test/{name}" in logged_metrics
+        if f"final_test_{name}" in logged_metrics
     }
     return Scored(split.x_test, y_test, prediction, recomputed, logged)
 
@@ -294,7 +294,7 @@ def main(argv: list[str]) -> None:
         write_csv(output, {"x": scored.x, "target": scored.target, "prediction": scored.prediction})
         for name, value in scored.recomputed.items():
             logged = scored.logged.get(name, float("nan"))
-            print(f"test {name}: {value:.6f} (logged final/test/{name}: {logged:.6f})")
+            print(f"test {name}: {value:.6f} (logged final_test_{name}: {logged:.6f})")
     else:
         import mlflow.models
 

@@ -167,7 +167,7 @@ def collect(runs: Iterable, metric: str | None = None) -> list[Result]:
         tags, metrics = run.data.tags, run.data.metrics
         task = tags.get("task", "")
         primary = tags.get("metric") or PRIMARY.get(task, "?")
-        chosen = metric if metric and f"final/test/{metric}" in metrics else primary
+        chosen = metric if metric and f"final_test_{metric}" in metrics else primary
         results.append(
             Result(
                 run_id=run.info.run_id,
@@ -180,15 +180,15 @@ def collect(runs: Iterable, metric: str | None = None) -> list[Result]:
                 fold=tags.get("fold", "-"),
                 metric=chosen,
                 curve=primary,
-                train=metrics.get(f"final/train/{chosen}", math.nan),
-                test=metrics.get(f"final/test/{chosen}", math.nan),
+                train=metrics.get(f"final_train_{chosen}", math.nan),
+                test=metrics.get(f"final_test_{chosen}", math.nan),
                 job_dir=tags.get("output_dir", ""),
                 error=tags.get("error", ""),
                 overrides=parse_overrides(tags.get("overrides", "")),
                 values={
-                    key.removeprefix("final/test/"): value
+                    key.removeprefix("final_test_"): value
                     for key, value in metrics.items()
-                    if key.startswith("final/test/") and key != "final/test/loss"
+                    if key.startswith("final_test_") and key != "final_test_loss"
                 },
             )
         )

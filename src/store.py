@@ -85,7 +85,9 @@ def check(uri: str, experiment: str | None = None, read_only: bool = False) -> N
             )
         if not read_only:
             _check_writable(db)
-        _check_sqlite_store(db, experiment)
+        location = _check_sqlite_store(db, experiment)
+        if not read_only:
+            _check_artifacts(location or artifact_root(uri) or "")
     elif scheme in ("", "file") or re.fullmatch(r"[a-z]", scheme):
         raise ConfigError(
             f"tracking URI '{shown}' is a file store, which MLflow >= 3.13 refuses; use "
@@ -140,12 +142,13 @@ MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
 LOCK_WAIT_S = 30.0
 
 
-def _check_sqlite_store(db: Path, experiment: str | None) -> None:
+def _check_sqlite_store(db: Path, experiment: str | None) -> str | None:
     """An existing sqlite file must be an MLflow store (checked read-only, with the standard
     library: nothing is written to a file that is not one), not locked for longer than
-    LOCK_WAIT_S, and ``experiment`` must not be deleted in it."""
+    LOCK_WAIT_S, and ``experiment`` must not be deleted in it. Returns the experiment's
+    artifact location when it exists."""
     if not db.is_file() or db.stat().st_size == 0:
-        return  # MLflow creates it
+        return None  # MLflow creates it
     with db.open("rb") as handle:
         if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
             raise ConfigError(
@@ -153,13 +156,13 @@ def _check_sqlite_store(db: Path, experiment: str | None) -> None:
                 "MLFLOW_TRACKING_URI at an MLflow store"
             )
     try:
-        tables, deleted = _read_store(db, experiment, timeout=0.5)
+        tables, deleted, location = _read_store(db, experiment, timeout=0.5)
     except sqlite3.OperationalError as error:
         if "locked" not in str(error):
             raise ConfigError(f"the MLflow store {db} cannot be read ({error})") from None
         print(f"losslab: the MLflow store {db} is locked; waiting up to {LOCK_WAIT_S:.0f} s")
         try:
-            tables, deleted = _read_store(db, experiment, timeout=LOCK_WAIT_S)
+            tables, deleted, location = _read_store(db, experiment, timeout=LOCK_WAIT_S)
         except sqlite3.OperationalError as again:
             raise ConfigError(
                 f"the MLflow store {db} is still locked by another process after "
@@ -181,23 +184,50 @@ def _check_sqlite_store(db: Path, experiment: str | None) -> None:
             f"experiment '{experiment}' is deleted in {db}; restore it with `mlflow "
             f"experiments restore --experiment-id {deleted}` or use logger.experiment=<name>"
         )
+    return location
 
 
-def _read_store(db: Path, experiment: str | None, timeout: float) -> tuple[set[str], str | None]:
-    """(table names, id of ``experiment`` if it is deleted), read-only."""
+def _check_artifacts(location: str) -> None:
+    """A local artifact location must be writable before training, not after it: models,
+    figures and checkpoints go there at the end of a run."""
+    parts = urlsplit(location)
+    if not location or parts.scheme not in ("", "file"):
+        return  # a server's or cloud store: the tracking process reports its failures
+    folder = Path(urllib.request.url2pathname(parts.path))
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    try:
+        if existing is None or not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write run artifacts to {folder} ({err.strerror or err}); make it a "
+            "writable folder or use another store"
+        ) from None
+
+
+def _read_store(
+    db: Path, experiment: str | None, timeout: float
+) -> tuple[set[str], str | None, str | None]:
+    """(table names, id of ``experiment`` if it is deleted, its artifact location if it is
+    active), read-only."""
     connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
     try:
         rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         tables = {name for (name,) in rows}
-        deleted = None
+        deleted = location = None
         if experiment and tables >= MLFLOW_TABLES:
             found = connection.execute(
-                "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = "
-                "'deleted'",
+                "SELECT experiment_id, lifecycle_stage, artifact_location FROM experiments "
+                "WHERE name = ?",
                 (experiment,),
             ).fetchone()
-            deleted = str(found[0]) if found else None
-        return tables, deleted
+            if found and found[1] == "deleted":
+                deleted = str(found[0])
+            elif found:
+                location = found[2]
+        return tables, deleted, location
     finally:
         connection.close()
 

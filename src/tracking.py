@@ -418,7 +418,7 @@ class Tracker:
         self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
         self._datasets: dict[str, Path] = {}
         self._model_experiment: str | None = None
-        self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final/* link to it)
+        self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final_* link to it)
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
         self._warm_up = ["src.plots"]
@@ -779,7 +779,7 @@ class Tracker:
 
 def _final(key: str, model_id: str | None) -> str | None:
     """The model a metric describes: a run's final scores are its model's."""
-    return model_id if key.startswith("final/") else None
+    return model_id if key.startswith("final_") else None
 
 
 # ------------------------------------------------------------------- other readers

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import cluster, config, hydra_callbacks, quick_exit, store
+from src import cluster, config, hydra_callbacks, override_policy, quick_exit, store
 from src.cli import one_line_error
 from src.config import ConfigError
 
@@ -85,7 +85,8 @@ def _check_arguments() -> None:
         raise ConfigError(f"{message} (python -m src.train --help lists the options)")
 
     parser.error = fail  # type: ignore[method-assign]
-    parser.parse_args(sys.argv[1:])
+    parsed = parser.parse_args(sys.argv[1:])
+    override_policy.check(parsed.overrides)
 
 
 def cli() -> None:

@@ -177,6 +177,21 @@ CATALOGUE = [
     bad("logger.experiment=café", "Hydra reads only ASCII outside quotes; quote the value"),
     bad("trainer.devices=2", "trainer.devices=2: losslab trains in one process on one device"),
     bad("trainer.devices=0", "trainer.devices=0: losslab trains in one process on one device"),
+    # Hydra's own nodes name only what they may call (src/override_policy.py); the payloads
+    # would write into the row's folder, which must stay empty
+    bad("hydra.job_logging.handlers.file.class=subprocess.Popen", "not a logging.Handler"),
+    bad("+hydra.hydra_logging.formatters.x={class:pathlib.Path}", "not a logging.Formatter"),
+    bad("-m hydra.launcher._target_=os.system", "hydra.launcher._target_=os.system is posix.sy"),
+    bad(
+        "-m +hydra.launcher.x={_target_:pathlib.Path.touch,self:pwned}",
+        "hydra.launcher.x._target_=pathlib.Path.touch is pathlib.Path.touch; Hydra's launcher",
+    ),
+    bad(
+        "+hydra.callbacks.x={_target_:subprocess.Popen,args:[touch,pwned]}",
+        "hydra.callbacks.x._target_=subprocess.Popen is subprocess.Popen",
+    ),
+    bad("~hydra.job_logging.handlers.file", "hydra.job_logging.root uses the handler 'file'"),
+    bad("~hydra.hydra_logging.handlers.console", "Hydra's logging config: Unable to configure"),
     # metrics that do not fit, and folds outside a sweep
     bad("loss=sparse_cce loss.metrics=[r2]", "loss.metrics: 'r2' does not apply to loss 'sparse"),
     bad("-m loss=mse,bce report.metric=nope", "unknown metric 'nope'; choose one of: ['accuracy'"),

@@ -164,10 +164,10 @@ def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2, 3]
     metrics = run.data.metrics
-    assert 0.0 <= metrics["final/test/accuracy"] <= 1.0
-    assert metrics["final/test/rounded_accuracy"] <= metrics["final/test/accuracy"]
-    printed = f"accuracy Train: {metrics['final/train/accuracy']:.4g}, "
-    printed += f"Test: {metrics['final/test/accuracy']:.4g}"
+    assert 0.0 <= metrics["final_test_accuracy"] <= 1.0
+    assert metrics["final_test_rounded_accuracy"] <= metrics["final_test_accuracy"]
+    printed = f"accuracy Train: {metrics['final_train_accuracy']:.4g}, "
+    printed += f"Test: {metrics['final_test_accuracy']:.4g}"
     assert printed in result.stdout
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"learning_curves.png", "dataset.png", "config"} <= artifacts
@@ -179,7 +179,7 @@ def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
     assert model.source_run_id == run.info.run_id
     assert model.tags["mlflow.source.name"] == "src.train"
     linked = {m.key: m.value for m in model.metrics}
-    assert linked["final/test/accuracy"] == metrics["final/test/accuracy"]
+    assert linked["final_test_accuracy"] == metrics["final_test_accuracy"]
     assert not any(key.startswith(("train/", "test/")) for key in linked)
 
     import mlflow.pytorch
@@ -191,7 +191,7 @@ def test_single_run_logs_everything(run_cli, client, store_uri) -> None:
     with torch.no_grad():
         pred = model(torch.from_numpy(split.x_test))
     accuracy = float(((pred > 0) == (torch.from_numpy(split.y_test) > 0)).float().mean())
-    assert accuracy == pytest.approx(metrics["final/test/accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(metrics["final_test_accuracy"], abs=1e-6)
 
 
 def test_same_seed_same_numbers(run_cli, client) -> None:

@@ -131,7 +131,7 @@ def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
         got, want = history(client, run_id, key), history(client, uninterrupted.info.run_id, key)
         assert [s for s, _ in got] == list(range(1, 21))  # every epoch once, none twice
         assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6)
-    finals = {k: v for k, v in after.data.metrics.items() if k.startswith("final/")}
+    finals = {k: v for k, v in after.data.metrics.items() if k.startswith("final_")}
     assert len(finals) == 14  # loss and the binary panel (6 metrics for bce), train and test
     assert finals == pytest.approx({k: uninterrupted.data.metrics[k] for k in finals}, abs=1e-6)
 
@@ -409,7 +409,7 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri
     assert any(r in run.data.tags["error"] for r in reasons)
     kept = [s for s, _ in history(client, run.info.run_id)]
     assert kept == list(range(1, epochs + 1))  # every epoch kept
-    assert "final/test/accuracy" in run.data.metrics
+    assert "final_test_accuracy" in run.data.metrics
 
 
 # ---- safe defaults --------------------------------------------------------------------------

@@ -55,11 +55,11 @@ def test_dropout_norm_and_clipping_keep_members_equal_to_separate_runs(run_cli, 
     alone = {r.data.tags["seed"]: r for r in runs if r.data.tags["members"] == "1"}
     assert sorted(together) == sorted(alone) == ["0", "1", "2"]
     for seed, single in alone.items():
-        for key in ("train/loss", "test/loss", "final/test/mse"):
+        for key in ("train/loss", "test/loss", "final_test_mse"):
             ours = _curve(client, together[seed].info.run_id, key)
             assert ours == pytest.approx(_curve(client, single.info.run_id, key), abs=TOLERANCE)
     # the members differ from each other (dropout draws are not shared)
-    finals = {s: r.data.metrics["final/test/mse"] for s, r in alone.items()}
+    finals = {s: r.data.metrics["final_test_mse"] for s, r in alone.items()}
     assert len(set(finals.values())) == 3
 
 
@@ -117,8 +117,8 @@ def test_bf16_mixed_precision_trains_close_to_float32(run_cli, client) -> None:
     assert run_cli(*common, "trainer.precision=bf16-mixed").returncode == 0
     assert run_cli(*common).returncode == 0
     runs = {r.data.params["trainer.precision"]: r for r in runs_of(client)}
-    low = runs["bf16-mixed"].data.metrics["final/test/accuracy"]
-    full = runs["32-true"].data.metrics["final/test/accuracy"]
+    low = runs["bf16-mixed"].data.metrics["final_test_accuracy"]
+    full = runs["32-true"].data.metrics["final_test_accuracy"]
     assert runs["bf16-mixed"].info.status == "FINISHED"
     assert 0.3 < low < 1.0 and abs(low - full) < 0.1
     assert _curve(client, runs["bf16-mixed"].info.run_id, "train/loss") != _curve(
@@ -158,8 +158,8 @@ def test_top_k_checkpoints_and_resume_equal_an_uninterrupted_run(
         ours = _curve(client, killed.info.run_id, key)
         assert len(ours) == 20
         assert ours == pytest.approx(_curve(client, other.info.run_id, key), abs=TOLERANCE)
-    assert runs[killed.info.run_id].data.metrics["final/test/loss"] == pytest.approx(
-        other.data.metrics["final/test/loss"], abs=TOLERANCE
+    assert runs[killed.info.run_id].data.metrics["final_test_loss"] == pytest.approx(
+        other.data.metrics["final_test_loss"], abs=TOLERANCE
     )
     assert other.data.tags["checkpoint.best"].endswith(".ckpt")
 

@@ -255,7 +255,7 @@ def test_new_losses_train_through_the_cli(run_cli, client) -> None:
         "sparse_cce": "blobs",
     }
     by_loss = {loss: results(r) for loss, r in children.items()}
-    assert "final/test/rounded_accuracy" in by_loss["squared_hinge"]
+    assert "final_test_rounded_accuracy" in by_loss["squared_hinge"]
     # one-hot and integer labels are the same loss on the same data: the same numbers
     assert by_loss["cce"] == by_loss["sparse_cce"]
 

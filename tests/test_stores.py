@@ -69,6 +69,39 @@ def test_a_store_that_is_not_a_working_mlflow_store_is_refused_untouched(
     assert list(work.iterdir()) == []  # no output folder
 
 
+def test_an_unwritable_artifact_folder_is_refused_before_training(
+    tmp_path: Path, mlflow_store: Path
+) -> None:
+    """New experiment (artifacts beside a fresh store) and existing one (its recorded
+    artifact location): both are checked at start-up, and nothing is created."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "mlartifacts").write_text("a file where the artifact folder should be")
+    work = tmp_path / "work"
+    work.mkdir()
+    done = invoke(work, f"sqlite:///{fresh / 'mlflow.db'}", "trainer.max_epochs=1", timeout=120)
+    line = one_error_line(done.stderr)
+    assert done.returncode == 1
+    assert line.startswith(f"losslab: error: cannot write run artifacts to {fresh}/mlartifacts")
+    assert not (fresh / "mlflow.db").exists() and list(work.iterdir()) == []
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    db = existing / "mlflow.db"
+    db.write_bytes(mlflow_store.read_bytes())
+    with sqlite3.connect(db) as connection:  # the experiment's artifacts: under a file
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ?, lifecycle_stage = 'active' "
+            "WHERE name = 'losslab'",
+            ((fresh / "mlartifacts" / "1").as_uri(),),
+        )
+    before = digest(db)
+    done = invoke(work, f"sqlite:///{db}", "trainer.max_epochs=1", timeout=120)
+    assert done.returncode == 1
+    assert f"cannot write run artifacts to {fresh}/mlartifacts/1" in one_error_line(done.stderr)
+    assert digest(db) == before and list(work.iterdir()) == []
+
+
 def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
     db = tmp_path / "nothing-here.db"
     for command in (["src.report", str(tmp_path)], ["src.predict", "run_id=abc", "split=test"]):

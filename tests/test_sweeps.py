@@ -63,7 +63,7 @@ def test_parallel_sweep_and_its_report(
         assert all(c.data.tags["outcome"] == "ok" for c in mine)
         assert (row["metric"], row["direction"]) == ("mse", "lower is better")
         for split in ("train", "test"):
-            x = np.array([c.data.metrics[f"final/{split}/mse"] for c in mine])
+            x = np.array([c.data.metrics[f"final_{split}_mse"] for c in mine])
             expected = {"n": len(x), "median": np.median(x), "mean": x.mean(), "std": x.std(ddof=1)}
             for key, value in expected.items():
                 assert float(row[f"{split}_{key}"]) == pytest.approx(value, rel=1e-12)
@@ -71,9 +71,9 @@ def test_parallel_sweep_and_its_report(
             low, high = float(row[f"{split}_ci_low"]), float(row[f"{split}_ci_high"])
             assert x.min() <= low <= x.mean() <= high <= x.max()
         for name in ("mse", "rmse", "mae", "median_ae", "r2"):  # the panel, as plain numbers
-            x = [c.data.metrics[f"final/test/{name}"] for c in mine]
+            x = [c.data.metrics[f"final_test_{name}"] for c in mine]
             assert float(row[f"test_median_{name}"]) == pytest.approx(np.median(x), rel=1e-12)
-        values[row["group"]] = {c.data.tags["seed"]: c.data.metrics["final/test/mse"] for c in mine}
+        values[row["group"]] = {c.data.tags["seed"]: c.data.metrics["final_test_mse"] for c in mine}
     (comparison,) = _csv(client, parent.info.run_id, "report/comparisons.csv", tmp_path / "b")
     paired = stats.ttest_rel(
         [values["mse"][s] for s in ("0", "1")], [values["mae"][s] for s in ("0", "1")]
@@ -147,7 +147,7 @@ def test_failing_jobs_do_not_stop_the_sweep(run_cli, client, tmp_path) -> None:
     assert "deliberate failure inside training" in failed.data.tags["error"]
     error_txt = client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))
     assert "RuntimeError" in Path(error_txt).read_text()
-    assert ok.info.status == "FINISHED" and ok.data.metrics["final/test/mse"] > 0
+    assert ok.info.status == "FINISHED" and ok.data.metrics["final_test_mse"] > 0
     report = Path(
         client.download_artifacts(parents[0].info.run_id, "report/report.md", str(tmp_path))
     ).read_text()
@@ -186,8 +186,8 @@ def test_optuna_search_tags_its_best_trial(run_cli, client, tmp_path) -> None:
     found = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
     best = [c for c in children if c.data.tags.get("best_trial") == "true"]
     assert len(best) == 1
-    scores = [c.data.metrics["final/test/mse"] for c in children]
-    assert best[0].data.metrics["final/test/mse"] == pytest.approx(found.best_value)
+    scores = [c.data.metrics["final_test_mse"] for c in children]
+    assert best[0].data.metrics["final_test_mse"] == pytest.approx(found.best_value)
     assert found.best_value == pytest.approx(min(scores))  # minimize, as mse_optuna says
     assert float(best[0].data.params["optimizer.lr"]) == found.best_params["optimizer.lr"]
     assert parents[0].data.tags["best_value"] == str(found.best_value)

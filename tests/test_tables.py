@@ -112,8 +112,8 @@ def test_a_regression_csv_trains_and_reports_in_the_targets_units(
             predicted = model(x).numpy()[:, 0]
         expected = mean_squared_error(frame["progression"].iloc[rows], predicted)
         assert expected > 100  # squared units of the target, not of its standardized form
-        assert run.data.metrics[f"final/{split}/mse"] == pytest.approx(expected, rel=1e-4)
-    assert f"Test: {run.data.metrics['final/test/mse']:.4g}" in done.stdout
+        assert run.data.metrics[f"final_{split}_mse"] == pytest.approx(expected, rel=1e-4)
+    assert f"Test: {run.data.metrics['final_test_mse']:.4g}" in done.stdout
 
 
 @pytest.mark.slow
@@ -161,7 +161,7 @@ def test_a_classification_csv_sweeps_reports_and_predicts_class_names(
         assert list(written.columns[: raw.shape[1]]) == list(raw.columns)
         predicted = written["predicted_diagnosis"].to_numpy()
         assert set(predicted) <= {"benign", "malignant"}
-        logged = run.data.metrics["final/test/accuracy"]
+        logged = run.data.metrics["final_test_accuracy"]
         assert accuracy_score(truth, predicted) == pytest.approx(logged, abs=1e-6)
 
 

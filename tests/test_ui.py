@@ -220,7 +220,7 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
         history = client.get_metric_history(run.info.run_id, "train/loss")
         assert [m.step for m in history] == [1, 2, 3]
         assert all(np.isfinite(m.value) for m in history)
-        assert 0 <= run.data.metrics[f"final/test/{metric}"] < 10
+        assert 0 <= run.data.metrics[f"final_test_{metric}"] < 10
         # Artifacts go through the server into its artifact root, not to the client's disk.
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -235,13 +235,13 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
 
     # The real CLI: the bce run's model, reloaded, scores its rebuilt test split as logged.
     bce_run = children["bce trainer.max_epochs=3 seed=0"]
-    logged = bce_run.data.metrics["final/test/accuracy"]
+    logged = bce_run.data.metrics["final_test_accuracy"]
     out = tmp_path / "bce_test.csv"
     done = predict_cli(
         f"run_id={bce_run.info.run_id}", "split=test", f"output={out}", uri=server.url
     )
     assert done.returncode == 0, done.stderr
-    assert f"test accuracy: {logged:.6f} (logged final/test/accuracy: {logged:.6f})" in done.stdout
+    assert f"test accuracy: {logged:.6f} (logged final_test_accuracy: {logged:.6f})" in done.stdout
     scored = pd.read_csv(out)
     assert list(scored.columns) == ["x0", "x1", "target", "prediction"]
     assert len(scored) == 500
@@ -254,7 +254,7 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
     mse_run = children["mse trainer.max_epochs=3 seed=0"]
     test = predict.score_test(client, mse_run)
     mse = float(np.mean((test.prediction - test.target) ** 2))
-    assert mse == pytest.approx(mse_run.data.metrics["final/test/mse"], rel=1e-5)
+    assert mse == pytest.approx(mse_run.data.metrics["final_test_mse"], rel=1e-5)
     assert test.recomputed["mse"] == pytest.approx(mse, rel=1e-5)
     features = pd.DataFrame(test.x[:7], columns=[f"f{i}" for i in range(test.x.shape[1])])
     features.to_csv(tmp_path / "features.csv", index=False)
@@ -364,18 +364,29 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
             expect(page.get_by_role("link", name="Models", exact=True)).to_be_visible()
             expect(genai).to_have_count(0)
             page.get_by_role("tab", name="Model metrics").click()
-            # Sections group keys by prefix: train/loss is the chart "loss" in section "train".
-            for section in ("train", "test", "final/train", "final/test"):
+            # Sections group keys by prefix, sorted, unprefixed keys last: the learning curves
+            # (test/, train/) come first, the final values (step-0 bars) in the last section.
+            tops = []
+            for section in ("test", "train", "Model metrics"):
                 header = page.get_by_role("figure").filter(has_text=re.compile(rf"^{section}\s*\("))
                 expect(header).to_be_visible()
-            # per-epoch loss and accuracy (2 x 2), then the final panel's charts
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 8")
-            # the per-epoch sections (4 charts of 2 epochs) sit below the final panel's: draw them
-            train = page.get_by_role("figure").filter(has_text=re.compile(r"^train\s*\("))
-            train.scroll_into_view_if_needed()
+                tops.append(header.bounding_box()["y"])
+            assert tops == sorted(tops), tops
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.js-plotly-plot')]"
                 ".filter(plot => plot.data.some(trace => trace.x.length > 1)).length >= 4"
+            )
+            first = page.evaluate(
+                "() => [...document.querySelectorAll('.js-plotly-plot')]"
+                ".sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top)[0]"
+                ".data.map(trace => [trace.type || 'scatter', trace.x.length])"
+            )
+            assert first and all(t == ["scatter", 2] for t in first), first  # a curve: 2 epochs
+            finals = page.get_by_role("figure").filter(has_text=re.compile(r"^Model metrics\s*\("))
+            finals.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.js-plotly-plot')]"
+                ".some(plot => plot.data.some(trace => trace.type === 'bar'))"
             )
             plotted = page.evaluate(
                 "() => [...document.querySelectorAll('.js-plotly-plot')]"
