@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from src import quick_exit, store
+from src import quick_exit, store, tracking
 from src.config import ConfigError, LosslabConfig
 
 if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to be good
@@ -146,7 +146,7 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
     panel = Panel.build(typed.panel(split.nonnegative), typed.loss.targets)
     pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(y_test)[None]
     recomputed = {name: values[0] for name, values in panel(pred, target).items()}
-    logged_metrics = run.data.metrics
+    logged_metrics = tracking.run_metrics(run)
     logged = {
         name: logged_metrics[f"final_test_{name}"]
         for name in recomputed

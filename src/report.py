@@ -32,10 +32,6 @@ OPTUNA_RESULTS = "optimization_results.yaml"  # written into the sweep dir by th
 ARTIFACT_DIR = "report"
 ALPHA = 0.05
 EXCLUDED = ("collapsed", "diverged", "failed")  # counted separately, in this order
-COMPARISON_HEADER = (
-    *("task", "a", "b", "test", "mean diff a−b", "95% CI of diff", "p", "p (Holm)"),
-    *("real difference at these seeds?", "better"),
-)
 NOT_SWEPT = ("loss", "seed", "members", "dataset.fold", "report.metric")  # replicates etc.
 PRIMARY = {"regression": "mse", "binary": "accuracy", "multiclass": "accuracy"}  # untagged runs
 BOOTSTRAP = 2000  # resamples for the interval of a mean
@@ -164,7 +160,7 @@ def collect(runs: Iterable, metric: str | None = None) -> list[Result]:
     task's primary metric), grouped by loss and every other key the sweep varied."""
     results = []
     for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
+        tags, metrics = run.data.tags, tracking.run_metrics(run)
         task = tags.get("task", "")
         primary = tags.get("metric") or PRIMARY.get(task, "?")
         chosen = metric if metric and f"final_test_{metric}" in metrics else primary
@@ -470,72 +466,15 @@ def _medians(report: Report, task: str) -> tuple[list[str], list[list[str]]]:
 
 
 def to_markdown(report: Report, title: str) -> str:
-    """The report as Markdown: verdicts, every metric per loss, the ranking metric's spread,
-    the comparisons, and every run left out of the statistics."""
+    """The report as Markdown narrow enough for MLflow's artifact viewer (about 700 pixels
+    wide: a table of 13 columns had its headers cut to 'collaps...'). Per task: the test
+    medians with metrics as rows and losses as columns, the ranking metric's spread, the
+    pairwise comparisons; then every run left out of the statistics. The wide tables are the
+    CSV files beside it."""
     parts = [f"# {title}", "", "## Verdict", ""]
     parts += [f"- {line}" for line in report.verdicts]
-    parts += [
-        "",
-        "## Test metrics per loss",
-        "",
-        "Median over the ok runs (↑ higher is better, ↓ lower is better; in the target's units).",
-    ]
     for task in dict.fromkeys(str(row["task"]) for row in report.summary):
-        header, rows = _medians(report, task)
-        counts = {str(r["group"]): r for r in report.summary if r["task"] == task}
-        table_rows = [
-            [task, name, ok, *(str(counts[name][e]) for e in EXCLUDED), *cells]
-            for name, ok, *cells in rows
-        ]
-        parts += ["", _table(["task", "loss", "ok/runs", *EXCLUDED, *header], table_rows)]
-    spread_rows = (
-        [
-            str(row["task"]),
-            str(row["group"]),
-            f"{row['metric']} {report.facts.get(str(row['metric']), MetricFacts(None)).arrow}",
-            *_spread_cells(row, "train"),
-            *_spread_cells(row, "test"),
-        ]
-        for row in report.summary
-    )
-    spread_header = ["task", "loss", "metric", "train median", "train mean ± std", "train 95% CI"]
-    spread_header += ["test median", "test mean ± std", "test 95% CI"]
-    parts += [
-        "",
-        "## The ranking metric over seeds (and folds)",
-        "",
-        "95% CI: bootstrap percentile interval of the mean of the ok runs.",
-        "",
-        _table(spread_header, spread_rows),
-    ]
-    if report.comparisons:
-        comparisons = _table(
-            COMPARISON_HEADER,
-            (
-                [
-                    str(row["task"]),
-                    str(row["a"]),
-                    str(row["b"]),
-                    str(row["test"]),
-                    _num(row["diff"]),
-                    f"[{_num(row['diff_low'])}, {_num(row['diff_high'])}]",
-                    _num(row["p"]),
-                    _num(row["p_holm"]),
-                    str(row["real"]),
-                    str(row["better"]),
-                ]
-                for row in report.comparisons
-            ),
-        )
-        parts += [
-            "",
-            "## Pairwise comparisons",
-            "",
-            f"On the ranking metric's final test value (alpha {ALPHA}, Holm-adjusted within "
-            "each task).",
-            "",
-            comparisons,
-        ]
+        parts += ["", f"## {task}", "", *_task_markdown(report, task)]
     left_out = [r for r in report.results if r.outcome != "ok"]
     if left_out or report.lost_jobs:
         parts += ["", "## Runs left out of the statistics", ""]
@@ -546,6 +485,54 @@ def to_markdown(report: Report, title: str) -> str:
         ]
         parts += [f"- job {job}: no MLflow run; {error}" for job, error in report.lost_jobs]
     return "\n".join(parts) + "\n"
+
+
+def _task_markdown(report: Report, task: str) -> list[str]:
+    rows = [r for r in report.summary if r["task"] == task]
+    metric = str(rows[0]["metric"])
+    arrow = report.facts.get(metric, MetricFacts(None)).arrow
+    header, medians = _medians(report, task)
+    losses = [str(r["group"]) for r in rows]
+    left = [", ".join(f"{r[e]} {e}" for e in EXCLUDED if r[e]) or "none" for r in rows]
+    by_metric = [[name, *(m[2 + i] for m in medians)] for i, name in enumerate(header)]
+    parts = [
+        "Test medians over the ok runs (↑ higher is better, ↓ lower is better; in the target's "
+        "units).",
+        "",
+        _table(["", *losses], [["ok/runs", *(m[1] for m in medians)], ["left out", *left]]),
+        "",
+        _table(["test median", *losses], by_metric),
+        "",
+        f"**{metric} {arrow}** over seeds (and folds); 95% CI: bootstrap percentile interval of "
+        "the mean of the ok runs.",
+        "",
+        _table(
+            ["loss", "test median", "mean ± std", "95% CI", "train median"],
+            [[str(r["group"]), *_spread_cells(r, "test"), _num(r["train_median"])] for r in rows],
+        ),
+    ]
+    compared = [c for c in report.comparisons if c["task"] == task]
+    if compared:
+        parts += [
+            "",
+            f"Pairwise on the final test {metric} (alpha {ALPHA}, p Holm-adjusted within the "
+            "task); real: a difference at these seeds.",
+            "",
+            _table(
+                ["a vs b (test)", "diff a−b [95% CI]", "p / Holm", "real", "better"],
+                (
+                    [
+                        f"{c['a']} vs {c['b']} ({c['test']})",
+                        f"{_num(c['diff'])} [{_num(c['diff_low'])}, {_num(c['diff_high'])}]",
+                        f"{_num(c['p'])} / {_num(c['p_holm'])}",
+                        str(c["real"]),
+                        str(c["better"]) or "–",
+                    ]
+                    for c in compared
+                ),
+            ),
+        ]
+    return parts
 
 
 def to_console(report: Report, where: Path) -> str:

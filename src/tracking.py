@@ -783,6 +783,15 @@ def _final(key: str, model_id: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------- other readers
+def run_metrics(run: Any) -> dict[str, float]:
+    """A run's latest metrics, final values under their current names: runs logged before
+    2026-12-03 named them final/<split>/<metric> (now final_<split>_<metric>)."""
+    return {
+        re.sub(r"^final/(train|test)/", r"final_\1_", key): value
+        for key, value in run.data.metrics.items()
+    }
+
+
 def logged_epochs(client: Any, run_id: str) -> int:
     """How many epochs of per-epoch metrics the run holds (its last train/loss step)."""
     return max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=0)
