@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from src import store
+from src import store, ui_view
 from src.config import ConfigError, LoggerConfig
 
 
@@ -54,8 +54,9 @@ def artifacts_uri(artifacts: str) -> str:
 def runs_link(
     store_uri: str, base_url: str, experiment: str = LoggerConfig.experiment
 ) -> str | None:
-    """The experiment's runs page in the classic view: MLflow 3's UI opens in its GenAI view,
-    and only a ``workflowType`` in the link (or a click on its switch) leaves it. Read from a
+    """The experiment's runs page in the classic view, with losslab's saved view (its columns
+    and curves, ui_view.py): MLflow 3's UI opens in its GenAI view, and only a
+    ``workflowType`` in the link (or a click on its switch) leaves it. Read from a
     sqlite store's experiments table, without importing MLflow; None when there is none yet."""
     if not store_uri.startswith("sqlite:///") or not store.sqlite_path(store_uri).is_file():
         return None
@@ -67,7 +68,8 @@ def runs_link(
         return None
     if row is None:
         return None
-    return f"{base_url}/#/experiments/{row[0]}/runs?workflowType=machine_learning"
+    view = f"workflowType=machine_learning&viewStateShareKey={ui_view.KEY}"
+    return f"{base_url}/#/experiments/{row[0]}/runs?{view}"
 
 
 def when_up(store_uri: str, base_url: str, server_pid: int, reap: bool) -> None:

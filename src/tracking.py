@@ -328,23 +328,28 @@ def get_client(uri: str) -> Any:
 
 
 def ensure_experiment(client: Any, name: str) -> str:
-    """Get or create the experiment; tolerate another process creating it at the same time."""
+    """Get or create the experiment, with losslab's saved view of it for the UI (ui_view.py);
+    tolerate another process creating it at the same time."""
     from mlflow.exceptions import MlflowException
 
+    from src import ui_view
+
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(
-            name,
-            artifact_location=store.artifact_root(client.tracking_uri),
-            tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION},
-        )
-    except MlflowException:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(
+                name,
+                artifact_location=store.artifact_root(client.tracking_uri),
+                tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION, ui_view.TAG: ui_view.state()},
+            )
+            return experiment_id
+        except MlflowException:
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.tags.get(ui_view.TAG) != ui_view.state():  # older, or made before views existed
+        client.set_experiment_tag(found.experiment_id, ui_view.TAG, ui_view.state())
+    return found.experiment_id
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

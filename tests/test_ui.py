@@ -337,7 +337,9 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
             expect.set_options(timeout=wait)
             # The link `make ui` prints: straight to the runs, not MLflow 3's GenAI view.
             link = runs_link(server.store, server.url, experiment="browse")
-            assert link and link.endswith("/runs?workflowType=machine_learning")
+            assert link and link.endswith(
+                "/runs?workflowType=machine_learning&viewStateShareKey=losslab"
+            )
             page.goto(link, wait_until="domcontentloaded")
             expect(page.get_by_text("losslab: which loss function fits").first).to_be_visible()
             # The children sit under the sweep's parent run: expand it, then all five show.
@@ -345,6 +347,22 @@ def test_browser_shows_the_sweep_and_a_runs_metric_chart(
             parent_row.get_by_role("button").first.click()
             for name in names:
                 expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+            # losslab's saved view: the sweep's answer and the final values as columns
+            expect(page.get_by_text("You're viewing a shared view")).to_be_visible()
+            headers = page.get_by_role("columnheader")
+            expect(headers.filter(has_text="final_test_accuracy").first).to_be_attached()
+            page.screenshot(path=str(tmp_path / "run-list.png"))
+            page.locator(".ag-body-horizontal-scroll-viewport").evaluate(
+                "view => { view.scrollLeft = view.scrollWidth; }"
+            )
+            expect(headers.filter(has_text="best.regression").first).to_be_attached()
+            parent = next(r for r in runs_of(client, "browse") if r.info.run_name.startswith("sw"))
+            best = parent.data.tags["best.regression"]  # the sweep's answer, in its row
+            index = parent_row.first.get_attribute("row-index")  # pinned and scrolled halves
+            cells = page.locator(f".ag-center-cols-container .ag-row[row-index='{index}']")
+            expect(cells.get_by_text(best, exact=True).first).to_be_visible()
+            print("run list columns:", headers.all_inner_texts())
+            page.screenshot(path=str(tmp_path / "run-list-right.png"))
             bce = page.get_by_role("link", name="bce trainer.max_epochs=2 seed=0", exact=True)
             bce.click()
             heading = page.get_by_role("heading", name="bce trainer.max_epochs=2 seed=0")
