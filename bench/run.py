@@ -4,6 +4,10 @@ The machine is shared and noisy, so every comparison alternates baseline and los
 B/A, ...) inside one invocation and reports the ratio losslab / baseline of each pair as
 min / median / max, beside the absolute figures. Parts (``--only``):
 
+  commands what the user waits for: whole commands from the shell (imports, store, runs,
+           figures, models, exit), each against the baseline doing the same work in one
+           process: one study run, the five-loss sweep, 5 losses x 10 seeds; on the bench's
+           store (existing) and on a new store per command (fresh)
   single   one study run per loss, fit only; losslab through experiment.run (Trainer, module,
            callbacks, checkpoints, MLflow); also how long the job waits on MLflow, alone and
            as a sweep's jobs (which leave the waiting to the sweep's end)
@@ -37,7 +41,9 @@ from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("mse", "msle", "mae", "bce", "hinge")
-PARTS = ("single", "sweep", "members", "lightning", "launchers", "startup", "scaling")
+PARTS = (
+    *("commands", "single", "sweep", "members", "lightning", "launchers", "startup", "scaling"),
+)
 # What Lightning features cost per epoch: each against callbacks=none on the same loss.
 LIGHTNING = {
     "default (last.ckpt every 10 epochs)": [],
@@ -377,6 +383,45 @@ def part_sweep(store: Path, repeats: int, env: dict[str, str], epochs: int | Non
     )
 
 
+COMMANDS = (  # (what, losslab's arguments, the baseline's)
+    ("one study run (loss=mse)", ["loss=mse"], ["--losses", "mse"]),
+    ("the five-loss sweep", ["-m", "loss=" + ",".join(LOSSES)], []),
+    (
+        "5 losses x 10 seeds",
+        ["-m", "loss=" + ",".join(LOSSES), "seed=" + ",".join(map(str, range(10)))],
+        ["--seeds", ",".join(map(str, range(10)))],
+    ),
+)
+
+
+def part_commands(store: Path, repeats: int, env: dict[str, str]) -> None:
+    print("## (0) whole commands from the shell, against the baseline's same work\n")
+    warm = [sys.executable, "-m", "src.train", "trainer.max_epochs=1", "logger.log_model=false"]
+    command([*warm, f"hydra.run.dir={store / 'warm-up'}"], env)  # the existing store
+    rows = []
+    for what, ours, theirs in COMMANDS:
+        args = [sys.executable, "-m", "src.train", *ours, "trainer.enable_progress_bar=false"]
+        for kind in ("existing", "fresh"):
+
+            def lab(args: list[str] = args, kind: str = kind) -> float:
+                folder = Path(tempfile.mkdtemp(dir=store, prefix="cmd-"))
+                fresh = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+                dirs = [f"hydra.sweep.dir={folder / 'sweep'}", f"hydra.run.dir={folder / 'run'}"]
+                elapsed, out, err = command(
+                    [*args, *dirs], {**env, **(fresh if kind == "fresh" else {})}
+                )
+                if "(exit 0)" not in err:
+                    raise SystemExit(f"losslab failed:\n{out}\n{err}")
+                return elapsed
+
+            pairs = alternate(lambda t=theirs: baseline_runs(t, env)[0], lab, repeats)
+            base = statistics.median(a for a, _ in pairs)
+            ours_s = statistics.median(b for _, b in pairs)
+            ratios = spread([b / a for a, b in pairs])
+            rows.append((what, kind, f"{base:.1f}", f"{ours_s:.1f}", ratios))
+    table(("command", "store", "baseline s", "losslab s", "ratio min / median / max"), rows)
+
+
 def part_members_e2e(store: Path, env: dict[str, str], members: int, epochs: int | None) -> None:
     print(f"## (3b) 5 losses x {members} seeds end to end (one repeat)\n")
     seeds = ",".join(str(s) for s in range(members))
@@ -593,6 +638,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder:
         store = Path(folder)
         env = child_env(store, args.threads)
+        if "commands" in parts:
+            part_commands(store, repeats, env)
         if {"single", "members", "lightning"} & set(parts):
             lab = Losslab(store)
             if "single" in parts:
