@@ -35,7 +35,11 @@ def run(main: Callable[[], object]) -> NoReturn:
 
 
 def leave(code: object) -> NoReturn:
-    """Exit now with ``code`` (as ``sys.exit`` reads it), after the exit handlers."""
+    """Exit now with ``code`` (as ``sys.exit`` reads it), after the exit handlers. Under a
+    profiler or tracer (``python -m cProfile``, coverage) the ordinary exit, so they can write
+    their results."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     if code is None:
         status = 0
     elif isinstance(code, int):
