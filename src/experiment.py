@@ -10,7 +10,9 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -68,10 +70,13 @@ def trivial_score(module: LossModule, split: Split, metric: str) -> float:
         constant = y_train.mean(dim=0)
     else:
         majority = int(class_labels(y_train, module.targets).bincount().argmax())
-        constant = {
-            Targets.binary: torch.tensor([float(majority)]),
-            Targets.signed: torch.tensor([2.0 * majority - 1.0]),
-        }.get(module.targets, torch.eye(split.n_outputs)[majority])
+        if module.targets == Targets.binary:
+            constant = torch.tensor([float(majority)])
+        elif module.targets == Targets.signed:
+            constant = torch.tensor([2.0 * majority - 1.0])
+        else:  # one-hot: built only here, where there is a column per class (majority 1 of
+            # a binary target indexed a one-column eye() and failed the run)
+            constant = torch.eye(split.n_outputs)[majority]
     pred = constant.expand(1, len(y_test), *constant.shape)
     target = y_test.expand(1, *y_test.shape)
     return float(module.scores(*module.in_units(pred, target))[metric][0])
@@ -155,7 +160,8 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     module.log_to_lightning = _reads_metrics(trainer, typed)
     trainer.callbacks.insert(0, MlflowHistory(runs, typed.logger.flush_every_n_epochs, logged))
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        with _sigint_kept():
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir, trainer, started)
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
@@ -337,6 +343,21 @@ def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> P
         except Exception as error:
             raise refused(f"metrics.{name}", error) from error
     return panel
+
+
+@contextmanager
+def _sigint_kept() -> Iterator[None]:
+    """Ctrl-C keeps working after training: on a KeyboardInterrupt, Lightning sets SIGINT to
+    SIG_IGN for good (pytorch_lightning/trainer/call.py), so a second Ctrl-C while the runs
+    are closed did nothing, and every process started afterwards (a sweep's next job, a
+    test's next CLI) inherited the ignored signal."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _check_accelerator(accelerator: str) -> None:

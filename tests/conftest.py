@@ -54,6 +54,12 @@ def store_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def sigint_default() -> None:
+    """For a CLI a test interrupts: SIGINT at its default, whatever this worker inherited
+    (Python then turns it into KeyboardInterrupt, as a terminal's Ctrl-C would)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_command(folder: Path, *args: str) -> list[str]:
     """The real CLI with Hydra's run and sweep dirs under ``folder`` (Hydra's switches such as
     -m go first: its argparse takes no flag after an override)."""

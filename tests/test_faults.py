@@ -28,6 +28,7 @@ from tests.conftest import (
     hang,
     one_error_line,
     runs_of,
+    sigint_default,
     start_mlflow_server,
 )
 
@@ -50,6 +51,7 @@ def start_cli(folder: Path, store_uri: str, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
 
 

@@ -133,6 +133,7 @@ def test_top_k_checkpoints_and_resume_equal_an_uninterrupted_run(
     args = (
         "loss=bce",
         "trainer.max_epochs=20",
+        "dataset.generator.n_samples=20000",  # epochs long enough that SIGINT lands mid-fit
         "callbacks=[default,model_checkpoint]",
         "callbacks.model_checkpoint.save_top_k=2",
         *QUIET,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_command, cli_env, hang, invoke, runs_of
+from tests.conftest import ROOT, cli_command, cli_env, hang, invoke, runs_of, sigint_default
 
 pytestmark = pytest.mark.xdist_group("slurm")
 SLURM = ("hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.poll_s=1")
@@ -57,6 +57,7 @@ def _start(tmp_path: Path, store_uri: str, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
 
 
