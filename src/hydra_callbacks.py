@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,15 +108,11 @@ def _is_grid(sweeper_target: str) -> bool:
 def _check_writable(folder: Path, key: str) -> None:
     """An output folder that cannot be made is one line before anything is created (Hydra
     would fail making it with a traceback, after the store was set up). Tried with a
-    temporary folder in its nearest existing parent, which is removed again: the folder's
+    temporary file in its nearest existing parent, which is removed again: the folder's
     own name may hold a time stamp Hydra has yet to resolve."""
-    parent = folder.absolute()
-    while not parent.exists():
-        parent = parent.parent
+    parent = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     try:
-        if not parent.is_dir():
-            raise NotADirectoryError(f"{parent} is a file")
-        Path(tempfile.mkdtemp(prefix=".losslab-", dir=parent)).rmdir()
+        store.writable_folder(parent)
     except OSError as error:
         reason = error.strerror or str(error)
         example = "multirun" if "sweep" in key else "outputs"

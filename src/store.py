@@ -114,6 +114,18 @@ def _health_request(parts: SplitResult) -> urllib.request.Request:
     return request
 
 
+def writable_folder(path: Path) -> Path:
+    """The nearest existing folder at or above ``path``, once a real write in it worked (a
+    temporary file, removed again; not os.access, which root passes even under /proc).
+    Raises OSError saying why not."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder")
+    with tempfile.TemporaryFile(dir=existing):
+        pass
+    return existing
+
+
 def _check_writable(db: Path) -> None:
     """The database (or the folder it will be created in) must be writable. A real probe file,
     not os.access: root passes every permission check yet cannot write under /proc."""
@@ -124,12 +136,8 @@ def _check_writable(db: Path) -> None:
         if not os.access(target, os.W_OK):
             raise ConfigError(f"cannot write the MLflow store {db}; check its permissions")
         return
-    existing = next(p for p in target.parents if p.exists())
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        writable_folder(target)
     except OSError as err:
         raise ConfigError(
             f"cannot create the MLflow store {db} ({err.strerror or err}); "
@@ -194,12 +202,8 @@ def _check_artifacts(location: str) -> None:
     if not location or parts.scheme not in ("", "file"):
         return  # a server's or cloud store: the tracking process reports its failures
     folder = Path(urllib.request.url2pathname(parts.path))
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     try:
-        if existing is None or not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file, not a folder")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        writable_folder(folder)
     except OSError as err:
         raise ConfigError(
             f"cannot write run artifacts to {folder} ({err.strerror or err}); make it a "
