@@ -532,6 +532,8 @@ def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | N
     the reason as a tag, keeping the metrics buffered so far and the last checkpoint. The
     tracking process attempts each write on its own, so a failing artifact store cannot
     leave a run RUNNING."""
+    if runs.ended:  # closed with their true statuses; the store failed, and that is recorded
+        return  # with the runs, or their data kept on disk (tracking.Tracker._keep)
     interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
     status = "KILLED" if interrupted else "FAILED"
     reason = "interrupted" if interrupted else f"{type(error).__name__}: {error}"

@@ -37,7 +37,17 @@ EXPERIMENT_DESCRIPTION = (
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a sweep's folder: its jobs' parent run
 BATCH_LIMIT = 1000  # metrics per log_batch call
 PARAM_CHUNK = 100  # params per log_batch call
-SPOOLED = ("log_metrics", "set_tags", "end")  # kept on disk when the store fails (unsent.py)
+# A job's calls kept on disk when the store fails (unsent.py), then sent when its runs end.
+KEPT = (
+    "log_metrics",
+    "set_tags",
+    "log_text",
+    "log_file",
+    "log_dataset",
+    "log_input",
+    "log_learning_curves",
+    "log_model",
+)
 PARAM_VALUE_MAX = 6000
 
 
@@ -194,6 +204,7 @@ class RunSet:
         self._run_ids: list[str] | None = None
         self._pending: list[tuple[int, int, dict[str, list[float]]]] = []
         self._buffered = 0  # values per run in _pending
+        self.ended = False  # end() sent: the runs' true statuses are the tracking process's
 
     @classmethod
     def start(
@@ -292,6 +303,7 @@ class RunSet:
     def end(self, statuses: list[str]) -> None:
         """Close every run with its true status: FINISHED, FAILED or KILLED."""
         self._send("end", statuses)
+        self.ended = True
 
     def wait(self) -> None:
         """Until everything is written, unless a sweep in this process waits at its end;
@@ -416,13 +428,12 @@ class Tracker:
         self.open: set[str] = set()  # started or reopened, not yet ended
         self.failures: list[str] = []
         self.told: set[int] = set()  # handles whose unsent data the user was told about
-        self.retry: dict[int, list[tuple[str, tuple]]] = {}  # handle -> calls to try again
+        self.kept: set[int] = set()  # handles with calls kept on disk, not yet sent
         self.broken: set[int] = set()  # handles whose runs could not be started
         self.down: str | None = None  # why the tracking server is taken for gone
         self.spools: dict[int, Path] = {}  # handle -> where its unsent data is kept (unsent.py)
         self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
         self._datasets: dict[str, Path] = {}
-        self._model_experiment: str | None = None
         self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final_* link to it)
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
@@ -438,10 +449,15 @@ class Tracker:
         return True
 
     # -- bookkeeping
-    def refuse(self, method: str) -> str | None:
-        """Why ``method`` is not even tried: the server stopped answering (see ``failed``),
-        and each further call would wait out its own deadline."""
-        return self.down if method not in ("take_failures", "idle") else None
+    def refuse(self, method: str, args: tuple) -> str | None:
+        """Why a call is not even tried: the server stopped answering (see ``failed``), and
+        each further call would wait out its own deadline; or earlier calls of its job wait
+        on disk, and it must not overtake them (a newer tag or file overwritten by an older)."""
+        if method in ("take_failures", "idle"):
+            return None
+        if method in KEPT and args and args[0] in self.kept:
+            return self.down or "earlier data of this job is kept on disk"
+        return self.down
 
     def failed(self, method: str, args: tuple, error: str) -> None:
         server = self.uri.startswith(("http://", "https://"))
@@ -454,14 +470,12 @@ class Tracker:
             error = self.down
         if args and args[0] in self.broken:
             return  # its start failed and said why; what follows cannot work
-        if args and args[0] in self.spools:
-            if method in SPOOLED:  # metrics, tags, statuses: on disk until sent
+        if args and args[0] in self.spools and (method in KEPT or method == "end"):
+            try:
                 self._keep(method, args, error)
-                return
-            if self.down is None:  # maybe a passing fault (a locked database)
-                self.retry.setdefault(args[0], []).append((method, args))
-                self._tell(args[0], error)
-                return
+            except Exception as disk:  # e.g. the disk is full too: the runs end FAILED
+                self._lost(args, f"{error}; not kept on disk either: {disk}")
+            return
         self._lost(args, error)
 
     def _lost(self, args: tuple, error: str) -> None:
@@ -476,20 +490,7 @@ class Tracker:
 
         handle, folder = args[0], self.spools[args[0]]
         run_ids = self.runs.get(handle, [])
-        if method == "log_metrics":
-            for k, run_id in enumerate(run_ids):
-                rows = [
-                    [key, values[k], timestamp, step]
-                    for step, timestamp, row in args[1]
-                    for key, values in row.items()
-                ]
-                unsent.keep(folder, run_id, {"metrics": rows})
-        elif method == "set_tags":
-            redacted = {key: store.redact(value) for key, value in args[2].items()}
-            unsent.keep(folder, run_ids[args[1]], {"tags": redacted})
-        else:  # end: the runs cannot be closed now; a run that lost more than this is FAILED
-            for retried, retried_args in self.retry.pop(handle, []):
-                self._lost(retried_args, f"{retried}: {self.down or error}")
+        if method == "end":  # the runs cannot be closed now; a run that lost data is FAILED
             for run_id, status in zip(run_ids, args[1]):
                 lost = self.errors.pop(run_id, None)
                 if lost and status == "FINISHED":
@@ -499,10 +500,56 @@ class Tracker:
                 unsent.keep(folder, run_id, {"status": status})
                 self.open.discard(run_id)  # closed from the file; abandoned() cannot either
             self.failures.append(
-                f"{self.down or error}; the runs' epochs and status are kept in {folder}: "
+                f"{self.down or error}; the runs' data and status are kept in {folder}: "
                 f"send them with `python -m src.unsent {folder}` once the store answers"
             )
+        else:
+            self.kept.add(handle)
+            self._keep_call(folder, run_ids, method, *args[1:])
         self._tell(handle, error)
+
+    def _keep_call(self, folder: Path, run_ids: list[str], method: str, *args: Any) -> None:
+        """One of the job's calls (``KEPT``), as entries of its runs' files."""
+        from src import unsent
+
+        if method == "log_metrics":
+            for k, run_id in enumerate(run_ids):
+                rows = [
+                    [key, values[k], timestamp, step]
+                    for step, timestamp, row in args[0]
+                    for key, values in row.items()
+                ]
+                unsent.keep(folder, run_id, {"metrics": rows})
+        elif method == "set_tags":
+            redacted = {key: store.redact(value) for key, value in args[1].items()}
+            unsent.keep(folder, run_ids[args[0]], {"tags": redacted})
+        elif method == "log_text":
+            unsent.keep_text(folder, run_ids[args[0]], store.redact(args[1]), args[2])
+        elif method == "log_input":
+            for run_id in run_ids:
+                unsent.keep(folder, run_id, {"input": args[0]})
+        elif method == "log_model":
+            member, name, model, example, requirements, serialization = args
+            unsent.keep_model(
+                folder,
+                run_ids[member],
+                name,
+                model,
+                example,
+                requirements=requirements,
+                serialization=serialization,
+            )
+        elif method == "log_learning_curves":
+            png = self._curves_png(run_ids[args[0]], *args[1:])
+            unsent.keep_file(folder, run_ids[args[0]], png, None)
+        else:  # log_file, log_dataset: in one member's run (log_file's member) or every one
+            member, local, artifact_folder = (
+                (args[0], Path(args[1]), args[2])
+                if method == "log_file"
+                else (None, self._dataset_png(*args), None)
+            )
+            for run_id in run_ids if member is None else [run_ids[member]]:
+                unsent.keep_file(folder, run_id, local, artifact_folder)
 
     def _tell(self, handle: int, error: str) -> None:
         """One line per job, from this process at once: what failed and where data is kept."""
@@ -512,28 +559,25 @@ class Tracker:
         folder = self.spools[handle]
         reason = store.redact(" ".join(re.split(r"\s*\[SQL:", error)[0].split()))[:160]
         print(
-            f"losslab: MLflow could not take the run's data ({reason}); training goes on and "
-            f"it is tried again when the run ends; epochs and tags not sent by then stay in "
-            f"{folder} for `python -m src.unsent {folder}`",
+            f"losslab: MLflow could not take the run's data ({reason}); training goes on, and "
+            f"what is not sent is kept in {folder}, sent when the run ends or by "
+            f"`python -m src.unsent {folder}`",
             file=sys.stderr,
             flush=True,
         )
 
     def _send_kept(self, handle: int) -> None:
-        """Before a job's runs close: retry the calls that failed (figures, models, files; a
-        second failure marks the runs FAILED), then send what was kept on disk for them
-        (raises if the store still fails: then the closing is kept on disk too)."""
+        """Before a job's runs close: send what was kept on disk for them, in order (raises
+        if the store still fails: then the closing is kept on disk too)."""
         from src import unsent
 
-        for method, args in self.retry.pop(handle, []):
-            try:
-                getattr(self, method)(*args)
-            except Exception as error:  # it was not passing: the runs end FAILED with why
-                self._lost(args, f"{type(error).__name__}: {error}")
-        folder = self.spools.get(handle)
-        for run_id in self.runs.get(handle, []) if folder else []:
+        if handle not in self.kept:
+            return
+        folder = self.spools[handle]
+        for run_id in self.runs.get(handle, []):
             if (folder / f"{run_id}.jsonl").exists():
                 unsent.send(self.client, folder / f"{run_id}.jsonl")
+        self.kept.discard(handle)
 
     def take_failures(self) -> list[str]:
         failures, self.failures = self.failures, []
@@ -641,30 +685,39 @@ class Tracker:
             self.client.log_artifact(run_id, local, folder)
 
     def log_dataset(self, handle: int, key: str, arrays: tuple, title: str, classes: bool) -> None:
+        self.log_file(handle, None, str(self._dataset_png(key, arrays, title, classes)), None)
+
+    def _dataset_png(self, key: str, arrays: tuple, title: str, classes: bool) -> Path:
+        """Drawn once per key: every member and job on the same data shares it."""
         from src import plots
 
-        if key not in self._datasets:  # every member and job on the same data shares it
+        if key not in self._datasets:
             path = Path(self._rendered.name) / str(len(self._datasets)) / "dataset.png"
             path.parent.mkdir()
             plots.dataset(*arrays, title, classes).savefig(path)
             self._datasets[key] = path
-        self.log_file(handle, None, str(self._datasets[key]), None)
+        return self._datasets[key]
 
     def log_input(self, handle: int, record: dict[str, str]) -> None:
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        context = InputTag(key="mlflow.data.context", value="train")
-        found = [DatasetInput(Dataset(**record), tags=[context])]
         for run_id in self._members(handle, None):
-            self.client.log_inputs(run_id, datasets=found)
+            self.client.log_inputs(run_id, datasets=[dataset_input(record)])
 
     def log_learning_curves(
         self, handle: int, member: int, history: list[dict], loss: str, metric: str, title: str
     ) -> None:
+        run_id = self.runs[handle][member]
+        png = self._curves_png(run_id, history, loss, metric, title)
+        self.client.log_artifact(run_id, str(png))
+
+    def _curves_png(
+        self, run_id: str, history: list[dict], loss: str, metric: str, title: str
+    ) -> Path:
         from src import plots
 
-        figure = plots.learning_curves(history, loss, metric, title)
-        self.client.log_figure(self.runs[handle][member], figure, "learning_curves.png")
+        path = Path(self._rendered.name) / run_id / "learning_curves.png"
+        path.parent.mkdir(exist_ok=True)
+        plots.learning_curves(history, loss, metric, title).savefig(path)
+        return path
 
     def log_model(
         self,
@@ -676,45 +729,45 @@ class Tracker:
         requirements: list[str],
         serialization: str,
     ) -> None:
-        """MLflow pytorch flavor with signature and input example, named for its run; the
-        run's final metrics, logged after it, are linked to it (the Models page ranks by
-        them) and its ``models:/`` URI is the run's tag ``model``. Explicit requirements
-        spare MLflow from inferring them in a subprocess (seconds per model)."""
-        import mlflow.pytorch
-
         run_id = self.runs[handle][member]
-        experiment_id = self.experiments[handle]
-        if experiment_id != self._model_experiment:  # where MLflow files the model
-            mlflow.set_experiment(experiment_id=experiment_id)
-            self._model_experiment = experiment_id
-        info = mlflow.pytorch.log_model(
+        self.models[run_id] = log_model(
+            self.client,
+            run_id,
             model,
-            name=name,
-            run_id=run_id,
-            input_example=input_example,
-            pip_requirements=requirements,
-            serialization_format=serialization,
+            input_example,
+            name,
+            requirements,
+            serialization,
+            self.experiments[handle],
         )
-        # This helper runs as `python -c`, which MLflow would record as the model's source.
-        self.client.set_logged_model_tags(info.model_id, {"mlflow.source.name": "src.train"})
-        self.models[run_id] = info.model_id
-        self._tags(run_id, {"model": f"models:/{info.model_id}"})
 
     def end(self, handle: int, statuses: list[str]) -> None:
-        """Close the job's runs, after what was kept for them is sent. Kept epochs the store
-        refuses while it answers (not a passing fault) leave the runs FAILED, the file kept;
-        a store that does not answer fails the closing too, which is then kept on disk."""
+        """Close the job's runs, after what was kept for them is sent. If the store answers
+        but refuses that (not a passing fault), a FINISHED run ends FAILED, tagged ``unsent``
+        with the folder, and its file gets its true status, which ``python -m src.unsent``
+        gives it once all is in. A store that does not answer fails the closing too, which
+        is then kept on disk (``_keep``)."""
+        from src import unsent
+
+        folder, refused = self.spools.get(handle), None
         try:
             self._send_kept(handle)
         except Exception as error:
-            folder = self.spools[handle]
-            why = f"kept epochs not sent ({type(error).__name__}: {error}); they stay in {folder}"
-            for run_id in self.runs.get(handle, []):
-                self.errors.setdefault(run_id, why[:5000])
+            refused = (
+                f"kept data not sent ({type(error).__name__}: {error}); it stays in {folder}: "
+                f"send it with `python -m src.unsent {folder}`"
+            )
+            self.failures.append(refused)
         for run_id, status in zip(self.runs.get(handle, []), statuses):
-            error = self.errors.pop(run_id, None)
-            if error and status == "FINISHED":
-                self._close(run_id, "FAILED", {"outcome": "failed", "error": error[:5000]})
+            lost = self.errors.pop(run_id, None)
+            if lost and status == "FINISHED":
+                self._close(run_id, "FAILED", {"outcome": "failed", "error": lost[:5000]})
+            elif refused and (folder / f"{run_id}.jsonl").exists():
+                finished = status == "FINISHED"
+                untag = ["unsent", "error"] if finished else ["unsent"]
+                unsent.keep(folder, run_id, {"untag": untag, "status": status})
+                told = {"unsent": str(folder), **({"error": refused[:5000]} if finished else {})}
+                self._close(run_id, "FAILED" if finished else status, told)
             else:
                 self._close(run_id, status)
 
@@ -780,6 +833,51 @@ class Tracker:
 
     def end_parent(self, parent_run_id: str, status: str) -> None:
         self._close(parent_run_id, status)
+
+
+def dataset_input(record: Mapping[str, str]) -> Any:
+    """The run's dataset as MLflow's ``log_inputs`` takes it (``data.Split.record``)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    context = InputTag(key="mlflow.data.context", value="train")
+    return DatasetInput(Dataset(**record), tags=[context])
+
+
+_FLUENT: dict[str, str] = {}  # "experiment": the fluent API's experiment in this process
+
+
+def log_model(
+    client: Any,
+    run_id: str,
+    model: Any,
+    input_example: Any,
+    name: str,
+    requirements: list[str],
+    serialization: str,
+    experiment_id: str,
+) -> str:
+    """The MLflow pytorch flavor with signature and input example, named for its run; returns
+    its id. The run's final metrics logged after it are linked to it (the Models page ranks by
+    them; those logged before MLflow links itself) and its ``models:/`` URI is the run's tag
+    ``model``. Explicit requirements spare MLflow from inferring them in a subprocess
+    (seconds per model)."""
+    import mlflow.pytorch
+
+    if _FLUENT.get("experiment") != experiment_id:  # where MLflow files the model
+        mlflow.set_experiment(experiment_id=experiment_id)
+        _FLUENT["experiment"] = experiment_id
+    info = mlflow.pytorch.log_model(
+        model,
+        name=name,
+        run_id=run_id,
+        input_example=input_example,
+        pip_requirements=requirements,
+        serialization_format=serialization,
+    )
+    # The tracking process runs as `python -c`, which MLflow would record as the model's source.
+    client.set_logged_model_tags(info.model_id, {"mlflow.source.name": "src.train"})
+    log_tags(client, run_id, {"model": f"models:/{info.model_id}"})
+    return info.model_id
 
 
 def _final(key: str, model_id: str | None) -> str | None:

@@ -1,19 +1,24 @@
 """What the tracking store could not take, kept on local disk and sent later.
 
 When MLflow fails mid-run (a server that died or hangs, a sqlite store locked for longer than
-its timeout), training goes on and each run's epoch metrics, tags and final status that
-could not be written are appended to ``<output dir>/unsent/<run id>.jsonl``. They are sent
-when the run ends, if the store answers again by then, or later by::
+its timeout), training goes on and everything of each run that could not be written is kept
+in ``<output dir>/unsent/``: ``<run id>.jsonl`` lists it in order (epoch metrics, tags,
+dataset inputs, artifacts, models, the final status) and ``<run id>/`` holds the artifacts'
+copies and the pickled models. Once one call of a job is kept, the job's later calls are kept
+behind it, so they reach the store in the order they were made. They are sent when the run
+ends, if the store answers again by then, or later by::
 
     python -m src.unsent <output dir | sweep dir> [...]
 
 which sends every such file under the folders to ``$MLFLOW_TRACKING_URI`` (else ./mlflow.db),
-skips the epochs the store already holds, and deletes each file once all of it is in.
+skips the epochs and the model the store already holds, and deletes each run's data once all
+of it is in.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +28,8 @@ FOLDER = "unsent"
 
 
 def keep(folder: Path, run_id: str, entry: dict[str, Any]) -> Path:
-    """Append one entry (``metrics``: [[key, value, timestamp, step], ...], ``tags``, or
-    ``status``) to the run's file; returns the file."""
+    """Append one entry (``metrics``: [[key, value, timestamp, step], ...], ``tags``,
+    ``input``, ``artifact``, ``model`` or ``status``) to the run's file; returns the file."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.jsonl"
     with path.open("a") as file:
@@ -32,14 +37,43 @@ def keep(folder: Path, run_id: str, entry: dict[str, Any]) -> Path:
     return path
 
 
+def keep_file(folder: Path, run_id: str, local: Path, artifact_folder: str | None) -> None:
+    """A copy of the file, as it is now (a checkpoint is overwritten by the next epochs)."""
+    copy = folder / run_id / (artifact_folder or "") / local.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(local, copy)
+    keep(folder, run_id, {"artifact": [str(copy.relative_to(folder)), artifact_folder]})
+
+
+def keep_text(folder: Path, run_id: str, text: str, artifact_path: str) -> None:
+    copy = folder / run_id / artifact_path
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(text)
+    artifact_folder = str(Path(artifact_path).parent)
+    entry = [str(copy.relative_to(folder)), None if artifact_folder == "." else artifact_folder]
+    keep(folder, run_id, {"artifact": entry})
+
+
+def keep_model(folder: Path, run_id: str, name: str, model: Any, example: Any, **how: Any) -> None:
+    """The model and its input example pickled by torch (read back only by ``send``, from the
+    user's own output folder); ``how``: ``tracking.log_model``'s other arguments."""
+    import torch
+
+    saved = folder / run_id / f"{name}.model.pt"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "input_example": example}, saved)
+    keep(folder, run_id, {"model": {"file": str(saved.relative_to(folder)), "name": name, **how}})
+
+
 def send(client: Any, path: Path) -> int:
-    """Send one run's file and delete it; returns how many metric values were new. The
-    status goes last, so a run is closed only once its metrics are in."""
+    """Send one run's file, in the order it was kept, then delete it and its folder; returns
+    how many metric values were new. The status goes last, so a run is closed only once all
+    of it is in; a model goes after the final metrics, which MLflow then links to it."""
     from mlflow.entities import Metric
 
-    from src.tracking import BATCH_LIMIT
+    from src import tracking
 
-    run_id = path.stem
+    run_id, folder = path.stem, path.parent
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [row for entry in entries for row in entry.get("metrics", [])]
     held = {
@@ -48,16 +82,40 @@ def send(client: Any, path: Path) -> int:
         for m in client.get_metric_history(run_id, key)
     }
     new = [Metric(k, v, t, s) for k, v, t, s in rows if (k, s) not in held]
-    for i in range(0, len(new), BATCH_LIMIT):
-        client.log_batch(run_id, metrics=new[i : i + BATCH_LIMIT])
+    for i in range(0, len(new), tracking.BATCH_LIMIT):
+        client.log_batch(run_id, metrics=new[i : i + tracking.BATCH_LIMIT])
     for entry in entries:
+        if "input" in entry:
+            client.log_inputs(run_id, datasets=[tracking.dataset_input(entry["input"])])
+        if "artifact" in entry:
+            local, artifact_folder = entry["artifact"]
+            client.log_artifact(run_id, str(folder / local), artifact_folder)
+        if "model" in entry:
+            _send_model(client, run_id, folder, **entry["model"])
         for key, value in entry.get("tags", {}).items():
             client.set_tag(run_id, key, value)
+        for key in entry.get("untag", []):  # what the run said while this waited here
+            if key in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, key)
     statuses = [entry["status"] for entry in entries if "status" in entry]
     if statuses:
         client.set_terminated(run_id, statuses[-1])
     path.unlink()
+    shutil.rmtree(folder / run_id, ignore_errors=True)
     return len(new)
+
+
+def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -> None:
+    import torch
+
+    from src import tracking
+
+    run = client.get_run(run_id)
+    if "model" in run.data.tags:  # sent by an earlier try that failed later on
+        return
+    saved = torch.load(folder / file, weights_only=False)
+    how["experiment_id"] = run.info.experiment_id
+    tracking.log_model(client, run_id, saved["model"], saved["input_example"], **how)
 
 
 def files(folders: Sequence[Path]) -> list[Path]:
@@ -66,9 +124,10 @@ def files(folders: Sequence[Path]) -> list[Path]:
 
 HELP = """usage: python -m src.unsent <output dir | sweep dir> [...]
 
-Send the epoch metrics, tags and final statuses that MLflow could not take during a run (kept
-in <output dir>/unsent/) to $MLFLOW_TRACKING_URI (else ./mlflow.db). Epochs the store already
-holds are skipped; each file is deleted once all of it is in. Safe to run again.
+Send what MLflow could not take during a run (epoch metrics, tags, figures and other
+artifacts, models and final statuses, kept in <output dir>/unsent/) to $MLFLOW_TRACKING_URI
+(else ./mlflow.db). Epochs and models the store already holds are skipped; each run's data is
+deleted once all of it is in. Safe to run again.
 """
 
 
@@ -94,8 +153,11 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as error:
         print(f"losslab: error: {error}", file=sys.stderr)
         return 1
+    import mlflow  # (quiet_mlflow sets its loggers after this import)
+
     tracking.quiet_mlflow()
     client = tracking.get_client(uri)
+    mlflow.set_tracking_uri(uri)  # models are logged the fluent way (tracking.log_model)
     sent = failed = 0
     for path in found:
         try:

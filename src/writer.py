@@ -124,7 +124,7 @@ def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:
     """The helper's loop. Calls run in the order sent, except that an answered call the
     object lists in ``urgent`` goes first (a job waiting for its new runs' ids need not wait
     for the last job's model). A call's exception becomes its reply, or, unanswered, the
-    object's ``failed(method, args, error)``; a call the object's ``refuse(method)`` gives a
+    object's ``failed(method, args, error)``; a call the object's ``refuse(method, args)`` gives a
     reason for fails with it, untried. While no call waits, the object's ``idle()``
     runs (one small step per call, False when there is nothing left to do). When the client
     is gone (killed), the object's ``abandoned()`` closes what it had open."""
@@ -134,7 +134,7 @@ def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:
         served = _Broken(f"{type(error).__name__}: {error}")
     idle = getattr(served, "idle", lambda: False)
     urgent = getattr(served, "urgent", frozenset())
-    refuse = getattr(served, "refuse", lambda method: None)
+    refuse = getattr(served, "refuse", lambda method, args: None)
     queue: deque[tuple] = deque()
     seconds: dict[str, float] = {}
     connected = True
@@ -152,7 +152,7 @@ def _serve(conn: Connection, factory: Callable[..., Any], args: tuple) -> None:
             return
         if method == "__seconds__":  # time spent per method since the last ask (bench/)
             value, ok, seconds = seconds, True, {}
-        elif reason := refuse(method):  # e.g. the store is gone: fail now, not after a wait
+        elif reason := refuse(method, call_args):  # e.g. the store is gone: fail now, untried
             value, ok = reason, False
             if not reply:
                 getattr(served, "failed", lambda *a: None)(method, call_args, value)
@@ -200,7 +200,7 @@ class _Broken:
     def failed(self, *args: Any) -> None:
         pass  # the reason is every answered call's reply
 
-    def refuse(self, method: str) -> None:
+    def refuse(self, method: str, args: tuple) -> None:
         return None  # every call fails by itself, with the reason
 
     def abandoned(self) -> None:

@@ -391,7 +391,13 @@ def break_folder(folder: Path) -> None:
             continue
 
 
-def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri, client):
+def test_artifact_store_failing_mid_run_marks_the_run_failed_until_its_data_is_sent(
+    tmp_path, store_uri, client
+):
+    """The artifact folder turns into a file mid-run: the figures, checkpoint and model that
+    fail are kept on disk, the run ends FAILED and tagged ``unsent`` (never FINISHED with
+    holes); once the folder is back, `python -m src.unsent` sends them and the run is
+    FINISHED."""
     epochs = 60  # time enough after the epoch-5 checkpoint for the store to break mid-run
     args = [a.replace("max_epochs=20", f"max_epochs={epochs}") for a in SLOW_BCE]
     process = start_cli(tmp_path, store_uri, *args)
@@ -407,11 +413,32 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed(tmp_path, store_uri
     assert line.startswith("losslab: error: run failed: ") and any(r in line for r in reasons)
     (run,) = runs_of(client)
     assert run.info.status == "FAILED"  # not FINISHED with holes
-    assert run.data.tags["outcome"] == "failed"
     assert any(r in run.data.tags["error"] for r in reasons)
+    unsent = tmp_path / "outputs/run/unsent"
+    assert run.data.tags["unsent"] == str(unsent)
     kept = [s for s, _ in history(client, run.info.run_id)]
     assert kept == list(range(1, epochs + 1))  # every epoch kept
     assert "final_test_accuracy" in run.data.metrics
+    assert "learning_curves.png" not in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    (tmp_path / "mlartifacts").unlink()  # the store mended: its folder back
+    (tmp_path / "mlartifacts.gone0").rename(tmp_path / "mlartifacts")
+    sent = subprocess.run(
+        [sys.executable, "-m", "src.unsent", str(tmp_path / "outputs")],
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        capture_output=True,
+        text=True,
+        timeout=hang(120),
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert list(unsent.iterdir()) == []
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert "error" not in run.data.tags and "unsent" not in run.data.tags
+    assert run.data.tags["outcome"] == "ok"  # kept behind the figure, in order
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"learning_curves.png", "checkpoints"} <= artifacts, artifacts
 
 
 # ---- safe defaults --------------------------------------------------------------------------
@@ -428,6 +455,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang_and_loses_nothing(t
     server, port = start_mlflow_server(tmp_path)
     url = f"http://127.0.0.1:{port}"
     args = [a.replace("max_epochs=20", "max_epochs=60") for a in SLOW_BCE]
+    args = [a.replace("log_model=false", "log_model=true") for a in args]
     process = start_cli(tmp_path, url, *args, "logger.flush_every_n_epochs=5")
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
     os.killpg(server.pid, signal.SIGKILL)
@@ -437,7 +465,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang_and_loses_nothing(t
     assert process.returncode == 1
     kept = tmp_path / "outputs/run/unsent"
     notice, line = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr and f"stay in {kept}" in notice, notice
+    assert "Traceback" not in stderr and f"kept in {kept}" in notice, notice
     assert f"the MLflow server at {url} stopped answering" in line, line
     assert f"python -m src.unsent {kept}" in line, line
     assert time.monotonic() - started < hang(120)
@@ -453,20 +481,34 @@ def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang_and_loses_nothing(t
             text=True,
             timeout=hang(120),
         )
+        assert sent.returncode == 0, sent.stderr
+        assert list(kept.iterdir()) == []  # every run's file and copies sent and removed
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        (run,) = runs_of(client)
+        assert run.info.status == "FINISHED", run.data.tags.get("error")  # nothing was lost
+        assert "error" not in run.data.tags
+        for key in ("train/loss", "test/loss"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, 61)), (key, steps)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        expected = {"learning_curves.png", "dataset.png", "config", "checkpoints"}
+        assert expected <= artifacts, artifacts
+        assert client.get_run(run.info.run_id).inputs.dataset_inputs != []
+        model = client.get_logged_model(run.data.tags["model"].removeprefix("models:/"))
+        assert model.source_run_id == run.info.run_id and model.name.startswith("bce")
+        linked = {m.key for m in model.metrics or []}
+        assert "final_test_accuracy" in linked, linked  # MLflow linked the finals sent before
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=hang(30))
-    assert sent.returncode == 0, sent.stderr
-    assert not list(kept.glob("*.jsonl"))
-    from mlflow.tracking import MlflowClient
+    import mlflow.pytorch
 
-    (run,) = runs_of(MlflowClient(f"sqlite:///{tmp_path / 'server.db'}"))
-    assert run.info.status == "FAILED"  # its model and figures could not be logged
-    assert "stopped answering" in run.data.tags["error"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'server.db'}")
-    for key in ("train/loss", "test/loss"):
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-        assert steps == list(range(1, 61)), (key, steps)
+    (saved,) = [p.parent for p in (tmp_path / "server-artifacts").rglob("MLmodel")]
+    assert model.model_id in str(saved)
+    net = mlflow.pytorch.load_model(str(saved))
+    assert sum(p.numel() for p in net.parameters()) > 0
 
 
 def test_credentials_never_reach_params_tags_or_artifacts(run_cli, tmp_path, mlflow_server):
