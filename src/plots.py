@@ -154,12 +154,34 @@ def _by_task(results: Sequence) -> dict[str, list]:
     return tasks
 
 
+def _margins(
+    fig: Figure, rows: int, cols: int, left: float, bottom: float, gap: float = 0.75
+) -> None:
+    """Fixed margins in inches (the suptitle's 0.65 on top, 0.25 on the right, ``gap``
+    between axes) instead of a layout engine: the report's two figures are drawn at the end
+    of every sweep, and constrained layout doubled their time (0.7-0.9 s against 0.4 s)."""
+    width, height = fig.get_size_inches()
+    top, right = 0.65, 0.25
+    axis_height = (height - top - bottom - (rows - 1) * gap) / rows
+    axis_width = (width - left - right - (cols - 1) * gap) / cols
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        hspace=gap / axis_height,
+        wspace=gap / axis_width,
+    )
+
+
 def sweep_curves(results: Sequence, curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
     """Per task, the train and test metric per epoch of every group (loss): the median over
     seeds as a line, the min-max band over seeds shaded. ``curves[run_id][split]``."""
     tasks = _by_task(results)
-    fig = Figure(figsize=(11, 3.8 * max(len(tasks), 1)), layout="constrained")
-    axes = fig.subplots(max(len(tasks), 1), 2, squeeze=False)
+    rows = max(len(tasks), 1)
+    fig = Figure(figsize=(11, 0.3 + 3.8 * rows))
+    axes = fig.subplots(rows, 2, squeeze=False)
+    _margins(fig, rows, 2, left=0.7, bottom=0.55)
     for row, (task, members) in zip(axes, tasks.items()):
         metric = members[0].curve
         for ax, split in zip(row, ("train", "test")):
@@ -194,10 +216,10 @@ def final_spread(results: Sequence) -> Figure:
     """Per task, a box of the final test metric per group with every ok run as a dot; runs
     left out of the statistics (collapsed, diverged) are drawn as red crosses."""
     tasks = _by_task(results)
-    fig = Figure(
-        figsize=(5 + 1.2 * len(results) ** 0.5, 4 * max(len(tasks), 1)), layout="constrained"
-    )
-    axes = fig.subplots(max(len(tasks), 1), 1, squeeze=False)[:, 0]
+    rows = max(len(tasks), 1)
+    fig = Figure(figsize=(5 + 1.2 * len(results) ** 0.5, 0.3 + 4 * rows))
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    _margins(fig, rows, 1, left=0.95, bottom=0.7, gap=0.95)
     jitter = np.random.default_rng(0)
     for ax, (task, members) in zip(axes, tasks.items()):
         groups = list(dict.fromkeys(r.group for r in members))

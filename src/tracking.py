@@ -435,6 +435,7 @@ class Tracker:
         self._rendered = tempfile.TemporaryDirectory(prefix="losslab-figures-")
         self._datasets: dict[str, Path] = {}
         self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final_* link to it)
+        self.params: dict[str, dict[str, str]] = {}  # run id -> its params, as logged
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
         self._warm_up = ["src.plots"]
@@ -638,9 +639,10 @@ class Tracker:
             experiment_id, run_name=store.redact(name), tags=redacted
         ).info.run_id
         self.open.add(run_id)
-        items = [
-            Param(key, store.redact(str(value))[:PARAM_VALUE_MAX]) for key, value in params.items()
-        ]
+        logged = self.params[run_id] = {
+            key: store.redact(str(value))[:PARAM_VALUE_MAX] for key, value in params.items()
+        }
+        items = [Param(key, value) for key, value in logged.items()]
         for i in range(0, len(items), PARAM_CHUNK):
             self.client.log_batch(run_id, params=items[i : i + PARAM_CHUNK])
         return run_id
@@ -730,15 +732,17 @@ class Tracker:
         serialization: str,
     ) -> None:
         run_id = self.runs[handle][member]
+        params = self.params.get(run_id) or self.client.get_run(run_id).data.params
         self.models[run_id] = log_model(
             self.client,
             run_id,
+            self.experiments[handle],
+            params,
             model,
             input_example,
             name,
             requirements,
             serialization,
-            self.experiments[handle],
         )
 
     def end(self, handle: int, statuses: list[str]) -> None:
@@ -785,6 +789,7 @@ class Tracker:
             experiment_id, run_name=store.redact(name), tags=redacted
         ).info.run_id
         self.open.add(run_id)  # closed KILLED by abandoned() if the sweep's process dies
+        self._warm_up.append("src.report")  # its import (scipy.stats, 0.6 s) not at the end
         return run_id
 
     def report(self, parent_run_id: str, sweep_dir: Path, metric: str | None) -> dict[str, Any]:
@@ -843,41 +848,45 @@ def dataset_input(record: Mapping[str, str]) -> Any:
     return DatasetInput(Dataset(**record), tags=[context])
 
 
-_FLUENT: dict[str, str] = {}  # "experiment": the fluent API's experiment in this process
-
-
 def log_model(
     client: Any,
     run_id: str,
+    experiment_id: str,
+    params: Mapping[str, str],
     model: Any,
     input_example: Any,
     name: str,
     requirements: list[str],
     serialization: str,
-    experiment_id: str,
 ) -> str:
-    """The MLflow pytorch flavor with signature and input example, named for its run; returns
-    its id. The run's final metrics logged after it are linked to it (the Models page ranks by
-    them; those logged before MLflow links itself) and its ``models:/`` URI is the run's tag
-    ``model``. Explicit requirements spare MLflow from inferring them in a subprocess
-    (seconds per model)."""
-    import mlflow.pytorch
+    """The MLflow pytorch flavor with signature and input example, named for its run, with
+    the run's ``params``; returns its id. Its ``models:/`` URI is the run's tag ``model``, and
+    the run's final metrics are logged linked to it (the Models page ranks by them).
 
-    if _FLUENT.get("experiment") != experiment_id:  # where MLflow files the model
-        mlflow.set_experiment(experiment_id=experiment_id)
-        _FLUENT["experiment"] = experiment_id
-    info = mlflow.pytorch.log_model(
+    The LoggedModel is created here, not by ``mlflow.pytorch.log_model(run_id=...)``, which
+    re-reads the run's params and every metric's whole history for each model: 0.077 s a model
+    against 0.046 s (measured on a run of 150 params and 1,200 values; a 50-run sweep logs 50).
+    Explicit requirements spare MLflow from inferring them in a subprocess (seconds)."""
+    import mlflow.pytorch
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.tracking.context import registry
+
+    # This process runs as `python -c`, which MLflow would record as the model's source.
+    tags = registry.resolve_tags({"mlflow.source.name": "src.train"})
+    model_id = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id, tags=tags, params=dict(params)
+    ).model_id
+    mlflow.pytorch.log_model(
         model,
         name=name,
-        run_id=run_id,
+        model_id=model_id,
         input_example=input_example,
         pip_requirements=requirements,
         serialization_format=serialization,
     )
-    # The tracking process runs as `python -c`, which MLflow would record as the model's source.
-    client.set_logged_model_tags(info.model_id, {"mlflow.source.name": "src.train"})
-    log_tags(client, run_id, {"model": f"models:/{info.model_id}"})
-    return info.model_id
+    client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step=0)])
+    log_tags(client, run_id, {"model": f"models:/{model_id}"})
+    return model_id
 
 
 def _final(key: str, model_id: str | None) -> str | None:

@@ -106,7 +106,12 @@ def send(client: Any, path: Path) -> int:
 
 
 def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -> None:
+    """Log the kept model, then its run's final metrics again, linked to it (they were sent
+    before it, without its id)."""
+    import time
+
     import torch
+    from mlflow.entities import Metric
 
     from src import tracking
 
@@ -114,8 +119,22 @@ def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -
     if "model" in run.data.tags:  # sent by an earlier try that failed later on
         return
     saved = torch.load(folder / file, weights_only=False)
-    how["experiment_id"] = run.info.experiment_id
-    tracking.log_model(client, run_id, saved["model"], saved["input_example"], **how)
+    model_id = tracking.log_model(
+        client,
+        run_id,
+        run.info.experiment_id,
+        run.data.params,
+        saved["model"],
+        saved["input_example"],
+        **how,
+    )
+    now = int(time.time() * 1000)
+    finals = [
+        Metric(key, value, now, 0, model_id=model_id)
+        for key, value in tracking.run_metrics(run).items()
+        if key.startswith("final_")
+    ]
+    client.log_batch(run_id, metrics=finals)
 
 
 def files(folders: Sequence[Path]) -> list[Path]:
@@ -157,7 +176,7 @@ def main(argv: Sequence[str]) -> int:
 
     tracking.quiet_mlflow()
     client = tracking.get_client(uri)
-    mlflow.set_tracking_uri(uri)  # models are logged the fluent way (tracking.log_model)
+    mlflow.set_tracking_uri(uri)  # models' artifacts are written the fluent way (log_model)
     sent = failed = 0
     for path in found:
         try:

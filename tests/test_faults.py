@@ -421,8 +421,9 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed_until_its_data_is_s
     assert "final_test_accuracy" in run.data.metrics
     assert "learning_curves.png" not in {a.path for a in client.list_artifacts(run.info.run_id)}
 
-    (tmp_path / "mlartifacts").unlink()  # the store mended: its folder back
-    (tmp_path / "mlartifacts.gone0").rename(tmp_path / "mlartifacts")
+    (tmp_path / "mlartifacts").unlink()  # the store mended: its folder back, if it had one
+    for gone in sorted(tmp_path.glob("mlartifacts.gone*")):
+        shutil.copytree(gone, tmp_path / "mlartifacts", dirs_exist_ok=True)
     sent = subprocess.run(
         [sys.executable, "-m", "src.unsent", str(tmp_path / "outputs")],
         cwd=ROOT,
