@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -617,6 +618,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # The bench prints its tables. The runs it makes in this process would print Lightning's
+    # warnings (the srun hint on a SLURM machine, a reused checkpoint folder), which the CLI
+    # sends to each job's log file instead (src/train.py).
+    warnings.filterwarnings("ignore", module=r"(lightning_fabric|pytorch_lightning)\.")
     import torch
 
     if args.threads:
