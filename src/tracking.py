@@ -436,6 +436,7 @@ class Tracker:
         self._datasets: dict[str, Path] = {}
         self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final_* link to it)
         self.params: dict[str, dict[str, str]] = {}  # run id -> its params, as logged
+        self.owners: dict[str, str | None] = {}  # run id -> the pid of the job writing it
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
         self._warm_up = ["src.plots"]
@@ -498,7 +499,7 @@ class Tracker:
                     status = "FAILED"
                     told = {"outcome": "failed", "error": f"not recorded: {lost}"[:5000]}
                     unsent.keep(folder, run_id, {"tags": told})
-                unsent.keep(folder, run_id, {"status": status})
+                unsent.keep(folder, run_id, {"status": status, "owner": self.owners.get(run_id)})
                 self.open.discard(run_id)  # closed from the file; abandoned() cannot either
             self.failures.append(
                 f"{self.down or error}; the runs' data and status are kept in {folder}: "
@@ -639,6 +640,7 @@ class Tracker:
             experiment_id, run_name=store.redact(name), tags=redacted
         ).info.run_id
         self.open.add(run_id)
+        self.owners[run_id] = tags.get("losslab.pid")
         logged = self.params[run_id] = {
             key: store.redact(str(value))[:PARAM_VALUE_MAX] for key, value in params.items()
         }
@@ -658,6 +660,7 @@ class Tracker:
             self.experiments[handle] = run.info.experiment_id
             self.client.update_run(run_id, status="RUNNING")
             self.open.add(run_id)
+            self.owners[run_id] = tags.get("losslab.pid")
             if "error" in run.data.tags:
                 self.client.delete_tag(run_id, "error")
             self._tags(run_id, tags)
@@ -769,7 +772,8 @@ class Tracker:
             elif refused and (folder / f"{run_id}.jsonl").exists():
                 finished = status == "FINISHED"
                 untag = ["unsent", "error"] if finished else ["unsent"]
-                unsent.keep(folder, run_id, {"untag": untag, "status": status})
+                owner = self.owners.get(run_id)
+                unsent.keep(folder, run_id, {"untag": untag, "status": status, "owner": owner})
                 told = {"unsent": str(folder), **({"error": refused[:5000]} if finished else {})}
                 self._close(run_id, "FAILED" if finished else status, told)
             else:

@@ -97,12 +97,19 @@ def send(client: Any, path: Path) -> int:
         for key in entry.get("untag", []):  # what the run said while this waited here
             if key in client.get_run(run_id).data.tags:
                 client.delete_tag(run_id, key)
-    statuses = [entry["status"] for entry in entries if "status" in entry]
-    if statuses:
-        client.set_terminated(run_id, statuses[-1])
+    closing = [entry for entry in entries if "status" in entry]
+    if closing and _still_ours(client, run_id, closing[-1].get("owner")):
+        client.set_terminated(run_id, closing[-1]["status"])
     path.unlink()
     shutil.rmtree(folder / run_id, ignore_errors=True)
     return len(new)
+
+
+def _still_ours(client: Any, run_id: str, owner: str | None) -> bool:
+    """Whether the kept status is still the run's truth: not if another process has continued
+    the run since (a resume records its own pid in ``losslab.pid``). A run the reaper closed
+    KILLED meanwhile keeps its pid, and gets its true status."""
+    return owner is None or client.get_run(run_id).data.tags.get("losslab.pid") == owner
 
 
 def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -> None:

@@ -645,3 +645,29 @@ def test_a_store_locked_mid_run_loses_no_epoch(tmp_path, store_uri, client):
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert steps == list(range(1, epochs + 1))
     assert not list((tmp_path / "outputs/run/unsent").glob("*.jsonl"))  # all sent
+
+
+def test_a_kept_status_does_not_overwrite_a_resumed_run(tmp_path, store_uri, client):
+    """What a job kept on disk ends with the status it had then; if another process has since
+    continued the run (a resume: its own pid in losslab.pid), sending the file adds the kept
+    epochs but leaves the newer status alone. A run the reaper closed meanwhile (same pid)
+    gets the kept status, which is the truth."""
+    from src import tracking, unsent
+
+    experiment = tracking.ensure_experiment(client, "kept")
+    resumed = client.create_run(experiment, tags={"losslab.pid": "111"}).info.run_id
+    reaped = client.create_run(experiment, tags={"losslab.pid": "222"}).info.run_id
+    kept = tmp_path / "outputs" / unsent.FOLDER
+    for run_id in (resumed, reaped):
+        unsent.keep(kept, run_id, {"metrics": [["train/loss", 0.5, 0, 1]]})
+    unsent.keep(kept, resumed, {"status": "KILLED", "owner": "100"})  # before the resume
+    unsent.keep(kept, reaped, {"status": "FINISHED", "owner": "222"})
+    client.set_terminated(resumed, "FINISHED")  # the resumed job finished it
+    client.set_terminated(reaped, "KILLED")  # the reaper: its process was gone
+    found = unsent.files([tmp_path])
+    assert len(found) == 2
+    for path in found:
+        assert unsent.send(client, path) == 1
+    assert client.get_run(resumed).info.status == "FINISHED"
+    assert client.get_run(reaped).info.status == "FINISHED"
+    assert unsent.files([tmp_path]) == []
