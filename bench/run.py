@@ -162,11 +162,14 @@ class Losslab:
         return {**kinds, "all": sum(seconds.values())}
 
 
-def part_single(lab: Losslab, repeats: int, epochs: int | None) -> None:
+def part_single(lab: Losslab, repeats: int, epochs: int | None, callbacks: str) -> None:
     from bench import baseline
 
-    print("## (1) one study run per loss, fit only (in process, alternating A/B)\n")
-    extra = ["trainer.enable_progress_bar=false"]
+    print(
+        f"## (1) one study run per loss, fit only, callbacks={callbacks} "
+        "(in process, alternating A/B)\n"
+    )
+    extra = ["trainer.enable_progress_bar=false", f"callbacks={callbacks}"]
     if epochs:
         extra.append(f"trainer.max_epochs={epochs}")
     rows = []
@@ -613,6 +616,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--e2e", action="store_true", help="also the 50-run seed sweep via CLI")
+    parser.add_argument(
+        "--callbacks", default="default", help="part single: the callbacks preset (none: bare)"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -648,7 +654,7 @@ def main() -> None:
         if {"single", "members", "lightning"} & set(parts):
             lab = Losslab(store)
             if "single" in parts:
-                part_single(lab, repeats, epochs)
+                part_single(lab, repeats, epochs, args.callbacks)
                 part_held(lab, repeats, epochs)
             if "members" in parts:
                 part_members(lab, repeats, epochs, args.members)
