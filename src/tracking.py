@@ -523,8 +523,7 @@ class Tracker:
                 ]
                 unsent.keep(folder, run_id, {"metrics": rows})
         elif method == "set_tags":
-            redacted = {key: store.redact(value) for key, value in args[1].items()}
-            unsent.keep(folder, run_ids[args[0]], {"tags": redacted})
+            unsent.keep(folder, run_ids[args[0]], {"tags": args[1]})
         elif method == "log_text":
             unsent.keep_text(folder, run_ids[args[0]], store.redact(args[1]), args[2])
         elif method == "log_input":
@@ -582,8 +581,10 @@ class Tracker:
         self.kept.discard(handle)
 
     def take_failures(self) -> list[str]:
+        """What could not be recorded since the last call, as the job prints it: redacted
+        (MLflow's own messages may quote a tracking URI with its password)."""
         failures, self.failures = self.failures, []
-        return failures
+        return [store.redact(failure) for failure in failures]
 
     def abandoned(self) -> None:
         """The job (or sweep) process died without closing its runs (SIGKILL): record that."""

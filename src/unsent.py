@@ -29,7 +29,12 @@ FOLDER = "unsent"
 
 def keep(folder: Path, run_id: str, entry: dict[str, Any]) -> Path:
     """Append one entry (``metrics``: [[key, value, timestamp, step], ...], ``tags``,
-    ``input``, ``artifact``, ``model`` or ``status``) to the run's file; returns the file."""
+    ``input``, ``artifact``, ``model`` or ``status``) to the run's file; returns the file.
+    Tags are redacted here: an error message may quote a tracking URI with its password."""
+    from src import store
+
+    if "tags" in entry:
+        entry = {**entry, "tags": {k: store.redact(str(v)) for k, v in entry["tags"].items()}}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.jsonl"
     with path.open("a") as file:
@@ -92,8 +97,8 @@ def send(client: Any, path: Path) -> int:
             client.log_artifact(run_id, str(folder / local), artifact_folder)
         if "model" in entry:
             _send_model(client, run_id, folder, **entry["model"])
-        for key, value in entry.get("tags", {}).items():
-            client.set_tag(run_id, key, value)
+        if entry.get("tags"):
+            tracking.log_tags(client, run_id, entry["tags"])
         for key in entry.get("untag", []):  # what the run said while this waited here
             if key in client.get_run(run_id).data.tags:
                 client.delete_tag(run_id, key)

@@ -671,3 +671,17 @@ def test_a_kept_status_does_not_overwrite_a_resumed_run(tmp_path, store_uri, cli
     assert client.get_run(resumed).info.status == "FINISHED"
     assert client.get_run(reaped).info.status == "FINISHED"
     assert unsent.files([tmp_path]) == []
+
+
+def test_what_is_kept_or_reported_after_a_failure_carries_no_password(tmp_path, store_uri):
+    """An MLflow error may quote the tracking URI with its password: it is redacted in the
+    tags kept on disk (and so in what src.unsent sends) and in the failures a job prints."""
+    from src import tracking, unsent
+
+    quoted = f"MlflowException: API request to http://alice:{SECRETS[0]}@127.0.0.1:5000 failed"
+    path = unsent.keep(tmp_path, "run1", {"tags": {"error": quoted}})
+    assert SECRETS[0] not in path.read_text() and "http://***@127.0.0.1" in path.read_text()
+    tracker = tracking.Tracker(store_uri, models=False)
+    tracker.failures.append(quoted)
+    (reported,) = tracker.take_failures()
+    assert SECRETS[0] not in reported and "http://***@127.0.0.1:5000" in reported
