@@ -542,15 +542,15 @@ class Tracker:
             )
         elif method == "log_learning_curves":
             png = self._curves_png(run_ids[args[0]], *args[1:])
-            unsent.keep_file(folder, run_ids[args[0]], png, None)
+            unsent.keep_file(folder, [run_ids[args[0]]], png, None)
         else:  # log_file, log_dataset: in one member's run (log_file's member) or every one
             member, local, artifact_folder = (
                 (args[0], Path(args[1]), args[2])
                 if method == "log_file"
                 else (None, self._dataset_png(*args), None)
             )
-            for run_id in run_ids if member is None else [run_ids[member]]:
-                unsent.keep_file(folder, run_id, local, artifact_folder)
+            chosen = run_ids if member is None else [run_ids[member]]
+            unsent.keep_file(folder, chosen, local, artifact_folder)
 
     def _tell(self, handle: int, error: str) -> None:
         """One line per job, from this process at once: what failed and where data is kept."""

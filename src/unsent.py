@@ -18,6 +18,7 @@ of it is in.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -42,12 +43,26 @@ def keep(folder: Path, run_id: str, entry: dict[str, Any]) -> Path:
     return path
 
 
-def keep_file(folder: Path, run_id: str, local: Path, artifact_folder: str | None) -> None:
-    """A copy of the file, as it is now (a checkpoint is overwritten by the next epochs)."""
-    copy = folder / run_id / (artifact_folder or "") / local.name
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(local, copy)
-    keep(folder, run_id, {"artifact": [str(copy.relative_to(folder)), artifact_folder]})
+def keep_file(
+    folder: Path, run_ids: Sequence[str], local: Path, artifact_folder: str | None
+) -> None:
+    """A copy of the file as it is now (a checkpoint is overwritten by the next epochs), for
+    each of the runs: one copy, hard-linked into the other runs' folders, so a file shared by
+    K members does not take K times the disk."""
+    first: Path | None = None
+    for run_id in run_ids:
+        copy = folder / run_id / (artifact_folder or "") / local.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.unlink(missing_ok=True)  # an earlier version of it, or a link to one
+        if first is None:
+            shutil.copyfile(local, copy)
+            first = copy
+        else:
+            try:
+                os.link(first, copy)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(first, copy)
+        keep(folder, run_id, {"artifact": [str(copy.relative_to(folder)), artifact_folder]})
 
 
 def keep_text(folder: Path, run_id: str, text: str, artifact_path: str) -> None:

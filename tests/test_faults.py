@@ -685,3 +685,24 @@ def test_what_is_kept_or_reported_after_a_failure_carries_no_password(tmp_path, 
     tracker.failures.append(quoted)
     (reported,) = tracker.take_failures()
     assert SECRETS[0] not in reported and "http://***@127.0.0.1:5000" in reported
+
+
+def test_a_file_kept_for_every_member_takes_the_disk_once(tmp_path):
+    """A file shared by K members' runs (the dataset figure, the preprocessing files) is kept
+    once and hard-linked into the other runs' folders; a later version replaces it in every
+    run without writing through the links into an earlier one."""
+    from src import unsent
+
+    local = tmp_path / "dataset.png"
+    local.write_bytes(b"first")
+    kept = tmp_path / unsent.FOLDER
+    runs = ["a", "b", "c"]
+    unsent.keep_file(kept, runs, local, "figures")
+    copies = [kept / run / "figures" / "dataset.png" for run in runs]
+    assert len({copy.stat().st_ino for copy in copies}) == 1
+    assert [copy.read_bytes() for copy in copies] == [b"first"] * 3
+    local.write_bytes(b"second")
+    unsent.keep_file(kept, ["a"], local, "figures")
+    assert [copy.read_bytes() for copy in copies] == [b"second", b"first", b"first"]
+    entries = (kept / "b.jsonl").read_text().splitlines()
+    assert entries == ['{"artifact": ["b/figures/dataset.png", "figures"]}']
