@@ -49,6 +49,7 @@ KEPT = (
     "log_model",
 )
 PARAM_VALUE_MAX = 6000
+RESEND_SECONDS = 10.0  # between tries to send kept data while the runs train
 
 
 class TrackingError(RuntimeError):
@@ -429,6 +430,7 @@ class Tracker:
         self.failures: list[str] = []
         self.told: set[int] = set()  # handles whose unsent data the user was told about
         self.kept: set[int] = set()  # handles with calls kept on disk, not yet sent
+        self._resend_at = 0.0  # monotonic time of the next try to send them (idle)
         self.broken: set[int] = set()  # handles whose runs could not be started
         self.down: str | None = None  # why the tracking server is taken for gone
         self.spools: dict[int, Path] = {}  # handle -> where its unsent data is kept (unsent.py)
@@ -444,6 +446,17 @@ class Tracker:
             self._warm_up += ["torch", "mlflow.pytorch", "mlflow.utils.requirements_utils"]
 
     def idle(self) -> bool:
+        """One step of work while no call waits: send what jobs kept on disk after a passing
+        fault (a locked store), at most every RESEND_SECONDS, so their runs' curves go on
+        growing in the UI; else the next warm-up import."""
+        if self.kept and self.down is None and time.monotonic() >= self._resend_at:
+            self._resend_at = time.monotonic() + RESEND_SECONDS
+            for handle in sorted(self.kept):
+                try:
+                    self._send_kept(handle)
+                except Exception:  # still failing: kept, tried again later or at the end
+                    break
+            return True
         if not self._warm_up:
             return False
         module = importlib.import_module(self._warm_up.pop(0))
@@ -506,6 +519,8 @@ class Tracker:
                 f"send them with `python -m src.unsent {folder}` once the store answers"
             )
         else:
+            if not self.kept:  # the first try to send it: a while after the failure
+                self._resend_at = time.monotonic() + RESEND_SECONDS
             self.kept.add(handle)
             self._keep_call(folder, run_ids, method, *args[1:])
         self._tell(handle, error)
@@ -561,15 +576,16 @@ class Tracker:
         reason = store.redact(" ".join(re.split(r"\s*\[SQL:", error)[0].split()))[:160]
         print(
             f"losslab: MLflow could not take the run's data ({reason}); training goes on, and "
-            f"what is not sent is kept in {folder}, sent when the run ends or by "
+            f"what is not sent is kept in {folder} and sent once the store answers, or by "
             f"`python -m src.unsent {folder}`",
             file=sys.stderr,
             flush=True,
         )
 
     def _send_kept(self, handle: int) -> None:
-        """Before a job's runs close: send what was kept on disk for them, in order (raises
-        if the store still fails: then the closing is kept on disk too)."""
+        """Send what was kept on disk for a job's runs, in order, and take its later calls
+        straight to the store again; raises if the store still fails (at a job's end, the
+        closing is then kept on disk too)."""
         from src import unsent
 
         if handle not in self.kept:
