@@ -5,8 +5,9 @@ its timeout), training goes on and everything of each run that could not be writ
 in ``<output dir>/unsent/``: ``<run id>.jsonl`` lists it in order (epoch metrics, tags,
 dataset inputs, artifacts, models, the final status) and ``<run id>/`` holds the artifacts'
 copies and the pickled models. Once one call of a job is kept, the job's later calls are kept
-behind it, so they reach the store in the order they were made. They are sent when the run
-ends, if the store answers again by then, or later by::
+behind it, so they reach the store in the order they were made. They are sent once the store
+answers again (the tracking process tries every 10 s while the runs train, and when they
+end), or later by::
 
     python -m src.unsent <output dir | sweep dir> [...]
 
@@ -88,7 +89,7 @@ def keep_model(folder: Path, run_id: str, name: str, model: Any, example: Any, *
 def send(client: Any, path: Path) -> int:
     """Send one run's file, in the order it was kept, then delete it and its folder; returns
     how many metric values were new. The status goes last, so a run is closed only once all
-    of it is in; a model goes after the final metrics, which MLflow then links to it."""
+    of it is in; a model goes after the final metrics, which are then linked to it."""
     from mlflow.entities import Metric
 
     from src import tracking
