@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,11 @@ def keep_model(folder: Path, run_id: str, name: str, model: Any, example: Any, *
     keep(folder, run_id, {"model": {"file": str(saved.relative_to(folder)), "name": name, **how}})
 
 
-def send(client: Any, path: Path) -> int:
+def send(client: Any, path: Path) -> Counter[str]:
     """Send one run's file, in the order it was kept, then delete it and its folder; returns
-    how many metric values were new. The status goes last, so a run is closed only once all
-    of it is in; a model goes after the final metrics, which are then linked to it."""
+    what was new to the store: ``metrics`` (values), ``files`` and ``models``. The status goes
+    last, so a run is closed only once all of it is in; a model goes after the final metrics,
+    which are then linked to it."""
     from mlflow.entities import Metric
 
     from src import tracking
@@ -105,14 +107,16 @@ def send(client: Any, path: Path) -> int:
     new = [Metric(k, v, t, s) for k, v, t, s in rows if (k, s) not in held]
     for i in range(0, len(new), tracking.BATCH_LIMIT):
         client.log_batch(run_id, metrics=new[i : i + tracking.BATCH_LIMIT])
+    sent = Counter(metrics=len(new))
     for entry in entries:
         if "input" in entry:
             client.log_inputs(run_id, datasets=[tracking.dataset_input(entry["input"])])
         if "artifact" in entry:
             local, artifact_folder = entry["artifact"]
             client.log_artifact(run_id, str(folder / local), artifact_folder)
+            sent["files"] += 1
         if "model" in entry:
-            _send_model(client, run_id, folder, **entry["model"])
+            sent["models"] += _send_model(client, run_id, folder, **entry["model"])
         if entry.get("tags"):
             tracking.log_tags(client, run_id, entry["tags"])
         for key in entry.get("untag", []):  # what the run said while this waited here
@@ -123,7 +127,7 @@ def send(client: Any, path: Path) -> int:
         client.set_terminated(run_id, closing[-1]["status"])
     path.unlink()
     shutil.rmtree(folder / run_id, ignore_errors=True)
-    return len(new)
+    return sent
 
 
 def _still_ours(client: Any, run_id: str, owner: str | None) -> bool:
@@ -133,9 +137,9 @@ def _still_ours(client: Any, run_id: str, owner: str | None) -> bool:
     return owner is None or client.get_run(run_id).data.tags.get("losslab.pid") == owner
 
 
-def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -> None:
+def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -> bool:
     """Log the kept model, then its run's final metrics again, linked to it (they were sent
-    before it, without its id)."""
+    before it, without its id); False if the run already has it."""
     import time
 
     import torch
@@ -145,7 +149,7 @@ def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -
 
     run = client.get_run(run_id)
     if "model" in run.data.tags:  # sent by an earlier try that failed later on
-        return
+        return False
     saved = torch.load(folder / file, weights_only=False)
     model_id = tracking.log_model(
         client,
@@ -163,6 +167,7 @@ def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -
         if key.startswith("final_")
     ]
     client.log_batch(run_id, metrics=finals)
+    return True
 
 
 def files(folders: Sequence[Path]) -> list[Path]:
@@ -205,7 +210,8 @@ def main(argv: Sequence[str]) -> int:
     tracking.quiet_mlflow()
     client = tracking.get_client(uri)
     mlflow.set_tracking_uri(uri)  # models' artifacts are written the fluent way (log_model)
-    sent = failed = 0
+    sent: Counter[str] = Counter()
+    failed = 0
     for path in found:
         try:
             sent += send(client, path)
@@ -214,7 +220,10 @@ def main(argv: Sequence[str]) -> int:
             reason = store.redact(" ".join(str(error).split()))[:300]
             print(f"losslab: could not send {path}: {reason}", file=sys.stderr)
     done = len(found) - failed
-    print(f"losslab: sent {sent} metric value(s) of {done} run(s) to {store.redact(uri)}")
+    print(
+        f"losslab: sent {sent['metrics']} metric value(s), {sent['files']} file(s) and "
+        f"{sent['models']} model(s) of {done} run(s) to {store.redact(uri)}"
+    )
     return 1 if failed else 0
 
 

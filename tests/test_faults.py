@@ -483,6 +483,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang_and_loses_nothing(t
             timeout=hang(120),
         )
         assert sent.returncode == 0, sent.stderr
+        assert " file(s) and 1 model(s) of 1 run(s) to http://127.0.0.1:" in sent.stdout
         assert list(kept.iterdir()) == []  # every run's file and copies sent and removed
         from mlflow.tracking import MlflowClient
 
@@ -672,7 +673,7 @@ def test_a_kept_status_does_not_overwrite_a_resumed_run(tmp_path, store_uri, cli
     found = unsent.files([tmp_path])
     assert len(found) == 2
     for path in found:
-        assert unsent.send(client, path) == 1
+        assert unsent.send(client, path)["metrics"] == 1
     assert client.get_run(resumed).info.status == "FINISHED"
     assert client.get_run(reaped).info.status == "FINISHED"
     assert unsent.files([tmp_path]) == []
