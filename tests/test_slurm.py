@@ -164,7 +164,10 @@ def test_scancel_of_one_job_kills_its_run_and_the_report_waits_for_the_rest(
 def test_a_job_past_its_time_limit_is_killed_with_timeout_as_the_reason(
     tmp_path, store_uri, client
 ) -> None:
-    """timeout_min=1: SLURM stops the job after a minute (its limit is checked every ~30 s)."""
+    """timeout_min=1: SLURM stops the job after a minute (its limit is checked every ~30 s).
+    Its early warning (signal_delay_s, 120 s by default) is asked for 30 s before the limit,
+    not at once: at once, it could reach the job before the job took it over from submitit,
+    which then ended the job with no run (seen once in CI)."""
     result = invoke(
         tmp_path,
         store_uri,
@@ -180,6 +183,8 @@ def test_a_job_past_its_time_limit_is_killed_with_timeout_as_the_reason(
     assert run.info.status == "KILLED"
     assert "timeout" in run.data.tags["error"] and run.data.tags["slurm.state"] == "TIMEOUT"
     assert client.get_metric_history(run.info.run_id, "train/loss")  # what it logged is kept
+    (script,) = (tmp_path / "multirun/.submitit").glob("*/*_submission.sh")
+    assert "#SBATCH --signal=USR2@30" in script.read_text()
 
 
 @pytest.mark.timeout(hang(500))

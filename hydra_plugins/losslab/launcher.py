@@ -92,6 +92,12 @@ class _TruthfulLauncher(BaseSubmititLauncher):
         params = dict(self.params)
         folder = params.pop("submitit_folder")
         timeouts = params.pop("max_num_timeout", None)
+        if "signal_delay_s" in params and params.get("timeout_min"):
+            # SLURM sends the early warning signal_delay_s (120 s) before the time limit: with a
+            # shorter limit, at its first check, which can come before the job has replaced
+            # submitit's handler (src/cluster.py), and submitit then ends the job with no run.
+            half = int(params["timeout_min"]) * 30
+            params["signal_delay_s"] = min(int(params["signal_delay_s"]), half)
         executor = submitit.AutoExecutor(
             cluster=self._EXECUTOR,
             folder=folder,
