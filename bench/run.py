@@ -42,9 +42,7 @@ from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("mse", "msle", "mae", "bce", "hinge")
-PARTS = (
-    *("commands", "single", "sweep", "members", "lightning", "launchers", "startup", "scaling"),
-)
+PARTS = ("commands", "single", "sweep", "members", "lightning", "launchers", "startup", "scaling")
 # What Lightning features cost per epoch: each against callbacks=none on the same loss.
 LIGHTNING = {
     "default (last.ckpt every 10 epochs)": [],
@@ -328,12 +326,15 @@ def part_members(lab: Losslab, repeats: int, epochs: int | None, members: int) -
 
 
 # ---------------------------------------------------------------------------- subprocesses
-def command(args: list[str], env: dict[str, str]) -> tuple[float, str, str]:
-    """Wall time of a subprocess run from the project root; fails loudly."""
+def command(args: list[str], env: dict[str, str], what: str | None = None) -> tuple[float, str]:
+    """Wall time and standard output of a subprocess run from the project root. With
+    ``what``, a non-zero exit stops the bench, naming it, with the command's output."""
     started = time.perf_counter()
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    return elapsed, done.stdout, done.stderr + f"\n(exit {done.returncode})"
+    if what is not None and done.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return elapsed, done.stdout
 
 
 def child_env(store: Path, threads: int) -> dict[str, str]:
@@ -347,16 +348,11 @@ def child_env(store: Path, threads: int) -> dict[str, str]:
 def sweep_runs(store: Path, overrides: list[str], env: dict[str, str]) -> float:
     sweep_dir = Path(tempfile.mkdtemp(dir=store, prefix="sweep-"))
     args = [sys.executable, "-m", "src.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    elapsed, out, err = command(args, env)
-    if "(exit 0)" not in err:
-        raise SystemExit(f"losslab sweep failed:\n{out}\n{err}")
-    return elapsed
+    return command(args, env, "losslab sweep")[0]
 
 
 def baseline_runs(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
-    elapsed, out, err = command([sys.executable, "-m", "bench.baseline", *args], env)
-    if "(exit 0)" not in err:
-        raise SystemExit(f"baseline failed:\n{err}")
+    elapsed, out = command([sys.executable, "-m", "bench.baseline", *args], env, "baseline")
     return elapsed, json.loads(out.strip().splitlines()[-1])
 
 
@@ -411,12 +407,8 @@ def part_commands(store: Path, repeats: int, env: dict[str, str]) -> None:
                 folder = Path(tempfile.mkdtemp(dir=store, prefix="cmd-"))
                 fresh = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
                 dirs = [f"hydra.sweep.dir={folder / 'sweep'}", f"hydra.run.dir={folder / 'run'}"]
-                elapsed, out, err = command(
-                    [*args, *dirs], {**env, **(fresh if kind == "fresh" else {})}
-                )
-                if "(exit 0)" not in err:
-                    raise SystemExit(f"losslab failed:\n{out}\n{err}")
-                return elapsed
+                store_env = {**env, **(fresh if kind == "fresh" else {})}
+                return command([*args, *dirs], store_env, "losslab")[0]
 
             pairs = alternate(lambda t=theirs: baseline_runs(t, env)[0], lab, repeats)
             base = statistics.median(a for a, _ in pairs)
@@ -500,10 +492,8 @@ def part_launchers(store: Path, repeats: int, env: dict[str, str], epochs: int |
         for name, extra in launchers.items():
             sweep_dir = Path(tempfile.mkdtemp(dir=store, prefix="sweep-"))
             args = [*ours, *extra, f"hydra.sweep.dir={sweep_dir}"]
-            elapsed, out, err = command([sys.executable, "-m", "src.train", "-m", *args], env)
-            if "(exit 0)" not in err:
-                raise SystemExit(f"losslab sweep ({name}) failed:\n{out}\n{err}")
-            seconds[name].append(elapsed)
+            sweep = [sys.executable, "-m", "src.train", "-m", *args]
+            seconds[name].append(command(sweep, env, f"losslab sweep ({name})")[0])
             if name.startswith("slurm"):
                 jobs += _slurm_jobs(sweep_dir)
     base = statistics.median(seconds["baseline"])
@@ -556,9 +546,7 @@ def part_scaling(store: Path, env: dict[str, str], rows_list: list[int], epochs:
             common = ["--rows", str(rows), "--epochs", str(epochs), "--batch", str(batch)]
             _, base = baseline_runs(["--losses", "mse", "--warm-up", *common], env)
             args = [sys.executable, "-m", "bench.run", "--child", str(store), *common]
-            _, text, err = command(args, env)
-            if "(exit 0)" not in err:
-                raise SystemExit(f"losslab child failed:\n{err}")
+            _, text = command(args, env, "losslab child")
             ours = json.loads(text.strip().splitlines()[-1])
             steps_rows = rows // 2 * epochs
             out.append(

@@ -131,7 +131,7 @@ def _check_writable(folder: Path, key: str) -> None:
     would fail making it with a traceback, after the store was set up). Tried with a
     temporary file in its nearest existing parent, which is removed again: the folder's
     own name may hold a time stamp Hydra has yet to resolve."""
-    parent = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    parent = store.nearest_existing(folder.absolute())
     try:
         store.writable_folder(parent)
     except OSError as error:

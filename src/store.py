@@ -114,11 +114,16 @@ def _health_request(parts: SplitResult) -> urllib.request.Request:
     return request
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent."""
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def writable_folder(path: Path) -> Path:
     """The nearest existing folder at or above ``path``, once a real write in it worked (a
     temporary file, removed again; not os.access, which root passes even under /proc).
     Raises OSError saying why not."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise NotADirectoryError(f"{existing} is a file, not a folder")
     with tempfile.TemporaryFile(dir=existing):

@@ -119,8 +119,9 @@ def send(client: Any, path: Path) -> Counter[str]:
             sent["models"] += _send_model(client, run_id, folder, **entry["model"])
         if entry.get("tags"):
             tracking.log_tags(client, run_id, entry["tags"])
-        for key in entry.get("untag", []):  # what the run said while this waited here
-            if key in client.get_run(run_id).data.tags:
+        if entry.get("untag"):  # what the run said while this waited here
+            held_tags = client.get_run(run_id).data.tags
+            for key in (key for key in entry["untag"] if key in held_tags):
                 client.delete_tag(run_id, key)
     closing = [entry for entry in entries if "status" in entry]
     if closing and _still_ours(client, run_id, closing[-1].get("owner")):

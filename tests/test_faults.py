@@ -377,6 +377,18 @@ def test_eight_writers_starting_at_once_on_a_fresh_store_all_land(tmp_path, stor
     assert default is None or not client.search_runs([default.experiment_id])
 
 
+def send_unsent(folder: Path, store_uri: str) -> subprocess.CompletedProcess:
+    """`python -m src.unsent <folder>` against ``store_uri``, as a user runs it later."""
+    return subprocess.run(
+        [sys.executable, "-m", "src.unsent", str(folder)],
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        capture_output=True,
+        text=True,
+        timeout=hang(120),
+    )
+
+
 def break_folder(folder: Path) -> None:
     """Turn ``folder`` into a file under a live writer. Renaming is atomic: a copy in flight
     lands in the renamed folder, and every later write meets a file. The folder may not exist
@@ -424,14 +436,7 @@ def test_artifact_store_failing_mid_run_marks_the_run_failed_until_its_data_is_s
     (tmp_path / "mlartifacts").unlink()  # the store mended: its folder back, if it had one
     for gone in sorted(tmp_path.glob("mlartifacts.gone*")):
         shutil.copytree(gone, tmp_path / "mlartifacts", dirs_exist_ok=True)
-    sent = subprocess.run(
-        [sys.executable, "-m", "src.unsent", str(tmp_path / "outputs")],
-        cwd=ROOT,
-        env=cli_env(store_uri),
-        capture_output=True,
-        text=True,
-        timeout=hang(120),
-    )
+    sent = send_unsent(tmp_path / "outputs", store_uri)
     assert sent.returncode == 0, sent.stderr
     assert list(unsent.iterdir()) == []
     run = client.get_run(run.info.run_id)
@@ -474,14 +479,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_not_a_hang_and_loses_nothing(t
 
     server, port = start_mlflow_server(tmp_path)  # the same store, back
     try:
-        sent = subprocess.run(
-            [sys.executable, "-m", "src.unsent", str(tmp_path / "outputs")],
-            cwd=ROOT,
-            env=cli_env(f"http://127.0.0.1:{port}"),
-            capture_output=True,
-            text=True,
-            timeout=hang(120),
-        )
+        sent = send_unsent(tmp_path / "outputs", f"http://127.0.0.1:{port}")
         assert sent.returncode == 0, sent.stderr
         assert " file(s) and 1 model(s) of 1 run(s) to http://127.0.0.1:" in sent.stdout
         assert list(kept.iterdir()) == []  # every run's file and copies sent and removed
