@@ -28,6 +28,7 @@ min / median / max, beside the absolute figures. Parts (``--only``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -326,6 +327,19 @@ def part_members(lab: Losslab, repeats: int, epochs: int | None, members: int) -
 
 
 # ---------------------------------------------------------------------------- subprocesses
+@contextlib.contextmanager
+def busy(count: int) -> Iterator[None]:
+    """``count`` CPU-bound processes running beside everything measured (``--beside``): a
+    machine shared with other work, where both sides compete for the same cores."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def command(args: list[str], env: dict[str, str], what: str | None = None) -> tuple[float, str]:
     """Wall time and standard output of a subprocess run from the project root. With
     ``what``, a non-zero exit stops the bench, naming it, with the command's output."""
@@ -603,6 +617,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats, fewer epochs and rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--members", type=int, default=10)
+    parser.add_argument(
+        "--beside", type=int, default=0, help="run beside N CPU-bound processes (a busy machine)"
+    )
     parser.add_argument("--e2e", action="store_true", help="also the 50-run seed sweep via CLI")
     parser.add_argument(
         "--callbacks", default="default", help="part single: the callbacks preset (none: bare)"
@@ -632,9 +649,10 @@ def main() -> None:
     rows_list = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     print(
         f"# losslab bench: torch threads={args.threads}, repeats={repeats}, "
-        f"epochs={epochs or 'study'}, load average {os.getloadavg()[0]:.1f}\n"
+        f"epochs={epochs or 'study'}, load average {os.getloadavg()[0]:.1f}, "
+        f"beside {args.beside} busy process(es)\n"
     )
-    with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder, busy(args.beside):
         store = Path(folder)
         env = child_env(store, args.threads)
         if "commands" in parts:

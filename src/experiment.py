@@ -107,6 +107,13 @@ def run_name(
     return " ".join([loss, *extra, *([fold] if fold else []), f"seed={seed}"])
 
 
+def _job_title(names: list[str], seed: int) -> str:
+    """The job's runs as one title: 'mse seed=0' for one member, 'mse seeds=0-9' for ten."""
+    if len(names) == 1:
+        return names[0]
+    return f"{names[0].rsplit(' seed=', 1)[0]} seeds={seed}-{seed + len(names) - 1}"
+
+
 def model_name(run: str) -> str:
     """The run's model as the Models page lists it: 'mse seed=0' -> 'mse-seed0',
     'mse optimizer.lr=0.1 seed=0' -> 'mse-optimizer_lr0_1-seed0' (MLflow refuses / : . % and
@@ -429,10 +436,9 @@ def _finish(
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
     statuses, finals = [], []
+    runs.log_learning_curves(history, typed.loss.name, metric, _job_title(names, typed.seed))
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
-        member_history = [{key: values[k] for key, values in row.items()} for row in history]
-        runs.log_learning_curves(k, member_history, typed.loss.name, metric, name)
         diverged = int(module.diverged_at[k])
         test_value = final[f"final_test_{metric}"]
         final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)

@@ -279,9 +279,11 @@ class RunSet:
         self._send("log_dataset", key, arrays, title, classes)
 
     def log_learning_curves(
-        self, member: int, history: list[dict], loss: str, metric: str, title: str
+        self, history: list[dict[str, list[float]]], loss: str, metric: str, title: str
     ) -> None:
-        self._send("log_learning_curves", member, history, loss, metric, title)
+        """learning_curves.png: one figure of every member's curves (``history[epoch][key]``
+        holds the members' values), drawn once and logged in every member's run."""
+        self._send("log_learning_curves", history, loss, metric, title)
 
     def log_input(self, record: Mapping[str, str]) -> None:
         """The run's dataset, the MLflow way (``log_inputs``): name, digest, source, schema
@@ -556,8 +558,7 @@ class Tracker:
                 serialization=serialization,
             )
         elif method == "log_learning_curves":
-            png = self._curves_png(run_ids[args[0]], *args[1:])
-            unsent.keep_file(folder, [run_ids[args[0]]], png, None)
+            unsent.keep_file(folder, run_ids, self._curves_png(run_ids, *args), None)
         else:  # log_file, log_dataset: in one member's run (log_file's member) or every one
             member, local, artifact_folder = (
                 (args[0], Path(args[1]), args[2])
@@ -725,18 +726,17 @@ class Tracker:
             self.client.log_inputs(run_id, datasets=[dataset_input(record)])
 
     def log_learning_curves(
-        self, handle: int, member: int, history: list[dict], loss: str, metric: str, title: str
+        self, handle: int, history: list[dict], loss: str, metric: str, title: str
     ) -> None:
-        run_id = self.runs[handle][member]
-        png = self._curves_png(run_id, history, loss, metric, title)
-        self.client.log_artifact(run_id, str(png))
+        png = self._curves_png(self.runs[handle], history, loss, metric, title)
+        self.log_file(handle, None, str(png), None)
 
     def _curves_png(
-        self, run_id: str, history: list[dict], loss: str, metric: str, title: str
+        self, run_ids: list[str], history: list[dict], loss: str, metric: str, title: str
     ) -> Path:
         from src import plots
 
-        path = Path(self._rendered.name) / run_id / "learning_curves.png"
+        path = Path(self._rendered.name) / run_ids[0] / "learning_curves.png"
         path.parent.mkdir(exist_ok=True)
         plots.learning_curves(history, loss, metric, title).savefig(path)
         return path

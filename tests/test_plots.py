@@ -42,6 +42,37 @@ def test_other_metric_gets_its_own_linear_panel() -> None:
     assert np.allclose(train.get_ydata(), accuracy)
 
 
+def test_a_job_of_seeds_draws_every_seed_in_one_figure_with_plain_log_labels() -> None:
+    epochs = 40
+    falling = [np.geomspace(1.0, 10.0 ** -(2 + k), epochs) for k in range(3)]  # 3 members
+    rows = [
+        {
+            "train/loss": [float(f[e]) for f in falling],
+            "test/loss": [float(f[e] * 1.1) for f in falling],
+            "train/accuracy": [0.5 + 0.01 * e] * 3,
+            "test/accuracy": [0.5 + 0.01 * e + 0.001 * k for k in range(3)],
+        }
+        for e in range(epochs)
+    ]
+    figure = plots.learning_curves(rows, "bce", "accuracy", "bce seeds=0-2")
+    loss_axis, metric_axis = figure.axes
+    assert [t.get_text() for t in loss_axis.get_legend().get_texts()] == [
+        "train (3 seeds)",
+        "test (3 seeds)",
+    ]
+    lines = loss_axis.get_lines()
+    assert len(lines) == 6 and len(metric_axis.get_lines()) == 6
+    for k in range(3):  # each seed's own values, train then test
+        assert np.allclose(lines[k].get_ydata(), falling[k])
+        assert np.allclose(lines[3 + k].get_ydata(), falling[k] * 1.1)
+    assert np.allclose(metric_axis.get_lines()[5].get_ydata(), 0.502 + 0.01 * np.arange(epochs))
+    assert loss_axis.get_yscale() == "log" and metric_axis.get_yscale() == "linear"
+    figure.canvas.draw()  # plain-text labels on the log axis (mathtext's are slow to parse)
+    labels = [t.get_text() for t in loss_axis.get_yticklabels() if t.get_text()]
+    assert labels and not any("$" in label for label in labels), labels
+    assert figure._suptitle.get_text() == "bce seeds=0-2: loss (bce) and accuracy"
+
+
 def test_classes_are_coloured_by_class_and_the_legend_sits_outside() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 2))
