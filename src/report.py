@@ -605,20 +605,34 @@ def summarize_on_parent(client, parent_run_id: str, report: Report) -> None:
     client.log_batch(parent_run_id, metrics=metrics[:1000], tags=tags)
 
 
-def histories(client, results: Sequence[Result]) -> dict[str, dict[str, list[float]]]:
-    """Per run: the per-epoch train and test metric, ordered by epoch."""
+def histories(
+    client, results: Sequence[Result], known: Mapping[str, Mapping[str, list[float]]]
+) -> dict[str, dict[str, list[float]]]:
+    """Per run: the per-epoch train and test metric, ordered by epoch; from ``known`` (run id
+    -> key -> values, what the tracking process drew) where it has them, else the store."""
     curves = {}
     for r in results:
         curves[r.run_id] = {}
         for split in ("train", "test"):
-            points = client.get_metric_history(r.run_id, f"{split}/{r.curve}")
+            key = f"{split}/{r.curve}"
+            if key in known.get(r.run_id, {}):
+                curves[r.run_id][split] = list(known[r.run_id][key])
+                continue
+            points = client.get_metric_history(r.run_id, key)
             curves[r.run_id][split] = [m.value for m in sorted(points, key=lambda m: m.step)]
     return curves
 
 
-def build(uri: str, parent_run_id: str, sweep_dir: Path, metric: str | None = None) -> Report:
+def build(
+    uri: str,
+    parent_run_id: str,
+    sweep_dir: Path,
+    metric: str | None = None,
+    curves: Mapping[str, Mapping[str, list[float]]] | None = None,
+) -> Report:
     """Compute the report (ranked by ``metric``, else each task's primary metric), write it
-    under ``sweep_dir`` and log it, and its summary, to the parent run."""
+    under ``sweep_dir`` and log it, and its summary, to the parent run. ``curves``: runs'
+    per-epoch values already at hand (``histories``)."""
     client = tracking.get_client(uri)
     runs = child_runs(uri, parent_run_id)
     results = collect(runs, metric)
@@ -645,7 +659,7 @@ def build(uri: str, parent_run_id: str, sweep_dir: Path, metric: str | None = No
         (sweep_dir / name).write_text(text)
     ok = [r for r in results if r.outcome == "ok"]
     figures = {
-        "curves.png": plots.sweep_curves(ok, histories(client, ok)),
+        "curves.png": plots.sweep_curves(ok, histories(client, ok, curves or {})),
         "final.png": plots.final_spread(results),
     }
     for name, figure in figures.items():

@@ -191,3 +191,38 @@ def test_optuna_search_tags_its_best_trial(run_cli, client, tmp_path) -> None:
     assert found.best_value == pytest.approx(min(scores))  # minimize, as mse_optuna says
     assert float(best[0].data.params["optimizer.lr"]) == found.best_params["optimizer.lr"]
     assert parents[0].data.tags["best_value"] == str(found.best_value)
+
+
+def test_the_reports_curves_come_from_the_tracking_process_or_else_the_store(client) -> None:
+    """The sweep's tracking process hands the report the curves it drew (no read-back of every
+    run's history); a run it did not draw is read from the store, in epoch order."""
+    from src.report import Result, histories
+
+    experiment = client.create_experiment("curves")
+    drawn, stored = (client.create_run(experiment).info.run_id for _ in range(2))
+    for step, value in ((2, 0.5), (1, 0.9), (3, 0.25)):  # logged out of order
+        client.log_metric(stored, "train/mse", value, step=step)
+        client.log_metric(stored, "test/mse", value * 2, step=step)
+    results = [
+        Result(
+            run_id=run_id,
+            name="",
+            status="FINISHED",
+            outcome="ok",
+            task="regression",
+            loss="mse",
+            seed="0",
+            fold="-",
+            metric="mse",
+            curve="mse",
+            train=0.0,
+            test=0.0,
+            job_dir="",
+            error="",
+        )
+        for run_id in (drawn, stored)
+    ]
+    known = {drawn: {"train/mse": [3.0, 2.0], "test/mse": [4.0, 1.0]}}
+    curves = histories(client, results, known)
+    assert curves[drawn] == {"train": [3.0, 2.0], "test": [4.0, 1.0]}
+    assert curves[stored] == {"train": [0.9, 0.5, 0.25], "test": [1.8, 1.0, 0.5]}
