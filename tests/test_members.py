@@ -3,6 +3,8 @@ SGD update is torch.optim.SGD's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -89,7 +91,9 @@ def _curve(client, run_id: str, name: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, client) -> None:
+def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(
+    run_cli, client, tmp_path
+) -> None:
     every = "callbacks.model_checkpoint.every_n_epochs=3"  # a checkpoint at the last epoch
     common = ("trainer.max_epochs=3", "logger.log_model=false", every)
     batched = run_cli("-m", "loss=mse,hinge", "seed=0,1,2", *common)
@@ -118,6 +122,18 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(run_cli, clien
             tags = run.data.tags
             assert tags["checkpoint"] == f"runs:/{first}/checkpoints/last.ckpt"
             assert tags["checkpoint.members"] == "3"
+        # one learning-curve figure per job (every seed's curves), the same in each member's run
+        figures = {
+            client.download_artifacts(
+                together[(loss, seed)].info.run_id, "learning_curves.png", str(tmp_path / seed)
+            )
+            for seed in "012"
+        }
+        assert len({Path(f).read_bytes() for f in figures}) == 1
+        single = client.download_artifacts(
+            alone[(loss, "1")].info.run_id, "learning_curves.png", str(tmp_path / "alone")
+        )
+        assert Path(single).read_bytes() != Path(figures.pop()).read_bytes()
         # each member's run says how long its job took, the same for all three
         seconds = {together[(loss, seed)].data.metrics["job_seconds"] for seed in "012"}
         assert len(seconds) == 1 and 0 < seconds.pop() < 600
