@@ -740,9 +740,10 @@ class Tracker:
         50-run report, profiled)."""
         from src import plots
 
+        keys = [f"{split}/{metric}" for split in ("train", "test")]
+        drawn = [key for key in keys if all(key in row for row in history)]
         for k, run_id in enumerate(run_ids):
-            keys = [f"{split}/{metric}" for split in ("train", "test")]
-            self.curves[run_id] = {key: [row[key][k] for row in history] for key in keys}
+            self.curves[run_id] = {key: [row[key][k] for row in history] for key in drawn}
         path = Path(self._rendered.name) / run_ids[0] / "learning_curves.png"
         path.parent.mkdir(exist_ok=True)
         plots.learning_curves(history, loss, metric, title).savefig(path)
