@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -343,12 +344,49 @@ def busy(count: int) -> Iterator[None]:
 def command(args: list[str], env: dict[str, str], what: str | None = None) -> tuple[float, str]:
     """Wall time and standard output of a subprocess run from the project root. With
     ``what``, a non-zero exit stops the bench, naming it, with the command's output."""
+    elapsed, lines = timed_lines(args, env, what)
+    return elapsed, "".join(line for _, line in lines)
+
+
+def timed_lines(
+    args: list[str], env: dict[str, str], what: str | None = None
+) -> tuple[float, list[tuple[float, str]]]:
+    """``command``, with the second each line of standard output came at (the phases)."""
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if what is not None and done.returncode != 0:
-        raise SystemExit(f"{what} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return elapsed, done.stdout
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+        lines = [(time.perf_counter() - started, line) for line in process.stdout]
+        code = process.wait()
+        elapsed = time.perf_counter() - started
+        if what is not None and code != 0:
+            errors.seek(0)
+            output = "".join(line for _, line in lines)
+            raise SystemExit(f"{what} failed (exit {code}):\n{output}\n{errors.read()}")
+    return elapsed, lines
+
+
+# A command's phases, each ending at the first (or last) output line that matches.
+PHASES = (
+    ("start-up: Hydra, compose and check", re.compile(r"loading torch and Lightning"), min),
+    ("imports and store", re.compile(r"^losslab: sweep of "), min),
+    ("jobs", re.compile(r"\[(ok|collapsed|diverged|failed)[^\]]*\]$"), max),
+)
+
+
+def phases(elapsed: float, lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per phase of one losslab command; a phase it has not (a single run has no
+    parent run) is counted with the next. The rest, to exit, is the report and exit."""
+    spent, mark, skipped = {}, 0.0, []
+    for name, pattern, pick in PHASES:
+        times = [t for t, line in lines if pattern.search(line.rstrip())]
+        if not times:
+            skipped.append(name)
+            continue
+        spent[" + ".join([*skipped, name])], mark, skipped = pick(times) - mark, pick(times), []
+    spent[" + ".join([*skipped, "report and exit"])] = elapsed - mark
+    return spent
 
 
 def child_env(store: Path, threads: int) -> dict[str, str]:
@@ -412,24 +450,36 @@ def part_commands(store: Path, repeats: int, env: dict[str, str]) -> None:
     print("## (0) whole commands from the shell, against the baseline's same work\n")
     warm = [sys.executable, "-m", "src.train", "trainer.max_epochs=1", "logger.log_model=false"]
     command([*warm, f"hydra.run.dir={store / 'warm-up'}"], env)  # the existing store
-    rows = []
+    rows, phase_rows = [], []
     for what, ours, theirs in COMMANDS:
         args = [sys.executable, "-m", "src.train", *ours, "trainer.enable_progress_bar=false"]
         for kind in ("existing", "fresh"):
+            spent: list[dict[str, float]] = []
 
-            def lab(args: list[str] = args, kind: str = kind) -> float:
+            def lab(args: list[str] = args, kind: str = kind, spent: list = spent) -> float:
                 folder = Path(tempfile.mkdtemp(dir=store, prefix="cmd-"))
                 fresh = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
                 dirs = [f"hydra.sweep.dir={folder / 'sweep'}", f"hydra.run.dir={folder / 'run'}"]
                 store_env = {**env, **(fresh if kind == "fresh" else {})}
-                return command([*args, *dirs], store_env, "losslab")[0]
+                elapsed, lines = timed_lines([*args, *dirs], store_env, "losslab")
+                spent.append(phases(elapsed, lines))
+                return elapsed
 
             pairs = alternate(lambda t=theirs: baseline_runs(t, env)[0], lab, repeats)
             base = statistics.median(a for a, _ in pairs)
             ours_s = statistics.median(b for _, b in pairs)
             ratios = spread([b / a for a, b in pairs])
             rows.append((what, kind, f"{base:.1f}", f"{ours_s:.1f}", ratios))
+            medians = {
+                name: statistics.median(run.get(name, 0.0) for run in spent)
+                for name in dict.fromkeys(name for run in spent for name in run)
+            }
+            phase_rows.append(
+                (what, kind, "; ".join(f"{name} {s:.1f}" for name, s in medians.items()))
+            )
     table(("command", "store", "baseline s", "losslab s", "ratio min / median / max"), rows)
+    print("losslab's phases, from the second each output line came (median seconds):\n")
+    table(("command", "store", "phases"), phase_rows)
 
 
 def part_members_e2e(store: Path, env: dict[str, str], members: int, epochs: int | None) -> None:

@@ -203,6 +203,8 @@ def test_the_reports_curves_come_from_the_tracking_process_or_else_the_store(cli
     for step, value in ((2, 0.5), (1, 0.9), (3, 0.25)):  # logged out of order
         client.log_metric(stored, "train/mse", value, step=step)
         client.log_metric(stored, "test/mse", value * 2, step=step)
+    for run_id in (drawn, stored):
+        client.set_terminated(run_id)
     results = [
         Result(
             run_id=run_id,
