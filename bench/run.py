@@ -7,7 +7,9 @@ min / median / max, beside the absolute figures. Parts (``--only``):
   commands what the user waits for: whole commands from the shell (imports, store, runs,
            figures, models, exit), each against the baseline doing the same work in one
            process: one study run, the five-loss sweep, 5 losses x 10 seeds; on the bench's
-           store (existing) and on a new store per command (fresh)
+           store (existing) and on a new store per command (fresh); with each phase's
+           seconds (start-up, imports and store, jobs, report and exit). --beside N runs it
+           all beside N CPU-bound processes (a busy machine)
   single   one study run per loss, fit only; losslab through experiment.run (Trainer, module,
            callbacks, checkpoints, MLflow); also how long the job waits on MLflow, alone and
            as a sweep's jobs (which leave the waiting to the sweep's end)
