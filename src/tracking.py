@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from src import store
+from src import store, store_template
 from src.writer import Writer, WriterError
 
 EXPERIMENT_DESCRIPTION = (
@@ -326,17 +326,19 @@ def get_client(uri: str) -> Any:
     """An MlflowClient on ``uri``. MLflow creates and migrates a fresh sqlite store when the
     client is made; processes starting together on a new database race on those migrations
     ("table already exists"), so for sqlite the client is made under an exclusive lock on
-    the database's folder: one migrates, the rest wait."""
+    the database's folder: one migrates, the rest wait. A new store is first seeded with a
+    copy of an empty one MLflow migrated before (store_template.py)."""
     from mlflow.tracking import MlflowClient
 
     quiet_mlflow()
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
-    folder = store.sqlite_path(uri).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY)
+    db = store.sqlite_path(uri).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(db.parent, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        store_template.seed(db)
         return MlflowClient(tracking_uri=uri)
     finally:
         os.close(handle)  # releases the lock

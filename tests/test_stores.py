@@ -167,3 +167,54 @@ def test_a_locked_store_is_waited_for_and_said(tmp_path: Path, client, store_uri
     assert f"losslab: the MLflow store {db} is locked; waiting up to 30 s" in done.stdout
     (run,) = runs_of(client)
     assert run.info.status == "FINISHED"
+
+
+def _schema(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as connection:
+        return sorted(connection.execute("SELECT type, name, sql FROM sqlite_master"))
+
+
+def test_a_new_store_is_a_copy_of_the_empty_store_mlflow_built_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first store builds the template in the cache; the next is its copy; both work as
+    MLflow's own, with their own Default experiment; an existing file is never replaced."""
+    import mlflow
+
+    from src import store_template, tracking
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    tracking.get_client(f"sqlite:///{first}").search_experiments()
+    template = tmp_path / "cache" / "losslab" / f"mlflow-{mlflow.__version__}-empty.db"
+    with sqlite3.connect(template) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
+    second.parent.mkdir()
+    assert store_template.seed(second)
+    assert _schema(second) == _schema(template)
+    client = tracking.get_client(f"sqlite:///{second}")
+    default = client.get_experiment("0")
+    assert (default.name, default.artifact_location) == ("Default", str(tmp_path / "mlruns/0"))
+    run = client.create_run(tracking.ensure_experiment(client, "losslab")).info.run_id
+    client.log_metric(run, "loss", 0.5)
+    client.set_terminated(run)
+    assert client.get_run(run).data.metrics == {"loss": 0.5}
+    assert not store_template.seed(second)  # never over an existing store
+    assert client.get_run(run).data.metrics == {"loss": 0.5}
+    assert sorted(p.name for p in second.parent.iterdir()) == ["mlflow.db"]  # no leftovers
+
+
+def test_without_a_usable_cache_mlflow_builds_the_store_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from src import store_template, tracking
+
+    (tmp_path / "cache").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    assert not store_template.seed(db)
+    assert not db.exists()
+    client = tracking.get_client(f"sqlite:///{db}")
+    assert client.get_experiment("0").name == "Default"
