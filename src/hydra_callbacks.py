@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import override_policy, store, tracking
 from src.config import ConfigError, validate
+from src.frozen_imports import frozen_imports
 from src.writer import WriterError
 
 # Hydra's default launcher: jobs run one after another in the launching process.
@@ -203,7 +204,8 @@ class LosslabCallback(Callback):
             # imported now, while the tracking process sets up the store.
             tracking.hold(uri)
             print("losslab: preparing the sweep: loading torch and Lightning", flush=True)
-            import src.experiment  # noqa: F401
+            with frozen_imports():
+                import src.experiment  # noqa: F401
         try:
             parent = writer.result(call)
         except WriterError as error:

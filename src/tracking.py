@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from src import store, store_template
+from src.frozen_imports import frozen_imports
 from src.writer import Writer, WriterError
 
 EXPERIMENT_DESCRIPTION = (
@@ -422,10 +423,11 @@ class Tracker:
         # The helper never autologs Lightning: spare it Lightning's import (seconds), which
         # mlflow.pytorch attempts for its checkpoint callback and tolerates failing.
         sys.modules.setdefault("mlflow.pytorch._lightning_autolog", None)
-        import mlflow
+        with frozen_imports():
+            import mlflow
 
-        mlflow.set_tracking_uri(uri)
-        self.client = get_client(uri)
+            mlflow.set_tracking_uri(uri)
+            self.client = get_client(uri)
         self.uri = uri
         self.runs: dict[int, list[str]] = {}
         self.experiments: dict[int, str] = {}  # handle -> its runs' experiment id
@@ -464,8 +466,9 @@ class Tracker:
             return True
         if not self._warm_up:
             return False
-        module = importlib.import_module(self._warm_up.pop(0))
-        getattr(module, "_init_packages_to_modules_map", lambda: None)()
+        with frozen_imports():
+            module = importlib.import_module(self._warm_up.pop(0))
+            getattr(module, "_init_packages_to_modules_map", lambda: None)()
         return True
 
     # -- bookkeeping

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from src import cluster, config, hydra_callbacks, override_policy, quick_exit, store
 from src.cli import one_line_error
 from src.config import ConfigError
+from src.frozen_imports import frozen_imports
 
 config.register()
 # A full disk or a vanished log folder must not turn every later log line into a logging
@@ -47,7 +48,8 @@ def main(cfg: DictConfig) -> float:
     if not multirun and "src.experiment" not in sys.modules:  # seconds of silence otherwise
         shown = " ".join(hc.overrides.task) or "defaults"
         print(f"losslab: {shown}: loading torch and Lightning", flush=True)
-    from src.experiment import JobContext, run  # heavy imports, after validation
+    with frozen_imports():  # heavy imports, after validation
+        from src.experiment import JobContext, run
 
     job = JobContext(
         overrides=list(hc.overrides.task),
