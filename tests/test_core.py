@@ -313,3 +313,26 @@ def test_every_command_answers_help(command: list[str]) -> None:
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     shown = done.stdout.lower()
     assert "usage" in shown or "powered by hydra" in shown, done.stdout
+
+
+def test_frozen_imports_turn_the_collector_off_inside_and_freeze_after() -> None:
+    """Off inside (also when nested), back on after, even after an error; what existed at the
+    end is frozen, so later collections do not walk it."""
+    import gc
+
+    from src.frozen_imports import frozen_imports
+
+    assert gc.isenabled()
+    try:
+        with pytest.raises(ValueError), frozen_imports():
+            kept = [[] for _ in range(1000)]
+            with frozen_imports():
+                assert not gc.isenabled()
+            assert not gc.isenabled()  # the inner block does not turn it back on
+            raise ValueError
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(kept)
+        walked = {id(item) for item in gc.get_objects()}  # the permanent generation is not
+        assert gc.is_tracked(kept[0]) and id(kept[0]) not in walked
+    finally:
+        gc.unfreeze()
