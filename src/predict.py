@@ -25,6 +25,7 @@ import numpy as np
 
 from src import quick_exit, store, tracking
 from src.config import ConfigError, LosslabConfig
+from src.frozen_imports import frozen_imports
 
 if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to be good
     import torch
@@ -315,7 +316,8 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
     """Bad input or an unknown run: one line and exit 1, as for src.train."""
-    from mlflow.exceptions import MlflowException
+    with frozen_imports():
+        from mlflow.exceptions import MlflowException
 
     try:
         main(sys.argv[1:])

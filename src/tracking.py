@@ -329,7 +329,8 @@ def get_client(uri: str) -> Any:
     ("table already exists"), so for sqlite the client is made under an exclusive lock on
     the database's folder: one migrates, the rest wait. A new store is first seeded with a
     copy of an empty one MLflow migrated before (store_template.py)."""
-    from mlflow.tracking import MlflowClient
+    with frozen_imports():  # the first MLflow import of a report or predict command
+        from mlflow.tracking import MlflowClient
 
     quiet_mlflow()
     if not uri.startswith("sqlite:///"):
