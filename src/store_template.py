@@ -32,16 +32,16 @@ def seed(db: Path) -> bool:
         return False
     try:
         template = _template()
-        part = db.with_name(f".{db.name}.{os.getpid()}.part")
-        shutil.copyfile(template, part)
-        try:
-            os.link(part, db)  # fails if db appeared meanwhile, where a rename would replace it
-        except FileExistsError:
-            return False
-        finally:
-            part.unlink()
     except (OSError, sqlite3.Error):
         return False
+    part = db.with_name(f".{db.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(template, part)
+        os.link(part, db)  # fails if db appeared meanwhile, where a rename would replace it
+    except OSError:  # FileExistsError among them
+        return False
+    finally:
+        part.unlink(missing_ok=True)  # also a partial copy (a full disk)
     return True
 
 

@@ -218,3 +218,24 @@ def test_without_a_usable_cache_mlflow_builds_the_store_itself(
     assert not db.exists()
     client = tracking.get_client(f"sqlite:///{db}")
     assert client.get_experiment("0").name == "Default"
+
+
+def test_a_copy_that_fails_midway_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk during the copy: no store, no partial file; MLflow then builds the store."""
+    import shutil
+
+    from src import store_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+
+    def full_disk(source: Path, target: Path) -> None:
+        Path(target).write_bytes(b"half a store")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    assert not store_template.seed(db)
+    assert list(db.parent.iterdir()) == []
