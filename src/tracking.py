@@ -746,7 +746,7 @@ class Tracker:
         50-run report, profiled)."""
         from src import plots
 
-        keys = [f"{split}/{metric}" for split in ("train", "test")]
+        keys = [f"{split}/{metric}" for split in plots.SPLITS]
         drawn = [key for key in keys if all(key in row for row in history)]
         for k, run_id in enumerate(run_ids):
             self.curves[run_id] = {key: [row[key][k] for row in history] for key in drawn}
