@@ -336,3 +336,14 @@ def test_frozen_imports_turn_the_collector_off_inside_and_freeze_after() -> None
         assert gc.is_tracked(kept[0]) and id(kept[0]) not in walked
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("asked", "timeout_min", "sent"), [(120, 1, 0), (10, 1, 0), (120, 2, 60), (120, 60, 120)]
+)
+def test_slurm_early_warning_leaves_the_job_its_start(asked, timeout_min, sent) -> None:
+    """SLURM sends the warning up to 30 s (its check period) early: what is asked for leaves
+    a job 30 s to start before it can come, and none at all on a 1-minute limit."""
+    from hydra_plugins.losslab.launcher import early_warning_s
+
+    assert early_warning_s(asked, timeout_min) == sent

@@ -75,12 +75,31 @@ def _wait_for_epochs(client, process: subprocess.Popen, count: int, timeout: flo
         time.sleep(0.5)
 
 
+def _wait_for_more_epochs(client, process: subprocess.Popen, run_id: str) -> None:
+    """Block until the run has logged more epochs than it has now."""
+    logged = len(client.get_metric_history(run_id, "train/loss"))
+    deadline = time.monotonic() + hang(120)
+    while len(client.get_metric_history(run_id, "train/loss")) <= logged:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"no epoch logged after {logged}"
+        time.sleep(0.5)
+
+
 def _squeue(array: str) -> list[str]:
     """squeue's lines ("<id>_<task> <name> <state>") of the jobs of one array."""
     listed = subprocess.run(
         ["squeue", "-h", "--array", "-o", "%i %j %T"], capture_output=True, text=True, timeout=30
     ).stdout
     return [line for line in listed.splitlines() if line.split("_")[0] == array]
+
+
+def _job_logs(tmp_path: Path, lines: int = 15) -> str:
+    """The end of each job's submitit log (stdout and stderr), for a failure's message."""
+    logs = sorted((tmp_path / "multirun" / ".submitit").glob("*/*_log.*"))
+    return "\n".join(
+        f"{path.name}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        for path in logs
+    )
 
 
 def _assert_complete(client, run, epochs: int) -> None:
@@ -130,8 +149,9 @@ def test_scancel_of_one_job_kills_its_run_and_the_report_waits_for_the_rest(
     tmp_path, store_uri, client
 ) -> None:
     """Two jobs: a long one that is cancelled once it trains, a short one that finishes. The
-    cancelled run is KILLED with the reason and its epochs kept; the report is written after
-    the other job ended and counts one failure."""
+    long one first gets SLURM's early warning, which it logs and trains on. The cancelled run
+    is KILLED with the reason and its epochs kept; the report is written after the other job
+    ended and counts one failure."""
     process = _start(tmp_path, store_uri, "loss=mse", "trainer.max_epochs=20000,150")
     long_run = None
     deadline = time.monotonic() + hang(240)
@@ -142,7 +162,14 @@ def test_scancel_of_one_job_kills_its_run_and_the_report_waits_for_the_rest(
         )
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    subprocess.run(["scancel", long_run.data.tags["slurm.job_id"]], check=True, timeout=30)
+    job_id = long_run.data.tags["slurm.job_id"]
+    # SLURM's early warning before a time limit (what signal_delay_s asks for) is only logged:
+    # the job trains on (submitit's own handler would end it)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    _wait_for_more_epochs(client, process, long_run.info.run_id)
+    (log,) = (tmp_path / "multirun/.submitit").glob(f"*/{job_id}_*_log.out")
+    assert "will be stopped soon" in log.read_text(), _job_logs(tmp_path)
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
     stdout, stderr = process.communicate(timeout=hang(300))
     assert process.returncode == 1, stderr
     assert "1 of 2 run(s) failed" in stderr
@@ -164,10 +191,9 @@ def test_scancel_of_one_job_kills_its_run_and_the_report_waits_for_the_rest(
 def test_a_job_past_its_time_limit_is_killed_with_timeout_as_the_reason(
     tmp_path, store_uri, client
 ) -> None:
-    """timeout_min=1: SLURM stops the job after a minute (its limit is checked every ~30 s).
-    Its early warning (signal_delay_s, 120 s by default) is asked for 30 s before the limit,
-    not at once: at once, it could reach the job before the job took it over from submitit,
-    which then ended the job with no run (seen once in CI)."""
+    """timeout_min=1: SLURM stops the job after a minute (its limit is checked every 30 s).
+    No early warning is asked for (signal_delay_s 120 becomes 0): SLURM would send it at its
+    first check, which can come while the job starts, before losslab handles the signal."""
     result = invoke(
         tmp_path,
         store_uri,
@@ -179,12 +205,14 @@ def test_a_job_past_its_time_limit_is_killed_with_timeout_as_the_reason(
         timeout=400,
     )
     assert result.returncode == 1, result.stderr
-    (run,) = _children(client)
+    children = _children(client)
+    assert len(children) == 1, _job_logs(tmp_path)
+    (run,) = children
     assert run.info.status == "KILLED"
     assert "timeout" in run.data.tags["error"] and run.data.tags["slurm.state"] == "TIMEOUT"
     assert client.get_metric_history(run.info.run_id, "train/loss")  # what it logged is kept
     (script,) = (tmp_path / "multirun/.submitit").glob("*/*_submission.sh")
-    assert "#SBATCH --signal=USR2@30" in script.read_text()
+    assert "#SBATCH --signal=USR2@0" in script.read_text()
 
 
 @pytest.mark.timeout(hang(500))

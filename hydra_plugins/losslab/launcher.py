@@ -62,6 +62,7 @@ ENDINGS = {
 }
 CANCEL_WAIT_S = 60.0  # after Ctrl-C: how long to wait for cancelled jobs to stop
 RESULT_WAIT_S = 15.0  # how long a job that ended normally may take to show its result file
+SLURM_CHECK_S = 30  # how often slurmctld checks time limits (its PERIODIC_TIMEOUT)
 INTERRUPTED = "cancelled: the sweep was interrupted (Ctrl-C)"  # the reason on its runs
 
 
@@ -84,6 +85,15 @@ class _TruthfulLauncher(BaseSubmititLauncher):
             raise
         return self._close(jobs, job_overrides, initial_job_idx, interrupted=False)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """In the job, before Hydra sets it up: SLURM's signals become losslab's
+        (src/cluster.py), so that none reaches submitit's handler, which would end the job
+        without a run."""
+        from src import cluster
+
+        cluster.handle_job_signals(requeue=int(self.params.get("max_num_timeout") or 0) > 0)
+        return super().__call__(*args, **kwargs)
+
     def _submit(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[Any]:
         """One job array, with hydra-submitit's parameters: those its BaseQueueConf names as
         they are, the others (partition, signal_delay_s, ...) prefixed with the cluster."""
@@ -93,11 +103,9 @@ class _TruthfulLauncher(BaseSubmititLauncher):
         folder = params.pop("submitit_folder")
         timeouts = params.pop("max_num_timeout", None)
         if "signal_delay_s" in params and params.get("timeout_min"):
-            # SLURM sends the early warning signal_delay_s (120 s) before the time limit: with a
-            # shorter limit, at its first check, which can come before the job has replaced
-            # submitit's handler (src/cluster.py), and submitit then ends the job with no run.
-            half = int(params["timeout_min"]) * 30
-            params["signal_delay_s"] = min(int(params["signal_delay_s"]), half)
+            params["signal_delay_s"] = early_warning_s(
+                int(params["signal_delay_s"]), int(params["timeout_min"])
+            )
         executor = submitit.AutoExecutor(
             cluster=self._EXECUTOR,
             folder=folder,
@@ -217,6 +225,16 @@ class _TruthfulLauncher(BaseSubmititLauncher):
         with open_dict(config.hydra.job):
             config.hydra.job.num = num
         return Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
+
+
+def early_warning_s(asked: int, timeout_min: int) -> int:
+    """``signal_delay_s`` as SLURM will honour it. slurmctld checks time limits every
+    SLURM_CHECK_S seconds and sends the warning at the first check that finds the job within
+    ``delay + SLURM_CHECK_S`` of its limit: with a short limit that is its first check, at any
+    moment of the job's start-up (measured: @10 and @30 on a 1-minute job came 20-21 s after
+    the start). The delay is kept to what leaves the job SLURM_CHECK_S seconds to start;
+    0 (a 1-minute limit) asks for no warning at all."""
+    return max(0, min(asked, timeout_min * 60 - 2 * SLURM_CHECK_S))
 
 
 def _await(path: Path, seconds: float) -> None:
