@@ -64,7 +64,7 @@ def _warned(signum: int, frame: object) -> None:
     log.warning("SLURM signalled that this job will be stopped soon (time limit or preemption)")
 
 
-def handle_job_signals(requeue: bool) -> None:
+def handle_job_signals(max_num_timeout: int | None) -> None:
     """In a submitit job (SLURM or local): SIGTERM stops the job like Ctrl-C. submitit's
     early-warning signal (SIGUSR2, ``signal_delay_s`` before the time limit) is left to
     submitit when the job may be requeued (``hydra.launcher.max_num_timeout`` > 0: it requeues
@@ -75,6 +75,6 @@ def handle_job_signals(requeue: bool) -> None:
     ):
         return
     stop_on_sigterm()
-    if not requeue:  # submitit's signal: SIGUSR2 unless its environment names another
+    if int(max_num_timeout or 0) <= 0:  # submitit's signal: SIGUSR2 unless named otherwise
         early = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
         signal.signal(getattr(signal, f"SIG{early}"), _warned)

@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> float:
     # (the py.warnings logger of conf/hydra/job_logging/losslab.yaml), not to the console.
     logging.captureWarnings(True)
     # losslab's launchers did this before Hydra's job set-up; hydra-submitit's own did not
-    cluster.handle_job_signals(requeue=int(hc.launcher.get("max_num_timeout") or 0) > 0)
+    cluster.handle_job_signals(hc.launcher.get("max_num_timeout"))
     if not multirun and "src.experiment" not in sys.modules:  # seconds of silence otherwise
         shown = " ".join(hc.overrides.task) or "defaults"
         print(f"losslab: {shown}: loading torch and Lightning", flush=True)

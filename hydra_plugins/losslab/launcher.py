@@ -91,7 +91,7 @@ class _TruthfulLauncher(BaseSubmititLauncher):
         without a run."""
         from src import cluster
 
-        cluster.handle_job_signals(requeue=int(self.params.get("max_num_timeout") or 0) > 0)
+        cluster.handle_job_signals(self.params.get("max_num_timeout"))
         return super().__call__(*args, **kwargs)
 
     def _submit(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[Any]:
