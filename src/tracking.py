@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from src import store, store_template
+from src import bulk_writes, store, store_template
 from src.frozen_imports import frozen_imports
 from src.writer import Writer, WriterError
 
@@ -36,8 +36,7 @@ EXPERIMENT_DESCRIPTION = (
     "sweep is a parent run with its comparison report under report/."
 )
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a sweep's folder: its jobs' parent run
-BATCH_LIMIT = 1000  # metrics per log_batch call
-PARAM_CHUNK = 100  # params per log_batch call
+BATCH_LIMIT = 1000  # metric values a run buffers in a job before they are sent
 # A job's calls kept on disk when the store fails (unsent.py), then sent when its runs end.
 KEPT = (
     "log_metrics",
@@ -658,8 +657,6 @@ class Tracker:
     def _create(
         self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
     ) -> str:
-        from mlflow.entities import Param
-
         redacted = {key: store.redact(value) for key, value in tags.items()}
         run_id = self.client.create_run(
             experiment_id, run_name=store.redact(name), tags=redacted
@@ -669,9 +666,7 @@ class Tracker:
         logged = self.params[run_id] = {
             key: store.redact(str(value))[:PARAM_VALUE_MAX] for key, value in params.items()
         }
-        items = [Param(key, value) for key, value in logged.items()]
-        for i in range(0, len(items), PARAM_CHUNK):
-            self.client.log_batch(run_id, params=items[i : i + PARAM_CHUNK])
+        bulk_writes.log_params(self.client, run_id, logged)
         return run_id
 
     def reopen(
@@ -696,13 +691,17 @@ class Tracker:
 
         for k, run_id in enumerate(self.runs[handle]):
             model_id = self.models.get(run_id)
-            metrics = [
-                Metric(key, values[k], timestamp, step, model_id=_final(key, model_id))
+            points = [
+                (key, values[k], timestamp, step)
                 for step, timestamp, row in rows
                 for key, values in row.items()
             ]
-            for i in range(0, len(metrics), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=metrics[i : i + BATCH_LIMIT])
+            if model_id:  # a final score is its model's (the Models page ranks by them)
+                finals = [Metric(*point, model_id=model_id) for point in points if _final(point)]
+                if finals:
+                    self.client.log_batch(run_id, metrics=finals)
+                points = [point for point in points if not _final(point)]
+            bulk_writes.log_history(self.client, run_id, points)
 
     def set_tags(self, handle: int, member: int, tags: dict[str, str]) -> None:
         self._tags(self.runs[handle][member], tags)
@@ -908,9 +907,7 @@ def log_model(
 
     # This process runs as `python -c`, which MLflow would record as the model's source.
     tags = registry.resolve_tags({"mlflow.source.name": "src.train"})
-    model_id = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, tags=tags, params=dict(params)
-    ).model_id
+    model_id = bulk_writes.create_logged_model(client, experiment_id, name, run_id, tags, params)
     mlflow.pytorch.log_model(
         model,
         name=name,
@@ -924,9 +921,9 @@ def log_model(
     return model_id
 
 
-def _final(key: str, model_id: str | None) -> str | None:
-    """The model a metric describes: a run's final scores are its model's."""
-    return model_id if key.startswith("final_") else None
+def _final(point: bulk_writes.Point) -> bool:
+    """A run's final scores describe its model."""
+    return point[0].startswith("final_")
 
 
 # ------------------------------------------------------------------- other readers

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from src import bulk_writes
+
 FOLDER = "unsent"
 
 
@@ -92,8 +94,6 @@ def send(client: Any, path: Path) -> Counter[str]:
     what was new to the store: ``metrics`` (values), ``files`` and ``models``. The status goes
     last, so a run is closed only once all of it is in; a model goes after the final metrics,
     which are then linked to it."""
-    from mlflow.entities import Metric
-
     from src import tracking
 
     run_id, folder = path.stem, path.parent
@@ -104,9 +104,8 @@ def send(client: Any, path: Path) -> Counter[str]:
         for key in {row[0] for row in rows}
         for m in client.get_metric_history(run_id, key)
     }
-    new = [Metric(k, v, t, s) for k, v, t, s in rows if (k, s) not in held]
-    for i in range(0, len(new), tracking.BATCH_LIMIT):
-        client.log_batch(run_id, metrics=new[i : i + tracking.BATCH_LIMIT])
+    new = [(k, v, t, s) for k, v, t, s in rows if (k, s) not in held]
+    bulk_writes.log_history(client, run_id, new)
     sent = Counter(metrics=len(new))
     for entry in entries:
         if "input" in entry:

@@ -239,3 +239,92 @@ def test_a_copy_that_fails_midway_leaves_nothing_behind(
     monkeypatch.setattr(shutil, "copyfile", full_disk)
     assert not store_template.seed(db)
     assert list(db.parent.iterdir()) == []
+
+
+def _tables(db: Path, runs: list[str], models: list[str]) -> dict[str, list[tuple]]:
+    """The rows bulk_writes writes, with the store's own run and model ids as run0, model0..."""
+    names = {run: f"run{k}" for k, run in enumerate(runs)}
+    names.update({model: f"model{k}" for k, model in enumerate(models)})
+    points = "run_uuid, key, value, timestamp, step, is_nan"
+    queries = {
+        "metrics": f"SELECT {points} FROM metrics",
+        "latest_metrics": f"SELECT {points} FROM latest_metrics",
+        "params": "SELECT run_uuid, key, value FROM params",
+        "logged_model_params": "SELECT model_id, param_key, param_value FROM logged_model_params",
+    }
+    with sqlite3.connect(db) as connection:
+        return {
+            table: sorted(tuple(names.get(cell, cell) for cell in row) for row in rows)
+            for table, rows in ((t, connection.execute(q).fetchall()) for t, q in queries.items())
+        }
+
+
+def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -> None:
+    """Params and metric histories through bulk_writes and through MlflowClient.log_batch,
+    into two stores: the same rows in every table they touch, with NaN, infinities, a point
+    repeated in a batch, ties, a later batch of older steps, and points already stored."""
+    import math
+
+    from mlflow.entities import Metric, Param
+
+    from src import bulk_writes, tracking
+
+    inf = float("inf")
+    batches = [
+        [("loss", 0.5, 1000, 0), ("loss", 0.25, 1000, 1), ("acc", math.nan, 1000, 1)],
+        [("tie", math.nan, 7, 3), ("tie", 0.0, 7, 3)],  # one batch: the first is latest
+        [("loss", inf, 2000, 2), ("loss", -inf, 2000, 2), ("loss", 0.1, 2000, 2)],
+        [("loss", 0.3, 2000, 2), ("acc", 0.9, 900, 1), ("acc", 0.9, 900, 1), ("new", 1.0, 5, 0)],
+        [("loss", 0.7, 3000, 1), ("acc", 0.0, 1000, 1)],  # no newer step: latest stays
+        [("loss", 0.5, 1000, 0), ("late", 2.0, 4000, 9)],  # a point already stored
+    ]
+    params = {f"group.key{i}": f"value {i}" for i in range(237)}
+    tables, latest = [], []
+    for way in ("bulk", "mlflow"):
+        db = tmp_path / way / "mlflow.db"
+        client = tracking.get_client(f"sqlite:///{db}")
+        experiment = tracking.ensure_experiment(client, "losslab")
+        runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+        models = []
+        for run in runs:
+            if way == "bulk":
+                bulk_writes.log_params(client, run, params)
+                for batch in batches:
+                    bulk_writes.log_history(client, run, batch)
+                model = bulk_writes.create_logged_model(client, experiment, "m", run, {}, params)
+            else:
+                items = [Param(key, value) for key, value in params.items()]
+                for i in range(0, len(items), 100):
+                    client.log_batch(run, params=items[i : i + 100])
+                for batch in batches:
+                    client.log_batch(run, metrics=[Metric(*point) for point in batch])
+                model = client.create_logged_model(experiment, "m", run, params=params).model_id
+            models.append(model)
+        tables.append(_tables(db, runs, models))
+        latest.append(client.get_run(runs[0]).data.metrics)
+    assert tables[0] == tables[1]
+    assert [len(tables[0][t]) for t in ("params", "logged_model_params", "metrics")] == [
+        2 * 237,
+        2 * 237,
+        2 * 14,  # 16 points a run: one repeated within its batch, one stored before
+    ]
+    for metrics in latest:  # MLflow's rules: the greatest (step, timestamp, value); ties keep
+        assert math.isnan(metrics.pop("acc")) and math.isnan(metrics.pop("tie"))  # the first
+        assert metrics == {"loss": 1.7976931348623157e308, "new": 1.0, "late": 2.0}
+
+
+def test_bulk_params_refuse_a_changed_value_as_mlflow_does(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from src import bulk_writes, tracking
+
+    client = tracking.get_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(tracking.ensure_experiment(client, "losslab")).info.run_id
+    bulk_writes.log_params(client, run, {"lr": "0.01", "seed": "0"})
+    bulk_writes.log_params(client, run, {"lr": "0.01"})  # the same again: nothing changes
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
+        bulk_writes.log_params(client, run, {"lr": "0.1", "momentum": "0.9"})
+    assert client.get_run(run).data.params == {"lr": "0.01", "seed": "0"}
+    client.delete_run(run)
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        bulk_writes.log_history(client, run, [("loss", 1.0, 0, 0)])

@@ -1,0 +1,145 @@
+"""A run's params and metric history written to MLflow's SQL store in one statement each.
+
+Why not ``MlflowClient.log_batch``: MLflow's SqlAlchemyStore makes one ORM object per value
+and flushes them one by one. Measured on this project's machine (sqlite, MLflow 3.17):
+0.13 ms per metric value, 0.2 ms per param (a run's 237 params: 49 ms; a logged model's:
+17 ms). A 50-run sweep logs 32,675 values and 100 x 237 params, about 8 s of the tracking
+process, which then made the jobs wait for their run ids and the command wait at its end.
+SQLAlchemy's bulk INSERT through MLflow's own session and table models does the same rows
+in 0.02 ms per value.
+
+The rows are exactly what MLflow would write: values validated and sanitized by MLflow's
+functions (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the run
+checked active, ``latest_metrics`` updated by MLflow's own ``_update_latest_metrics_if_
+necessary``. Any other store (a tracking server, a file store) takes ``log_batch``, and so does
+a batch that meets rows already stored (a resend after a lost reply): MLflow then drops the
+duplicates, or refuses a changed param, as it always does. tests/test_stores.py compares the
+two paths table by table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+METRICS_PER_CALL = 1000  # MLflow's limits per log_batch call
+PARAMS_PER_CALL = 100
+
+# (key, value, timestamp in ms, step): one point of a metric's history
+Point = tuple[str, float, int, int]
+
+
+def sql_store(client: Any) -> Any | None:
+    """The client's SqlAlchemyStore, or None for any other kind of store."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    found = client._tracking_client.store
+    return found if isinstance(found, SqlAlchemyStore) else None
+
+
+def log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    """A new run's params (values already cut to MLflow's limit)."""
+    from mlflow.entities import Param
+    from mlflow.store.tracking.dbmodels.models import SqlParam
+    from mlflow.utils.validation import _validate_param
+
+    checked = [_validate_param(key, value) for key, value in params.items()]
+    rows = [{"key": p.key, "value": p.value} for p in checked]
+    if rows and not _insert(client, run_id, SqlParam, rows):
+        items = [Param(key, value) for key, value in params.items()]
+        for i in range(0, len(items), PARAMS_PER_CALL):
+            client.log_batch(run_id, params=items[i : i + PARAMS_PER_CALL])
+
+
+def log_history(client: Any, run_id: str, points: Sequence[Point]) -> None:
+    """Points of the run's metric histories (none linked to a model)."""
+    from mlflow.entities import Metric
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+    from mlflow.utils.validation import _validate_metric
+
+    if not points:
+        return
+    store = sql_store(client)
+    rows: dict[tuple, dict[str, Any]] = {}  # by MLflow's primary key: a repeat is one row
+    for key, value, timestamp, step in points:
+        _validate_metric(key, value, timestamp, step)
+        if store is not None:
+            is_nan, stored = store.sanitize_metric_value(value)
+            row = {"key": key, "value": stored, "timestamp": timestamp, "step": step}
+            rows.setdefault((key, timestamp, step, stored, is_nan), {**row, "is_nan": is_nan})
+    if store is not None and _insert(client, run_id, SqlMetric, list(rows.values()), latest=True):
+        return
+    metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in points]
+    for i in range(0, len(metrics), METRICS_PER_CALL):
+        client.log_batch(run_id, metrics=metrics[i : i + METRICS_PER_CALL])
+
+
+def create_logged_model(
+    client: Any,
+    experiment_id: str,
+    name: str,
+    run_id: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+) -> str:
+    """A LoggedModel of the run, with its params; returns its id."""
+    from mlflow.store.tracking.dbmodels.models import SqlLoggedModelParam
+    from sqlalchemy import insert
+
+    store = sql_store(client)
+    created = client.create_logged_model(
+        experiment_id,
+        name=name,
+        source_run_id=run_id,
+        tags=dict(tags),
+        params=None if store else dict(params),
+    )
+    if store is not None and params:
+        rows = [
+            {
+                "model_id": created.model_id,
+                "experiment_id": int(experiment_id),
+                "param_key": key,
+                "param_value": value,
+            }
+            for key, value in params.items()
+        ]
+        with store.ManagedSessionMaker(read_only=False) as session:
+            session.execute(insert(SqlLoggedModelParam), rows)
+    return created.model_id
+
+
+def _insert(client: Any, run_id: str, table: type, rows: list[dict], latest: bool = False) -> bool:
+    """Insert ``rows`` for an active run in one transaction; False (nothing written) when
+    the store is not SQL or a row is already there. ``latest``: the rows are metric points,
+    and the run's latest values follow them."""
+    import sqlalchemy.exc
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+    from sqlalchemy import insert
+
+    store = sql_store(client)
+    if store is None:
+        return False
+    with store.ManagedSessionMaker(read_only=False) as session:
+        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+        try:
+            session.execute(insert(table), [{**row, "run_uuid": run_id} for row in rows])
+        except sqlalchemy.exc.IntegrityError:
+            session.rollback()
+            return False
+        if latest:
+            newest = [SqlMetric(run_uuid=run_id, **row) for row in _newest(rows)]
+            store._update_latest_metrics_if_necessary(newest, session)
+    return True
+
+
+def _newest(rows: list[dict]) -> list[dict]:
+    """Per key, the row MLflow would leave in ``latest_metrics`` after this batch: the first
+    with the greatest (step, timestamp, value)."""
+    best: dict[str, dict] = {}
+    for row in rows:
+        held = best.get(row["key"])
+        order = (row["step"], row["timestamp"], row["value"])
+        if held is None or order > (held["step"], held["timestamp"], held["value"]):
+            best[row["key"]] = row
+    return list(best.values())
