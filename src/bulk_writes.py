@@ -10,11 +10,10 @@ in 0.02 ms per value.
 
 The rows are exactly what MLflow would write: values validated and sanitized by MLflow's
 functions (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the run
-checked active, ``latest_metrics`` updated by MLflow's own ``_update_latest_metrics_if_
-necessary``. Any other store (a tracking server, a file store) takes ``log_batch``, and so does
-a batch that meets rows already stored (a resend after a lost reply): MLflow then drops the
-duplicates, or refuses a changed param, as it always does. tests/test_stores.py compares the
-two paths table by table.
+checked active, ``latest_metrics`` kept by MLflow's own code for it. Any other store (a
+tracking server) takes ``log_batch``, and so does a batch that meets rows already stored (a
+resend after a lost reply): MLflow then drops the duplicates, or refuses a changed param,
+as it always does. tests/test_stores.py compares the two paths table by table.
 """
 
 from __future__ import annotations
