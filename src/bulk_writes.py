@@ -42,12 +42,15 @@ def log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
     from mlflow.store.tracking.dbmodels.models import SqlParam
     from mlflow.utils.validation import _validate_param
 
-    checked = [_validate_param(key, value) for key, value in params.items()]
-    rows = [{"key": p.key, "value": p.value} for p in checked]
-    if rows and not _insert(client, run_id, SqlParam, rows):
-        items = [Param(key, value) for key, value in params.items()]
-        for i in range(0, len(items), PARAMS_PER_CALL):
-            client.log_batch(run_id, params=items[i : i + PARAMS_PER_CALL])
+    store = sql_store(client)
+    if store is not None and params:
+        checked = [_validate_param(key, value) for key, value in params.items()]
+        rows = [{"key": param.key, "value": param.value} for param in checked]
+        if _insert(store, run_id, SqlParam, rows):
+            return
+    items = [Param(key, value) for key, value in params.items()]
+    for i in range(0, len(items), PARAMS_PER_CALL):
+        client.log_batch(run_id, params=items[i : i + PARAMS_PER_CALL])
 
 
 def log_history(client: Any, run_id: str, points: Sequence[Point]) -> None:
@@ -56,18 +59,16 @@ def log_history(client: Any, run_id: str, points: Sequence[Point]) -> None:
     from mlflow.store.tracking.dbmodels.models import SqlMetric
     from mlflow.utils.validation import _validate_metric
 
-    if not points:
-        return
     store = sql_store(client)
-    rows: dict[tuple, dict[str, Any]] = {}  # by MLflow's primary key: a repeat is one row
-    for key, value, timestamp, step in points:
-        _validate_metric(key, value, timestamp, step)
-        if store is not None:
+    if store is not None and points:
+        rows: dict[tuple, dict[str, Any]] = {}  # by MLflow's primary key: a repeat is one row
+        for key, value, timestamp, step in points:
+            _validate_metric(key, value, timestamp, step)
             is_nan, stored = store.sanitize_metric_value(value)
             row = {"key": key, "value": stored, "timestamp": timestamp, "step": step}
             rows.setdefault((key, timestamp, step, stored, is_nan), {**row, "is_nan": is_nan})
-    if store is not None and _insert(client, run_id, SqlMetric, list(rows.values()), latest=True):
-        return
+        if _insert(store, run_id, SqlMetric, list(rows.values()), latest=True):
+            return
     metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in points]
     for i in range(0, len(metrics), METRICS_PER_CALL):
         client.log_batch(run_id, metrics=metrics[i : i + METRICS_PER_CALL])
@@ -108,17 +109,14 @@ def create_logged_model(
     return created.model_id
 
 
-def _insert(client: Any, run_id: str, table: type, rows: list[dict], latest: bool = False) -> bool:
-    """Insert ``rows`` for an active run in one transaction; False (nothing written) when
-    the store is not SQL or a row is already there. ``latest``: the rows are metric points,
-    and the run's latest values follow them."""
+def _insert(store: Any, run_id: str, table: type, rows: list[dict], latest: bool = False) -> bool:
+    """Insert ``rows`` for an active run in one transaction; False (nothing written) when a
+    row is already there. ``latest``: the rows are metric points, and the run's latest values
+    follow them."""
     import sqlalchemy.exc
     from mlflow.store.tracking.dbmodels.models import SqlMetric
     from sqlalchemy import insert
 
-    store = sql_store(client)
-    if store is None:
-        return False
     with store.ManagedSessionMaker(read_only=False) as session:
         store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
         try:
