@@ -302,6 +302,8 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
             models.append(model)
         tables.append(_tables(db, runs, models))
         latest.append(client.get_run(runs[0]).data.metrics)
+        for run in runs:
+            client.set_terminated(run)
     assert tables[0] == tables[1]
     assert [len(tables[0][t]) for t in ("params", "logged_model_params", "metrics")] == [
         2 * 237,
@@ -325,6 +327,7 @@ def test_bulk_params_refuse_a_changed_value_as_mlflow_does(tmp_path: Path) -> No
     with pytest.raises(MlflowException, match="Changing param values is not allowed"):
         bulk_writes.log_params(client, run, {"lr": "0.1", "momentum": "0.9"})
     assert client.get_run(run).data.params == {"lr": "0.01", "seed": "0"}
+    client.set_terminated(run)
     client.delete_run(run)
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
         bulk_writes.log_history(client, run, [("loss", 1.0, 0, 0)])
