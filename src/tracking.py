@@ -36,7 +36,8 @@ EXPERIMENT_DESCRIPTION = (
     "sweep is a parent run with its comparison report under report/."
 )
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a sweep's folder: its jobs' parent run
-BATCH_LIMIT = 1000  # metric values a run buffers in a job before they are sent
+# metric values a run buffers in a job before they are sent: a full batch of one log_batch call
+BATCH_LIMIT = bulk_writes.METRICS_PER_CALL
 # A job's calls kept on disk when the store fails (unsent.py), then sent when its runs end.
 KEPT = (
     "log_metrics",
