@@ -8,8 +8,12 @@ min / median / max, beside the absolute figures. Parts (``--only``):
            figures, models, exit), each against the baseline doing the same work in one
            process: one study run, the five-loss sweep, 5 losses x 10 seeds; on the bench's
            store (existing) and on a new store per command (fresh); with each phase's
-           seconds (start-up, imports and store, jobs, report and exit). --beside N runs it
-           all beside N CPU-bound processes (a busy machine)
+           seconds (start-up, imports and store, jobs, report and exit) and the page-cache
+           refaults of each side. --beside N runs it all beside N CPU-bound processes (a busy
+           machine); --pause S waits S seconds before every timed command (a user reading
+           results between commands: a machine that reclaims idle page cache, as this one
+           does, then reads the command's files from disk again); --commands picks some of
+           single, five, fifty
   single   one study run per loss, fit only; losslab through experiment.run (Trainer, module,
            callbacks, checkpoints, MLflow); also how long the job waits on MLflow, alone and
            as a sweep's jobs (which leave the waiting to the sweep's end)
@@ -437,23 +441,48 @@ def part_sweep(store: Path, repeats: int, env: dict[str, str], epochs: int | Non
     )
 
 
-COMMANDS = (  # (what, losslab's arguments, the baseline's)
-    ("one study run (loss=mse)", ["loss=mse"], ["--losses", "mse"]),
-    ("the five-loss sweep", ["-m", "loss=" + ",".join(LOSSES)], []),
-    (
+COMMANDS = {  # name: (what, losslab's arguments, the baseline's)
+    "single": ("one study run (loss=mse)", ["loss=mse"], ["--losses", "mse"]),
+    "five": ("the five-loss sweep", ["-m", "loss=" + ",".join(LOSSES)], []),
+    "fifty": (
         "5 losses x 10 seeds",
         ["-m", "loss=" + ",".join(LOSSES), "seed=" + ",".join(map(str, range(10)))],
         ["--seeds", ",".join(map(str, range(10)))],
     ),
-)
+}
 
 
-def part_commands(store: Path, repeats: int, env: dict[str, str]) -> None:
-    print("## (0) whole commands from the shell, against the baseline's same work\n")
+def refaults() -> int:
+    """File pages read again since boot after the kernel had dropped them from the page
+    cache (Linux's workingset_refault_file; 0 where /proc/vmstat has no such line)."""
+    try:
+        with open("/proc/vmstat") as vmstat:
+            for line in vmstat:
+                if line.startswith("workingset_refault_file "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def paused(measure: Callable[[], float], pause: float, refaulted: list[int]) -> float:
+    """``measure`` after ``pause`` idle seconds, appending the page-cache refaults it caused."""
+    time.sleep(pause)
+    before = refaults()
+    elapsed = measure()
+    refaulted.append(refaults() - before)
+    return elapsed
+
+
+def part_commands(
+    store: Path, repeats: int, env: dict[str, str], names: list[str], pause: float
+) -> None:
+    after = f", each after a {pause:g}-s pause" if pause else ""
+    print(f"## (0) whole commands from the shell, against the baseline's same work{after}\n")
     warm = [sys.executable, "-m", "src.train", "trainer.max_epochs=1", "logger.log_model=false"]
     command([*warm, f"hydra.run.dir={store / 'warm-up'}"], env)  # the existing store
     rows, phase_rows = [], []
-    for what, ours, theirs in COMMANDS:
+    for what, ours, theirs in (COMMANDS[name] for name in names):
         args = [sys.executable, "-m", "src.train", *ours, "trainer.enable_progress_bar=false"]
         for kind in ("existing", "fresh"):
             spent: list[dict[str, float]] = []
@@ -467,11 +496,22 @@ def part_commands(store: Path, repeats: int, env: dict[str, str]) -> None:
                 spent.append(phases(elapsed, lines))
                 return elapsed
 
-            pairs = alternate(lambda t=theirs: baseline_runs(t, env)[0], lab, repeats)
+            theirs_refaulted: list[int] = []
+            ours_refaulted: list[int] = []
+            pairs = alternate(
+                lambda t=theirs, r=theirs_refaulted: paused(
+                    lambda: baseline_runs(t, env)[0], pause, r
+                ),
+                lambda r=ours_refaulted, lab=lab: paused(lab, pause, r),
+                repeats,
+            )
             base = statistics.median(a for a, _ in pairs)
             ours_s = statistics.median(b for _, b in pairs)
             ratios = spread([b / a for a, b in pairs])
-            rows.append((what, kind, f"{base:.1f}", f"{ours_s:.1f}", ratios))
+            refaulted = " / ".join(
+                f"{statistics.median(side):.0f}" for side in (theirs_refaulted, ours_refaulted)
+            )
+            rows.append((what, kind, f"{base:.1f}", f"{ours_s:.1f}", ratios, refaulted))
             medians = {
                 name: statistics.median(run.get(name, 0.0) for run in spent)
                 for name in dict.fromkeys(name for run in spent for name in run)
@@ -479,7 +519,17 @@ def part_commands(store: Path, repeats: int, env: dict[str, str]) -> None:
             phase_rows.append(
                 (what, kind, "; ".join(f"{name} {s:.1f}" for name, s in medians.items()))
             )
-    table(("command", "store", "baseline s", "losslab s", "ratio min / median / max"), rows)
+    table(
+        (
+            "command",
+            "store",
+            "baseline s",
+            "losslab s",
+            "ratio min / median / max",
+            "page-cache refaults: baseline / losslab (median)",
+        ),
+        rows,
+    )
     print("losslab's phases, from the second each output line came (median seconds):\n")
     table(("command", "store", "phases"), phase_rows)
 
@@ -672,6 +722,14 @@ def main() -> None:
     parser.add_argument(
         "--beside", type=int, default=0, help="run beside N CPU-bound processes (a busy machine)"
     )
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="part commands: idle seconds before each command"
+    )
+    parser.add_argument(
+        "--commands",
+        default=",".join(COMMANDS),
+        help=f"part commands: which of {', '.join(COMMANDS)}",
+    )
     parser.add_argument("--e2e", action="store_true", help="also the 50-run seed sweep via CLI")
     parser.add_argument(
         "--callbacks", default="default", help="part single: the callbacks preset (none: bare)"
@@ -696,19 +754,22 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
+    commands = args.commands.split(",")
+    if not set(commands) <= set(COMMANDS):
+        parser.error(f"unknown commands in {commands}; choose from {list(COMMANDS)}")
     repeats = args.repeats or (3 if args.quick else 5)
     epochs = 20 if args.quick else None  # None: the study's 100 / 200
     rows_list = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     print(
         f"# losslab bench: torch threads={args.threads}, repeats={repeats}, "
         f"epochs={epochs or 'study'}, load average {os.getloadavg()[0]:.1f}, "
-        f"beside {args.beside} busy process(es)\n"
+        f"beside {args.beside} busy process(es), pause {args.pause:g} s\n"
     )
     with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder, busy(args.beside):
         store = Path(folder)
         env = child_env(store, args.threads)
         if "commands" in parts:
-            part_commands(store, repeats, env)
+            part_commands(store, repeats, env, commands, args.pause)
         if {"single", "members", "lightning"} & set(parts):
             lab = Losslab(store)
             if "single" in parts:
