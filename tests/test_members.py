@@ -31,6 +31,25 @@ def test_gaps_explicit_members_and_seedless_jobs_are_kept_apart() -> None:
     assert batch_seeds([["loss=mse"], ["loss=bce"]]) == [["loss=mse"], ["loss=bce"]]
 
 
+def test_the_coupling_check_sees_the_job_as_launched_and_a_refused_one_is_split() -> None:
+    """``independent`` is asked about the batched job itself (a launcher in the same process
+    then reuses that composition: 5 compositions for a 50-run sweep, not 6); a job it refuses
+    goes out as one job per seed."""
+    asked: list[list[str]] = []
+
+    def refuse_bce(job: list[str]) -> bool:
+        asked.append(job)
+        return "loss=bce" not in job
+
+    jobs = [[f"loss={loss}", f"seed={seed}"] for loss in ("mse", "bce") for seed in (0, 1)]
+    assert batch_seeds(jobs, refuse_bce) == [
+        ["loss=mse", "seed=0", "members=2"],
+        ["loss=bce", "seed=0"],
+        ["loss=bce", "seed=1"],
+    ]
+    assert asked == [["loss=mse", "seed=0", "members=2"], ["loss=bce", "seed=0", "members=2"]]
+
+
 def _train(optimizer_cls: type, steps: int = 5, **options: float) -> list[torch.Tensor]:
     """A few updates of a small model through ``updater``, or through the plain torch path."""
     torch.manual_seed(0)

@@ -61,8 +61,9 @@ COUPLING_KEYS = ("callbacks", "scheduler", "experiment", "hparams_search")
 
 
 def members_independent(loader: Any, config: DictConfig) -> Callable[[Sequence[str]], bool]:
-    """A check whether a job's seeds may train as members of one job. It composes the job
-    (about 0.3 s), once per distinct setting of COUPLING_KEYS, usually once per sweep."""
+    """A check whether a batched job's seeds may train as its members. It composes the job
+    (about 0.2 s), once per distinct setting of COUPLING_KEYS, usually once per sweep; the
+    batched job itself, so that a launcher in this process reuses that composition."""
     from src.config import validate
 
     seen: dict[tuple[str, ...], bool] = {}
@@ -81,8 +82,8 @@ def batch_seeds(
     jobs: Sequence[Sequence[str]], independent: Callable[[Sequence[str]], bool] = lambda job: True
 ) -> list[list[str]]:
     """Merge jobs whose overrides differ only in a run of consecutive integer seeds into one
-    job ``[..., seed=<first>, members=<count>]``, where ``independent(job)`` allows it; keep
-    the first job's position and order."""
+    job ``[..., seed=<first>, members=<count>]``, where ``independent(that job)`` allows it;
+    keep the first job's position and order."""
     groups: dict[tuple[str, ...], list[tuple[int, list[str]]]] = {}
     order: list[tuple[str, ...] | int] = []
     for index, job in enumerate(jobs):
@@ -108,11 +109,11 @@ def batch_seeds(
             else:
                 runs.append([(seed, job)])
         for run in runs:
-            first_job = run[0][1]
-            if len(run) > 1 and not independent(first_job):
-                merged += [job for _, job in run]
+            if len(run) == 1:
+                merged.append(run[0][1])
                 continue
-            merged.append(first_job + ([f"members={len(run)}"] if len(run) > 1 else []))
+            batched = [*run[0][1], f"members={len(run)}"]
+            merged += [batched] if independent(batched) else [job for _, job in run]
     return merged
 
 
