@@ -170,6 +170,13 @@ _HELD: set[str] = set()  # URIs whose waits a sweep in this process takes at its
 _HANDLES = itertools.count(1)
 
 
+def prestart() -> None:
+    """Start the next tracking process now, before the store is known: it imports MLflow
+    (1.5 s) while Hydra composes and checks the config, instead of after. The command's
+    first ``writer`` takes it; a command that stops at a config mistake kills it unused."""
+    Writer.prestart(Tracker)
+
+
 def writer(uri: str, models: bool = True) -> Writer:
     """This process's tracking process for ``uri``, started on first use (start it early: it
     imports MLflow while this process imports torch). ``models=False`` (no job will log a
@@ -420,10 +427,18 @@ class Tracker:
 
     urgent = frozenset({"start", "reopen"})  # new handles: nothing sent before concerns them
 
-    def __init__(self, uri: str, models: bool = True) -> None:
+    @staticmethod
+    def prepare() -> None:
+        """Import MLflow: what every store needs, done before the store is known when the
+        process was started early (``prestart``)."""
         # The helper never autologs Lightning: spare it Lightning's import (seconds), which
         # mlflow.pytorch attempts for its checkpoint callback and tolerates failing.
         sys.modules.setdefault("mlflow.pytorch._lightning_autolog", None)
+        with frozen_imports():
+            import mlflow  # noqa: F401
+
+    def __init__(self, uri: str, models: bool = True) -> None:
+        self.prepare()  # done already in a process started early
         with frozen_imports():
             import mlflow
 

@@ -5,6 +5,10 @@ matplotlib while this process imports torch, and it creates runs, logs metrics, 
 figures and saves models while the next epochs or the next job train. Calls are
 fire-and-forget (``send``) or answered (``send(..., reply=True)`` then ``result``); a failed
 fire-and-forget call is kept by the served object and reported when asked.
+
+A helper can be started before its arguments are known (``Writer.prestart``): it runs the
+factory's ``prepare()`` (its imports) while the caller is still working them out, and the
+next ``Writer`` of that factory takes it over.
 """
 
 from __future__ import annotations
@@ -34,22 +38,25 @@ class Writer:
     ``factory(*args)`` and then serves its methods."""
 
     def __init__(self, factory: Callable[..., Any], *args: Any) -> None:
-        ours, theirs = socket.socketpair()
-        self._conn = Connection(ours.detach())
-        # A plain interpreter, not multiprocessing's spawn: that re-imports the caller's main
-        # module, and fails in a joblib worker (its start method is "loky"). A session of its
-        # own: Ctrl-C in the terminal reaches the job, which then records it through here.
-        boot = f"import sys; sys.path[:0] = {sys.path!r}; from src.writer import _main; _main()"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", boot],
-            stdin=theirs.fileno(),
-            start_new_session=True,
-        )
-        theirs.close()
-        _put(self._conn, (factory, args))
+        self.process, self._conn = _SPARES.pop(factory, None) or _spawn(factory)
+        try:
+            _put(self._conn, args)
+        except OSError:  # a spare that died meanwhile: start afresh
+            self.process, self._conn = _spawn(factory)
+            _put(self._conn, args)
         self._calls = itertools.count(1)
         self._replies: dict[int, tuple[bool, Any]] = {}
         atexit.register(self.close)
+
+    @staticmethod
+    def prestart(factory: Callable[..., Any]) -> None:
+        """Start the next ``Writer(factory, ...)``'s helper now: it runs ``factory.prepare()``
+        while this process works out the arguments. One never taken is killed at exit,
+        having made nothing (a command that stops at a config mistake)."""
+        if factory not in _SPARES:
+            atexit.unregister(_kill_spares)  # once, however many spares
+            atexit.register(_kill_spares)
+            _SPARES[factory] = _spawn(factory)
 
     def send(self, method: str, *args: Any, reply: bool = False) -> int:
         """Queue ``method(*args)``; returns the call's number for ``result`` when ``reply``."""
@@ -91,6 +98,35 @@ class Writer:
         atexit.unregister(self.close)
 
 
+# factory -> a helper started for it that waits for its arguments (``Writer.prestart``)
+_SPARES: dict[Callable[..., Any], tuple[subprocess.Popen, Connection]] = {}
+
+
+def _kill_spares() -> None:
+    """At exit: helpers started early and never taken hold nothing, so they are killed."""
+    while _SPARES:
+        process, conn = _SPARES.popitem()[1]
+        process.kill()
+        conn.close()
+        process.wait()
+
+
+def _spawn(factory: Callable[..., Any]) -> tuple[subprocess.Popen, Connection]:
+    """A helper for ``factory``, and the client's end of its socket."""
+    ours, theirs = socket.socketpair()
+    conn = Connection(ours.detach())
+    # A plain interpreter, not multiprocessing's spawn: that re-imports the caller's main
+    # module, and fails in a joblib worker (its start method is "loky"). A session of its
+    # own: Ctrl-C in the terminal reaches the job, which then records it through here.
+    boot = f"import sys; sys.path[:0] = {sys.path!r}; from src.writer import _main; _main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", boot], stdin=theirs.fileno(), start_new_session=True
+    )
+    theirs.close()
+    _put(conn, factory)
+    return process, conn
+
+
 def _put(conn: Connection, message: object) -> None:
     """Plain pickle, not Connection.send's: torch registers shared-memory reductions there,
     which only work between multiprocessing's own processes."""
@@ -111,12 +147,18 @@ def _main() -> None:
     SIGKILL follows ``KillWait`` seconds after SIGTERM."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
-    conn = Connection(os.dup(0))
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    factory, args = _get(conn)
-    _serve(conn, factory, args)
     from src import quick_exit
 
+    conn = Connection(os.dup(0))
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    factory = _get(conn)
+    with contextlib.suppress(Exception):  # a failed import fails again, and says so, below
+        getattr(factory, "prepare", lambda: None)()
+    try:
+        args = _get(conn)
+    except (EOFError, OSError):  # a spare never taken: its client is gone
+        quick_exit.leave(0)
+    _serve(conn, factory, args)
     quick_exit.leave(0)  # every call is done; skip MLflow's and torch's teardown (1.7 s)
 
 

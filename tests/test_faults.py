@@ -266,6 +266,52 @@ def test_a_tracking_process_that_cannot_start_answers_with_the_reason(tmp_path):
         writer.close()
 
 
+class Prepared:
+    """A helper's object that notes when its ``prepare`` ran and when it was built."""
+
+    prepared_at: float | None = None
+
+    @classmethod
+    def prepare(cls) -> None:
+        cls.prepared_at = time.time()
+
+    def __init__(self, name: str) -> None:
+        self.name, self.built_at = name, time.time()
+
+    def times(self) -> tuple[str, float | None, float]:
+        return self.name, self.prepared_at, self.built_at
+
+
+def test_a_helper_started_early_prepares_then_is_taken_over_or_killed_unused():
+    """``Writer.prestart``: the helper runs its factory's ``prepare`` before the arguments
+    exist, the next Writer of that factory takes it over; one never taken is killed at exit
+    (a command that stopped at a config mistake)."""
+    from src import writer
+
+    writer.Writer.prestart(Prepared)
+    spare = writer._SPARES[Prepared][0]
+    time.sleep(1.0)  # the caller works out the arguments meanwhile
+    helper = writer.Writer(Prepared, "taken")
+    try:
+        assert helper.process is spare
+        name, prepared_at, built_at = helper.call("times")
+        assert name == "taken" and prepared_at is not None
+        assert built_at - prepared_at > 0.5  # prepared before the arguments were sent
+    finally:
+        helper.close()
+    assert spare.returncode == 0
+
+    writer.Writer.prestart(Prepared)
+    unused = writer._SPARES[Prepared][0]
+    writer._kill_spares()  # what the exit handler does
+    assert unused.returncode == -signal.SIGKILL and not writer._SPARES
+    fresh = writer.Writer(Prepared, "fresh")  # no spare left: a new helper, as before
+    try:
+        assert fresh.process is not unused and fresh.call("times")[0] == "fresh"
+    finally:
+        fresh.close()
+
+
 JOB_ALONE = """
 import sys
 from pathlib import Path
