@@ -52,11 +52,16 @@ class Writer:
     def prestart(factory: Callable[..., Any]) -> None:
         """Start the next ``Writer(factory, ...)``'s helper now: it runs ``factory.prepare()``
         while this process works out the arguments. One never taken is killed at exit,
-        having made nothing (a command that stops at a config mistake)."""
-        if factory not in _SPARES:
-            atexit.unregister(_kill_spares)  # once, however many spares
-            atexit.register(_kill_spares)
+        having made nothing (a command that stops at a config mistake). One that cannot be
+        started now (no processes left) is started by the Writer, which says why it cannot."""
+        if factory in _SPARES:
+            return
+        try:
             _SPARES[factory] = _spawn(factory)
+        except OSError:
+            return
+        atexit.unregister(_kill_spares)  # once, however many spares
+        atexit.register(_kill_spares)
 
     def send(self, method: str, *args: Any, reply: bool = False) -> int:
         """Queue ``method(*args)``; returns the call's number for ``result`` when ``reply``."""
@@ -114,15 +119,20 @@ def _kill_spares() -> None:
 def _spawn(factory: Callable[..., Any]) -> tuple[subprocess.Popen, Connection]:
     """A helper for ``factory``, and the client's end of its socket."""
     ours, theirs = socket.socketpair()
-    conn = Connection(ours.detach())
     # A plain interpreter, not multiprocessing's spawn: that re-imports the caller's main
     # module, and fails in a joblib worker (its start method is "loky"). A session of its
     # own: Ctrl-C in the terminal reaches the job, which then records it through here.
     boot = f"import sys; sys.path[:0] = {sys.path!r}; from src.writer import _main; _main()"
-    process = subprocess.Popen(
-        [sys.executable, "-c", boot], stdin=theirs.fileno(), start_new_session=True
-    )
-    theirs.close()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", boot], stdin=theirs.fileno(), start_new_session=True
+        )
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    conn = Connection(ours.detach())
     _put(conn, factory)
     return process, conn
 

@@ -312,6 +312,21 @@ def test_a_helper_started_early_prepares_then_is_taken_over_or_killed_unused():
         fresh.close()
 
 
+def test_a_helper_that_cannot_start_early_is_left_to_the_writer(monkeypatch):
+    """No process can be started now (EAGAIN): the command goes on without one started
+    early; the Writer starts it when needed, or fails there with the reason."""
+    from src import writer
+
+    def no_process(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(writer.subprocess, "Popen", no_process)
+    writer.Writer.prestart(Prepared)
+    assert Prepared not in writer._SPARES
+    with pytest.raises(BlockingIOError):
+        writer.Writer(Prepared, "later")
+
+
 JOB_ALONE = """
 import sys
 from pathlib import Path
