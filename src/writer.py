@@ -42,6 +42,9 @@ class Writer:
         try:
             _put(self._conn, args)
         except OSError:  # a spare that died meanwhile: start afresh
+            self._conn.close()
+            self.process.kill()
+            self.process.wait()
             self.process, self._conn = _spawn(factory)
             _put(self._conn, args)
         self._calls = itertools.count(1)

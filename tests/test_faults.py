@@ -311,6 +311,18 @@ def test_a_helper_started_early_prepares_then_is_taken_over_or_killed_unused():
     finally:
         fresh.close()
 
+    writer.Writer.prestart(Prepared)
+    dead, dead_socket = writer._SPARES[Prepared]
+    dead.kill()  # e.g. killed by the machine's OOM killer before it was taken
+    dead.wait()
+    time.sleep(0.2)
+    replaced = writer.Writer(Prepared, "replaced")
+    try:
+        assert replaced.process is not dead and replaced.call("times")[0] == "replaced"
+        assert dead_socket.closed  # not left open for the life of the process
+    finally:
+        replaced.close()
+
 
 def test_a_helper_that_cannot_start_early_is_left_to_the_writer(monkeypatch):
     """No process can be started now (EAGAIN): the command goes on without one started
