@@ -42,9 +42,7 @@ class Writer:
         try:
             _put(self._conn, args)
         except OSError:  # a spare that died meanwhile: start afresh
-            self._conn.close()
-            self.process.kill()
-            self.process.wait()
+            _discard(self.process, self._conn)
             self.process, self._conn = _spawn(factory)
             _put(self._conn, args)
         self._calls = itertools.count(1)
@@ -113,10 +111,14 @@ _SPARES: dict[Callable[..., Any], tuple[subprocess.Popen, Connection]] = {}
 def _kill_spares() -> None:
     """At exit: helpers started early and never taken hold nothing, so they are killed."""
     while _SPARES:
-        process, conn = _SPARES.popitem()[1]
-        process.kill()
-        conn.close()
-        process.wait()
+        _discard(*_SPARES.popitem()[1])
+
+
+def _discard(process: subprocess.Popen, conn: Connection) -> None:
+    """Kill a helper that holds nothing (a spare), close its socket and reap it."""
+    process.kill()
+    conn.close()
+    process.wait()
 
 
 def _spawn(factory: Callable[..., Any]) -> tuple[subprocess.Popen, Connection]:
