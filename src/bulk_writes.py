@@ -1,4 +1,4 @@
-"""A run's params and metric history written to MLflow's SQL store in one statement each.
+"""New runs, their params and metric history written to MLflow's SQL store in one statement each.
 
 Why not ``MlflowClient.log_batch``: MLflow's SqlAlchemyStore makes one ORM object per value
 and flushes them one by one. Measured on this project's machine (sqlite, MLflow 3.17):
@@ -6,7 +6,10 @@ and flushes them one by one. Measured on this project's machine (sqlite, MLflow 
 50-run sweep logs 32,675 values and 100 x 237 params, about 7.5 s of the tracking process,
 which then made the jobs wait for their run ids and the command wait at its end.
 SQLAlchemy's bulk INSERT through MLflow's own session and table models writes the same rows
-in 0.03-0.04 ms per value, and the 237 params in 6-9 ms.
+in 0.03-0.04 ms per value, and the 237 params in 6-9 ms. A job's K runs are created in one
+transaction too: ``create_run`` is a transaction per run that reads the new run back (its
+inputs, tags and params), 0.12-0.14 s for ten runs with their params against 0.03 s, and a
+job waits for its runs' ids at its first checkpoint.
 
 The rows are exactly what MLflow would write: values validated and sanitized by MLflow's
 functions (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the run
@@ -18,7 +21,7 @@ as it always does. tests/test_stores.py compares the two paths table by table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 METRICS_PER_CALL = 1000  # MLflow's limits per log_batch call
@@ -26,6 +29,8 @@ PARAMS_PER_CALL = 100
 
 # (key, value, timestamp in ms, step): one point of a metric's history
 Point = tuple[str, float, int, int]
+# (name, tags, params): a run to create
+NewRun = tuple[str, Mapping[str, str], Mapping[str, str]]
 
 
 def sql_store(client: Any) -> Any | None:
@@ -34,6 +39,71 @@ def sql_store(client: Any) -> Any | None:
 
     found = client._tracking_client.store
     return found if isinstance(found, SqlAlchemyStore) else None
+
+
+def create_runs(client: Any, experiment_id: str, runs: Sequence[NewRun]) -> Iterator[str]:
+    """Create the runs, RUNNING, with their tags and params; yield their ids in order. On a
+    SQL store all of them in one transaction (none exists if it fails), as MLflow's
+    ``create_run`` and ``log_batch`` would write them. Elsewhere one by one, each id yielded
+    as soon as the run exists, so the caller knows it before its params can fail."""
+    store = sql_store(client)
+    if store is None:
+        for name, tags, params in runs:
+            run_id = client.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+            yield run_id
+            log_params(client, run_id, params)
+        return
+    yield from _insert_runs(store, experiment_id, runs)
+
+
+def _insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> list[str]:
+    import uuid
+
+    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+    from mlflow.utils.time import get_current_time_millis
+    from mlflow.utils.uri import append_to_uri_path
+    from mlflow.utils.validation import _validate_param
+    from sqlalchemy import insert
+
+    experiment = store.get_experiment(experiment_id)
+    store._check_experiment_is_active(experiment)
+    now = get_current_time_millis()
+    run_rows, tag_rows, param_rows = [], [], []
+    for name, tags, params in runs:
+        run_id = uuid.uuid4().hex
+        where = append_to_uri_path(
+            experiment.artifact_location, run_id, store.ARTIFACTS_FOLDER_NAME
+        )
+        run_rows.append(
+            {
+                "run_uuid": run_id,
+                "name": name,
+                "artifact_uri": where,
+                "experiment_id": int(experiment_id),
+                "source_type": SourceType.to_string(SourceType.UNKNOWN),
+                "source_name": "",
+                "entry_point_name": "",
+                "user_id": tags.get(MLFLOW_USER, "unknown"),
+                "status": RunStatus.to_string(RunStatus.RUNNING),
+                "start_time": now,
+                "end_time": None,
+                "deleted_time": None,
+                "source_version": "",
+                "lifecycle_stage": LifecycleStage.ACTIVE,
+            }
+        )
+        named = {**tags, MLFLOW_RUN_NAME: name}
+        tag_rows += [{"run_uuid": run_id, "key": k, "value": v} for k, v in named.items()]
+        checked = (_validate_param(key, value) for key, value in params.items())
+        param_rows += [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in checked]
+    with store.ManagedSessionMaker(read_only=False) as session:
+        session.execute(insert(SqlRun), run_rows)
+        session.execute(insert(SqlTag), tag_rows)
+        if param_rows:
+            session.execute(insert(SqlParam), param_rows)
+    return [row["run_uuid"] for row in run_rows]
 
 
 def log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:

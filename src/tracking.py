@@ -660,30 +660,31 @@ class Tracker:
         run_ids = self.runs[handle] = []
         if spool:
             self.spools[handle] = spool
+        new = [
+            (
+                store.redact(name),
+                {key: store.redact(value) for key, value in run_tags.items()},
+                {
+                    key: store.redact(str(value))[:PARAM_VALUE_MAX]
+                    for key, value in run_params.items()
+                },
+            )
+            for name, run_tags, run_params in zip(names, tags, params)
+        ]
         try:
             self.experiments[handle] = ensure_experiment(self.client, experiment)
-            for name, run_tags, run_params in zip(names, tags, params):
-                run_ids.append(self._create(self.experiments[handle], name, run_tags, run_params))
+            created = bulk_writes.create_runs(self.client, self.experiments[handle], new)
+            for k, run_id in enumerate(created):  # to its end: a run's params follow its id
+                _, run_tags, run_params = new[k]
+                self.open.add(run_id)  # before anything else can fail: closed at the end
+                self.owners[run_id] = run_tags.get("losslab.pid")
+                self.params[run_id] = run_params
+                run_ids.append(run_id)
         except Exception as error:  # what follows for this job cannot work: say why once
             self.broken.add(handle)
             self.failures.append(f"{type(error).__name__}: {error}")
             raise
         return run_ids
-
-    def _create(
-        self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
-    ) -> str:
-        redacted = {key: store.redact(value) for key, value in tags.items()}
-        run_id = self.client.create_run(
-            experiment_id, run_name=store.redact(name), tags=redacted
-        ).info.run_id
-        self.open.add(run_id)
-        self.owners[run_id] = tags.get("losslab.pid")
-        logged = self.params[run_id] = {
-            key: store.redact(str(value))[:PARAM_VALUE_MAX] for key, value in params.items()
-        }
-        bulk_writes.log_params(self.client, run_id, logged)
-        return run_id
 
     def reopen(
         self, handle: int, run_ids: list[str], tags: dict[str, str], spool: Path | None = None

@@ -315,6 +315,72 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
         assert metrics == {"loss": 1.7976931348623157e308, "new": 1.0, "late": 2.0}
 
 
+def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
+    tmp_path: Path,
+) -> None:
+    """A job's runs through bulk_writes.create_runs and through MlflowClient.create_run and
+    log_batch: the same rows in runs, tags and params, but for the store's own ids and start
+    times; on a deleted experiment both refuse, and bulk_writes creates nothing."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    from src import bulk_writes, tracking
+
+    new = [
+        (f"mse seed={k}", {"seed": str(k), "mlflow.user": "alice", "job": "0"}, {"lr": "0.01"})
+        for k in range(3)
+    ]
+    new.append(("bce seed=0", {"job": "1"}, {}))  # no user tag, no params
+    queries = {
+        "runs": "SELECT run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+        "status, end_time, deleted_time, source_version, lifecycle_stage, experiment_id, "
+        "artifact_uri FROM runs",
+        "tags": "SELECT run_uuid, key, value FROM tags",
+        "params": "SELECT run_uuid, key, value FROM params",
+    }
+    tables = []
+    for way in ("bulk", "mlflow"):
+        db = tmp_path / way / "mlflow.db"
+        client = tracking.get_client(f"sqlite:///{db}")
+        experiment = tracking.ensure_experiment(client, "losslab")
+        if way == "bulk":
+            runs = list(bulk_writes.create_runs(client, experiment, new))
+        else:
+            runs = [
+                client.create_run(experiment, run_name=n, tags=t).info.run_id for n, t, _ in new
+            ]
+            for run, (_, _, params) in zip(runs, new):
+                if params:
+                    client.log_batch(run, params=[Param(k, v) for k, v in params.items()])
+        with sqlite3.connect(db) as connection:
+            found = {t: connection.execute(q).fetchall() for t, q in queries.items()}
+        names = {run: f"run{k}" for k, run in enumerate(runs)}
+        tables.append(
+            {
+                table: sorted(
+                    tuple(
+                        cell.replace(run, names[run]).replace(str(db.parent), "<store>")
+                        if isinstance(cell, str)
+                        else cell
+                        for cell in row
+                        for run in [row[0]]
+                    )
+                    for row in rows
+                )
+                for table, rows in found.items()
+            }
+        )
+        assert client.get_run(runs[0]).info.artifact_uri.endswith(f"/{runs[0]}/artifacts")
+        client.delete_experiment(experiment)
+        with pytest.raises(MlflowException, match="must be in the 'active' state"):
+            list(bulk_writes.create_runs(client, experiment, new))
+    assert tables[0] == tables[1]
+    assert len(tables[0]["runs"]) == 4 and len(tables[0]["params"]) == 3
+    assert ("run0", "mlflow.runName", "mse seed=0") in tables[0]["tags"]
+    with sqlite3.connect(tmp_path / "bulk" / "mlflow.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM runs").fetchone() == (4,)
+
+
 def test_bulk_params_refuse_a_changed_value_as_mlflow_does(tmp_path: Path) -> None:
     from mlflow.exceptions import MlflowException
 
