@@ -16,6 +16,7 @@ import importlib
 import itertools
 import logging
 import os
+import posixpath
 import re
 import socket
 import subprocess
@@ -461,6 +462,8 @@ class Tracker:
         self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final_* link to it)
         self.curves: dict[str, dict[str, list[float]]] = {}  # run id -> key -> value per epoch
         self.params: dict[str, dict[str, str]] = {}  # run id -> its params, as logged
+        self.artifact_uris: dict[str, str] = {}  # run id -> where its files go
+        self._repositories: dict[str, Any] = {}  # run id -> its artifact repository
         self.owners: dict[str, str | None] = {}  # run id -> the pid of the job writing it
         # Done while the job trains, so its figures and model do not wait for them: imports,
         # and the map of installed packages MLflow builds on a process's first model (0.5 s).
@@ -674,8 +677,9 @@ class Tracker:
         try:
             self.experiments[handle] = ensure_experiment(self.client, experiment)
             created = bulk_writes.create_runs(self.client, self.experiments[handle], new)
-            for k, run_id in enumerate(created):  # to its end: a run's params follow its id
+            for k, (run_id, artifact_uri) in enumerate(created):  # to its end: params follow
                 _, run_tags, run_params = new[k]
+                self.artifact_uris[run_id] = artifact_uri
                 self.open.add(run_id)  # before anything else can fail: closed at the end
                 self.owners[run_id] = run_tags.get("losslab.pid")
                 self.params[run_id] = run_params
@@ -704,8 +708,6 @@ class Tracker:
         return run_ids
 
     def log_metrics(self, handle: int, rows: list[tuple[int, int, dict[str, list[float]]]]):
-        from mlflow.entities import Metric
-
         for k, run_id in enumerate(self.runs[handle]):
             model_id = self.models.get(run_id)
             points = [
@@ -714,9 +716,8 @@ class Tracker:
                 for key, values in row.items()
             ]
             if model_id:  # a final score is its model's (the Models page ranks by them)
-                finals = [Metric(*point, model_id=model_id) for point in points if _final(point)]
-                if finals:
-                    self.client.log_batch(run_id, metrics=finals)
+                finals = [point for point in points if _final(point)]
+                bulk_writes.log_history(self.client, run_id, finals, model_id)
                 points = [point for point in points if not _final(point)]
             bulk_writes.log_history(self.client, run_id, points)
 
@@ -724,11 +725,27 @@ class Tracker:
         self._tags(self.runs[handle][member], tags)
 
     def log_text(self, handle: int, member: int, text: str, path: str) -> None:
-        self.client.log_text(self.runs[handle][member], store.redact(text), path)
+        folder, name = posixpath.split(posixpath.normpath(path))
+        with tempfile.TemporaryDirectory(dir=self._rendered.name) as scratch:
+            (Path(scratch) / name).write_text(store.redact(text))
+            self._artifacts(self.runs[handle][member]).log_artifact(
+                str(Path(scratch) / name), folder or None
+            )
 
     def log_file(self, handle: int, member: int | None, local: str, folder: str | None) -> None:
         for run_id in self._members(handle, member):
-            self.client.log_artifact(run_id, local, folder)
+            self._artifacts(run_id).log_artifact(local, folder)
+
+    def _artifacts(self, run_id: str) -> Any:
+        """The run's artifact repository. Its URI is known from the run's creation; MLflow's
+        ``log_artifact`` would read the whole run back (its 237 params too) to find it, 10 ms
+        for each run's first file."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        if run_id not in self._repositories:
+            uri = self.artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
+            self._repositories[run_id] = get_artifact_repository(uri, tracking_uri=self.uri)
+        return self._repositories[run_id]
 
     def log_dataset(self, handle: int, key: str, arrays: tuple, title: str, classes: bool) -> None:
         self.log_file(handle, None, str(self._dataset_png(key, arrays, title, classes)), None)

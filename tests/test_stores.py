@@ -251,6 +251,9 @@ def _tables(db: Path, runs: list[str], models: list[str]) -> dict[str, list[tupl
         "latest_metrics": f"SELECT {points} FROM latest_metrics",
         "params": "SELECT run_uuid, key, value FROM params",
         "logged_model_params": "SELECT model_id, param_key, param_value FROM logged_model_params",
+        "logged_model_metrics": "SELECT model_id, metric_name, metric_timestamp_ms, metric_step, "
+        "metric_value, experiment_id, run_id, dataset_uuid, dataset_name, dataset_digest "
+        "FROM logged_model_metrics",
     }
     with sqlite3.connect(db) as connection:
         return {
@@ -262,7 +265,8 @@ def _tables(db: Path, runs: list[str], models: list[str]) -> dict[str, list[tupl
 def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -> None:
     """Params and metric histories through bulk_writes and through MlflowClient.log_batch,
     into two stores: the same rows in every table they touch, with NaN, infinities, a point
-    repeated in a batch, ties, a later batch of older steps, and points already stored."""
+    repeated in a batch, ties, a later batch of older steps, points already stored, and final
+    scores linked to the run's model."""
     import math
 
     from mlflow.entities import Metric, Param
@@ -279,6 +283,7 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
         [("loss", 0.5, 1000, 0), ("late", 2.0, 4000, 9)],  # a point already stored
     ]
     params = {f"group.key{i}": f"value {i}" for i in range(237)}
+    finals = [("final_test_mse", 0.125, 5000, 0), ("final_test_r2", inf, 5000, 0)]  # linked
     tables, latest = [], []
     for way in ("bulk", "mlflow"):
         db = tmp_path / way / "mlflow.db"
@@ -292,6 +297,7 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
                 for batch in batches:
                     bulk_writes.log_history(client, run, batch)
                 model = bulk_writes.create_logged_model(client, experiment, "m", run, {}, params)
+                bulk_writes.log_history(client, run, finals, model)
             else:
                 items = [Param(key, value) for key, value in params.items()]
                 for i in range(0, len(items), 100):
@@ -299,20 +305,32 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
                 for batch in batches:
                     client.log_batch(run, metrics=[Metric(*point) for point in batch])
                 model = client.create_logged_model(experiment, "m", run, params=params).model_id
+                client.log_batch(run, metrics=[Metric(*p, model_id=model) for p in finals])
             models.append(model)
         tables.append(_tables(db, runs, models))
         latest.append(client.get_run(runs[0]).data.metrics)
         for run in runs:
             client.set_terminated(run)
     assert tables[0] == tables[1]
-    assert [len(tables[0][t]) for t in ("params", "logged_model_params", "metrics")] == [
+    assert [
+        len(tables[0][t])
+        for t in ("params", "logged_model_params", "metrics", "logged_model_metrics")
+    ] == [
         2 * 237,
         2 * 237,
-        2 * 14,  # 16 points a run: one repeated within its batch, one stored before
+        2 * 16,  # 16 points a run and 2 finals: one repeated within its batch, one stored before
+        2 * 2,
     ]
     for metrics in latest:  # MLflow's rules: the greatest (step, timestamp, value); ties keep
         assert math.isnan(metrics.pop("acc")) and math.isnan(metrics.pop("tie"))  # the first
-        assert metrics == {"loss": 1.7976931348623157e308, "new": 1.0, "late": 2.0}
+        largest = 1.7976931348623157e308
+        assert metrics == {
+            "loss": largest,
+            "new": 1.0,
+            "late": 2.0,
+            "final_test_mse": 0.125,
+            "final_test_r2": largest,
+        }
 
 
 def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
@@ -344,11 +362,13 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
         client = tracking.get_client(f"sqlite:///{db}")
         experiment = tracking.ensure_experiment(client, "losslab")
         if way == "bulk":
-            runs = list(bulk_writes.create_runs(client, experiment, new))
+            created = list(bulk_writes.create_runs(client, experiment, new))
         else:
-            runs = [
-                client.create_run(experiment, run_name=n, tags=t).info.run_id for n, t, _ in new
-            ]
+            infos = [client.create_run(experiment, run_name=n, tags=t).info for n, t, _ in new]
+            created = [(info.run_id, info.artifact_uri) for info in infos]
+        runs = [run for run, _ in created]
+        assert [client.get_run(run).info.artifact_uri for run in runs] == [a for _, a in created]
+        if way == "mlflow":
             for run, (_, _, params) in zip(runs, new):
                 if params:
                     client.log_batch(run, params=[Param(k, v) for k, v in params.items()])
@@ -370,7 +390,7 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
                 for table, rows in found.items()
             }
         )
-        assert client.get_run(runs[0]).info.artifact_uri.endswith(f"/{runs[0]}/artifacts")
+        assert created[0][1].endswith(f"/{runs[0]}/artifacts")
         client.delete_experiment(experiment)
         with pytest.raises(MlflowException, match="must be in the 'active' state"):
             list(bulk_writes.create_runs(client, experiment, new))
