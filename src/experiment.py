@@ -437,12 +437,14 @@ def _finish(
     stop = _stop_tags(trainer, len(history))
     statuses, finals = [], []
     runs.log_learning_curves(history, typed.loss.name, metric, _job_title(names, typed.seed))
+    checkpoint = _log_checkpoint(runs, checkpoint_dir)
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
         diverged = int(module.diverged_at[k])
         test_value = final[f"final_test_{metric}"]
         final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)
         tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.6g}", **stop}
+        tags.update(checkpoint)
         if diverged:
             tags["error"] = f"loss became non-finite at epoch {diverged}"
         runs.set_tags(k, tags)
@@ -457,7 +459,6 @@ def _finish(
             )
         statuses.append("FAILED" if diverged else "FINISHED")
         finals.append(final)
-    _log_checkpoint(runs, checkpoint_dir)
     # The last metrics after the models: the final ones carry their model's id (linked).
     runs.flush()
     runs.end(statuses)
@@ -546,12 +547,11 @@ def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | N
     tags["error"] = reason[:5000]
     try:
         runs.flush()
+        tags.update(_log_checkpoint(runs, folder))
         for k in range(runs.members):
             runs.set_tags(k, tags)
             if not interrupted:
                 runs.log_text(k, traceback.format_exc(), "error.txt")
-        if folder is not None:
-            _log_checkpoint(runs, folder)
         runs.end([status] * runs.members)
         runs.wait()
     except tracking.TrackingError as failed:  # the store may be what failed
@@ -567,14 +567,13 @@ def _study_line(final: dict[str, float], metric: str, extra: list[str]) -> str:
     )
 
 
-def _log_checkpoint(runs: tracking.RunSet, folder: Path) -> None:
-    """The job's checkpoint (every member's state) once, in the first member's run; every
-    member's run points to it (tag ``checkpoint``). A copy in each of K runs made the store
-    grow with K squared."""
-    last = folder / "last.ckpt"
-    if not last.exists():
-        return
+def _log_checkpoint(runs: tracking.RunSet, folder: Path | None) -> dict[str, str]:
+    """The job's checkpoint (every member's state) once, in the first member's run; returns
+    the tags by which every member's run points to it (none without a checkpoint). A copy in
+    each of K runs made the store grow with K squared."""
+    last = folder / "last.ckpt" if folder is not None else None
+    if last is None or not last.exists():
+        return {}
     runs.log_file(0, last, "checkpoints")
     where = f"runs:/{runs.run_ids[0]}/checkpoints/last.ckpt"
-    for k in range(runs.members):
-        runs.set_tags(k, {"checkpoint": where, "checkpoint.members": runs.members})
+    return {"checkpoint": where, "checkpoint.members": str(runs.members)}
