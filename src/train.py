@@ -105,6 +105,7 @@ def cli() -> None:
         if _check_arguments():
             # Its MLflow import (1.5 s) overlaps Hydra's composing now, not the job's start.
             tracking.prestart()
+        hydra_callbacks.compose_primary_once()
         main()
     except KeyboardInterrupt:
         hydra_callbacks.close_sweep("KILLED")

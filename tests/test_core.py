@@ -347,3 +347,46 @@ def test_slurm_early_warning_leaves_the_job_its_start(asked, timeout_min, sent) 
     from hydra_plugins.losslab.launcher import early_warning_s
 
     assert early_warning_s(asked, timeout_min) == sent
+
+
+def test_a_sweeps_primary_config_is_composed_once_and_still_checked(monkeypatch) -> None:
+    """Hydra's get_mode composes a sweep's primary config, and the sweep composes it again:
+    with compose_primary_once the second gets the first (one composition), equal to what
+    Hydra would compose, with the sweep's overrides still checked; RUN mode recomposes."""
+    from hydra import initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from src import hydra_callbacks
+
+    composed = []
+    impl = ConfigLoaderImpl._load_configuration_impl
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "_load_configuration_impl",
+        lambda self, **kw: composed.append(kw["overrides"]) or impl(self, **kw),
+    )
+    config.register()
+    overrides = ["loss=mse,bce", "seed=0,1"]
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        expected = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN)
+        monkeypatch.setattr(
+            ConfigLoaderImpl, "load_configuration", ConfigLoaderImpl.load_configuration
+        )
+        hydra_callbacks.compose_primary_once()
+        composed.clear()
+        assert hydra.get_mode("config", overrides) is None  # no hydra.mode in the config
+        handed = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN)
+        assert len(composed) == 1
+        assert OmegaConf.to_yaml(handed) == OmegaConf.to_yaml(expected)
+        hydra.get_mode("config", ["hydra.job.name=a,b"])
+        with pytest.raises(ConfigCompositionException, match="Sweeping over Hydra's config"):
+            hydra.compose_config("config", ["hydra.job.name=a,b"], run_mode=RunMode.MULTIRUN)
+        composed.clear()
+        hydra.get_mode("config", ["loss=mse"])
+        hydra.compose_config("config", ["loss=mse"], run_mode=RunMode.RUN)
+        assert len(composed) == 2

@@ -391,6 +391,8 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
             }
         )
         assert created[0][1].endswith(f"/{runs[0]}/artifacts")
+        for run in runs:
+            client.set_terminated(run)
         client.delete_experiment(experiment)
         with pytest.raises(MlflowException, match="must be in the 'active' state"):
             list(bulk_writes.create_runs(client, experiment, new))
