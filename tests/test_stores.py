@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -241,23 +242,43 @@ def test_a_copy_that_fails_midway_leaves_nothing_behind(
     assert list(db.parent.iterdir()) == []
 
 
-def _tables(db: Path, runs: list[str], models: list[str]) -> dict[str, list[tuple]]:
-    """The rows bulk_writes writes, with the store's own run and model ids as run0, model0..."""
+_POINTS = "run_uuid, key, value, timestamp, step, is_nan"
+WRITTEN = {  # the tables bulk_writes' params and values touch
+    "metrics": f"SELECT {_POINTS} FROM metrics",
+    "latest_metrics": f"SELECT {_POINTS} FROM latest_metrics",
+    "params": "SELECT run_uuid, key, value FROM params",
+    "logged_model_params": "SELECT model_id, param_key, param_value FROM logged_model_params",
+    "logged_model_metrics": "SELECT model_id, metric_name, metric_timestamp_ms, metric_step, "
+    "metric_value, experiment_id, run_id, dataset_uuid, dataset_name, dataset_digest "
+    "FROM logged_model_metrics",
+}
+CREATED = {  # the tables a new run touches (all but its start time)
+    "runs": "SELECT run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+    "status, end_time, deleted_time, source_version, lifecycle_stage, experiment_id, "
+    "artifact_uri FROM runs",
+    "tags": "SELECT run_uuid, key, value FROM tags",
+    "params": "SELECT run_uuid, key, value FROM params",
+}
+
+
+def _tables(
+    db: Path, runs: Sequence[str], models: Sequence[str] = (), queries: dict[str, str] = WRITTEN
+) -> dict[str, list[tuple]]:
+    """The rows of ``queries``, with the store's own run and model ids as run0, model0...
+    (inside paths too) and its folder as <store>."""
     names = {run: f"run{k}" for k, run in enumerate(runs)}
     names.update({model: f"model{k}" for k, model in enumerate(models)})
-    points = "run_uuid, key, value, timestamp, step, is_nan"
-    queries = {
-        "metrics": f"SELECT {points} FROM metrics",
-        "latest_metrics": f"SELECT {points} FROM latest_metrics",
-        "params": "SELECT run_uuid, key, value FROM params",
-        "logged_model_params": "SELECT model_id, param_key, param_value FROM logged_model_params",
-        "logged_model_metrics": "SELECT model_id, metric_name, metric_timestamp_ms, metric_step, "
-        "metric_value, experiment_id, run_id, dataset_uuid, dataset_name, dataset_digest "
-        "FROM logged_model_metrics",
-    }
+
+    def named(cell: object) -> object:
+        if not isinstance(cell, str):
+            return cell
+        for own, name in names.items():
+            cell = cell.replace(own, name)
+        return cell.replace(str(db.parent), "<store>")
+
     with sqlite3.connect(db) as connection:
         return {
-            table: sorted(tuple(names.get(cell, cell) for cell in row) for row in rows)
+            table: sorted(tuple(named(cell) for cell in row) for row in rows)
             for table, rows in ((t, connection.execute(q).fetchall()) for t, q in queries.items())
         }
 
@@ -349,13 +370,6 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
         for k in range(3)
     ]
     new.append(("bce seed=0", {"job": "1"}, {}))  # no user tag, no params
-    queries = {
-        "runs": "SELECT run_uuid, name, source_type, source_name, entry_point_name, user_id, "
-        "status, end_time, deleted_time, source_version, lifecycle_stage, experiment_id, "
-        "artifact_uri FROM runs",
-        "tags": "SELECT run_uuid, key, value FROM tags",
-        "params": "SELECT run_uuid, key, value FROM params",
-    }
     tables = []
     for way in ("bulk", "mlflow"):
         db = tmp_path / way / "mlflow.db"
@@ -372,24 +386,7 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
             for run, (_, _, params) in zip(runs, new):
                 if params:
                     client.log_batch(run, params=[Param(k, v) for k, v in params.items()])
-        with sqlite3.connect(db) as connection:
-            found = {t: connection.execute(q).fetchall() for t, q in queries.items()}
-        names = {run: f"run{k}" for k, run in enumerate(runs)}
-        tables.append(
-            {
-                table: sorted(
-                    tuple(
-                        cell.replace(run, names[run]).replace(str(db.parent), "<store>")
-                        if isinstance(cell, str)
-                        else cell
-                        for cell in row
-                        for run in [row[0]]
-                    )
-                    for row in rows
-                )
-                for table, rows in found.items()
-            }
-        )
+        tables.append(_tables(db, runs, queries=CREATED))
         assert created[0][1].endswith(f"/{runs[0]}/artifacts")
         for run in runs:
             client.set_terminated(run)
