@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src import override_policy, store, tracking
+from src import overlap, override_policy, store, tracking
 from src.config import ConfigError, validate
 from src.frozen_imports import frozen_imports
 from src.writer import WriterError
@@ -96,15 +96,21 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     return configs
 
 
-def _compose_once(loader: Any) -> None:
+# A master config's id and a job's overrides -> (the master, kept alive so that its id is not
+# reused; the job's composed config)
+Composed = dict[tuple[int, tuple[str, ...]], tuple[DictConfig, DictConfig]]
+
+
+def _compose_once(loader: Any) -> Composed:
     """In a sweep whose jobs run in this process, each job's config was composed up to three
     times: here for validation, by the seed-batching sweeper, and by the launcher (0.17 s a
     time, measured). Compose it once per master config and overrides, and hand out copies
-    (0.01 s). Other launchers compose in their own processes and are left alone."""
+    (0.01 s). Other launchers compose in their own processes and are left alone. Returns the
+    compositions so far, which a forked copy of this process sends back (``_checked_jobs``)."""
     compose = loader.load_sweep_config
-    if getattr(compose, "composes_once", False):
-        return
-    composed: dict[tuple[int, tuple[str, ...]], tuple[DictConfig, DictConfig]] = {}
+    if hasattr(compose, "composed"):
+        return compose.composed
+    composed: Composed = {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = (id(master_config), tuple(sweep_overrides))
@@ -112,8 +118,23 @@ def _compose_once(loader: Any) -> None:
             composed[key] = (master_config, compose(master_config, list(sweep_overrides)))
         return copy.deepcopy(composed[key][1])
 
-    load_sweep_config.composes_once = True  # type: ignore[attr-defined]
+    load_sweep_config.composed = composed  # type: ignore[attr-defined]
     loader.load_sweep_config = load_sweep_config
+    return composed
+
+
+def _checked_jobs(config: DictConfig, composed: Composed) -> tuple[list[Any], list[tuple]]:
+    """Every job of a grid sweep, composed and validated (before anything is created), and
+    the compositions made from ``config``, for a launcher in this process to reuse: as
+    ``(key, job config)``, so they can come back from a forked copy of this process."""
+    checked = [validate(job) for job in _sweep_configs(config)]
+    made = [(key, job) for key, (master, job) in composed.items() if master is config]
+    return checked, made
+
+
+def _import_experiment() -> None:
+    with frozen_imports():
+        import src.experiment  # noqa: F401
 
 
 def compose_primary_once() -> None:
@@ -209,10 +230,20 @@ class LosslabCallback(Callback):
     @_abort_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         grid = _is_grid(config.hydra.sweeper._target_)
-        if config.hydra.launcher._target_ == IN_PROCESS_LAUNCHER:
-            _compose_once(GlobalHydra.instance().config_loader())
-        jobs = _sweep_configs(config) if grid else [config]
-        checked = [validate(job) for job in jobs]  # every job, before anything is created
+        in_process = config.hydra.launcher._target_ == IN_PROCESS_LAUNCHER
+        imports = None
+        if in_process:
+            composed = _compose_once(GlobalHydra.instance().config_loader())
+        if grid and in_process:
+            # The jobs are composed in a forked copy of this process while this one imports
+            # torch and Lightning (src/overlap.py); a mistake is still reported before
+            # anything is created, without waiting for the imports.
+            jobs = overlap.Forked(lambda: _checked_jobs(config, composed))
+            imports = overlap.Threaded(_import_experiment)
+            checked, made = jobs.result()
+            composed.update({key: (config, job) for key, job in made})
+        else:
+            checked = [validate(job) for job in (_sweep_configs(config) if grid else [config])]
         typed = checked[0]
         if any(job.resume for job in checked):
             raise ConfigError("resume= continues one run; resume each sweep job on its own")
@@ -234,14 +265,16 @@ class LosslabCallback(Callback):
         }
         call = writer.send("start_parent", typed.logger.experiment, name, tags, reply=True)
         writer.send("reap", typed.logger.experiment)  # runs left RUNNING by processes now gone
-        if config.hydra.launcher._target_ == IN_PROCESS_LAUNCHER:
+        if in_process:
             # The jobs run in this process: they leave their MLflow work to the tracking
             # process and the sweep waits for it once, at its end; and torch and Lightning are
             # imported now, while the tracking process sets up the store.
             tracking.hold(uri)
             print("losslab: preparing the sweep: loading torch and Lightning", flush=True)
-            with frozen_imports():
-                import src.experiment  # noqa: F401
+            if imports is None:
+                _import_experiment()
+            else:
+                imports.result()
         try:
             parent = writer.result(call)
         except WriterError as error:
@@ -253,7 +286,7 @@ class LosslabCallback(Callback):
         SWEEP.metric = typed.report.metric
         SWEEP.local = not config.hydra.launcher._target_.endswith("SlurmLauncher")
         sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
-        size = f"{len(jobs)} job(s)" if grid else f"jobs chosen by {sweeper}"
+        size = f"{len(checked)} job(s)" if grid else f"jobs chosen by {sweeper}"
         print(f"losslab: sweep of {size} -> {sweep_dir} (MLflow parent run {parent})")
 
     @_abort_on_error

@@ -101,6 +101,7 @@ CATALOGUE = [
     # a sweep with one bad grid point: nothing runs, no parent run
     bad("-m optimizer.lr=0.01,0", "optimizer.lr=0.0 must be > 0"),
     bad("-m loss=mse,nope", "unknown loss 'nope'"),
+    bad("-m optimizer.lr=0.01,abc", "Error merging override optimizer.lr=abc: Value 'abc'"),
     bad("-m loss=mse,bce dataset=regression", "loss 'bce' is a binary loss"),
     bad("-m seed=0,-2", "seed=-2 must be a non-negative integer"),
     bad("-m dataset.batch_size=32,600", "larger than the train split"),

@@ -390,3 +390,39 @@ def test_a_sweeps_primary_config_is_composed_once_and_still_checked(monkeypatch)
         hydra.get_mode("config", ["loss=mse"])
         hydra.compose_config("config", ["loss=mse"], run_mode=RunMode.RUN)
         assert len(composed) == 2
+
+
+def test_a_sweeps_jobs_are_composed_once_beside_the_imports(run_cli, client, tmp_path) -> None:
+    """The real CLI composes each job of a sweep once, in a forked copy of the launching
+    process (while that imports torch), and the launcher reuses those compositions."""
+    log = tmp_path / "composed.txt"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "from hydra._internal.config_loader_impl import ConfigLoaderImpl\n"
+        "compose = ConfigLoaderImpl.load_sweep_config\n"
+        "def load_sweep_config(self, master, overrides):\n"
+        f"    with open({str(log)!r}, 'a') as out:\n"
+        "        out.write(f'{os.getpid()} {\" \".join(overrides)}\\n')\n"
+        "    return compose(self, master, overrides)\n"
+        "ConfigLoaderImpl.load_sweep_config = load_sweep_config\n"
+        "if sys.orig_argv[1:3] == ['-m', 'src.train']:\n"  # not the tracking process
+        f"    open({str(log)!r}, 'a').write(f'main {{os.getpid()}}\\n')\n"
+    )
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    result = run_cli(
+        "-m", "loss=mse,bce", "seed=0,1", "trainer.max_epochs=2", env={"PYTHONPATH": path}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    main = {line.split()[1] for line in lines if line.startswith("main ")}
+    jobs = [line.split(" ", 1) for line in lines if not line.startswith("main ")]
+    assert len(main) == 1
+    assert sorted(overrides for _, overrides in jobs) == [
+        "loss=bce seed=0 trainer.max_epochs=2 members=2",
+        "loss=mse seed=0 trainer.max_epochs=2 members=2",
+    ]
+    assert {pid for pid, _ in jobs} != main and len({pid for pid, _ in jobs}) == 1
+    children = [run for run in runs_of(client) if "mlflow.parentRunId" in run.data.tags]
+    assert [run.info.status for run in children] == ["FINISHED"] * 4
