@@ -23,8 +23,9 @@ T = TypeVar("T")
 
 class Forked(Generic[T]):
     """``work()`` running in a forked copy of this process; ``result()`` waits for its return
-    value or raises its error here. Where this system cannot fork, ``work()`` runs in
-    ``result()`` instead."""
+    value or raises its error here. Where this system cannot fork (or no process can be made
+    now), ``work()`` runs in ``result()`` instead. Make it before this process starts a
+    thread: the copy has only the calling thread, and a lock another one held stays held."""
 
     def __init__(self, work: Callable[[], T]) -> None:
         self._work = work
@@ -34,7 +35,12 @@ class Forked(Generic[T]):
         for stream in (sys.stdout, sys.stderr):  # else the copy would print them again
             stream.flush()
         self._read, write = os.pipe()
-        self._pid = os.fork()
+        try:
+            self._pid = os.fork()
+        except OSError:
+            os.close(self._read)
+            os.close(write)
+            return
         if self._pid == 0:
             os.close(self._read)
             _serve(work, write)  # never returns

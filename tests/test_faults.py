@@ -339,6 +339,50 @@ def test_a_helper_that_cannot_start_early_is_left_to_the_writer(monkeypatch):
         writer.Writer(Prepared, "later")
 
 
+def _missing_config() -> None:
+    """Raises as Hydra does: an exception whose __init__ takes more than its message, with a
+    cause that src/cli.py reads."""
+    from hydra.errors import MissingConfigException
+
+    try:
+        raise ValueError("the cause")
+    except ValueError as cause:
+        raise MissingConfigException("no such config", "loss/nope") from cause
+
+
+def test_an_error_in_the_forked_copy_is_raised_here_as_it_was_raised():
+    from hydra.errors import MissingConfigException
+
+    from src import overlap
+
+    with pytest.raises(MissingConfigException, match="no such config") as raised:
+        overlap.Forked(_missing_config).result()
+    assert raised.value.missing_cfg_file == "loss/nope"
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert str(raised.value.__cause__) == "the cause"
+    assert overlap.Forked(os.getpid).result() != os.getpid()  # it did run in a copy
+
+
+def test_work_no_copy_can_do_is_done_in_this_process(monkeypatch):
+    """A copy that dies before answering (a signal), or none that can be made (EAGAIN)."""
+    from src import overlap
+
+    here = os.getpid()
+
+    def pid_unless_copy() -> int:
+        if os.getpid() != here:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid()
+
+    assert overlap.Forked(pid_unless_copy).result() == here
+
+    def no_process() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(overlap.os, "fork", no_process)
+    assert overlap.Forked(os.getpid).result() == here
+
+
 JOB_ALONE = """
 import sys
 from pathlib import Path
