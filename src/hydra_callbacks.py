@@ -123,11 +123,17 @@ def _compose_once(loader: Any) -> Composed:
     return composed
 
 
+def _checked(config: DictConfig, grid: bool) -> list[Any]:
+    """Every job of the sweep (a grid's, else the config itself), validated before anything
+    is created."""
+    return [validate(job) for job in (_sweep_configs(config) if grid else [config])]
+
+
 def _checked_jobs(config: DictConfig, composed: Composed) -> tuple[list[Any], list[tuple]]:
-    """Every job of a grid sweep, composed and validated (before anything is created), and
-    the compositions made from ``config``, for a launcher in this process to reuse: as
-    ``(key, job config)``, so they can come back from a forked copy of this process."""
-    checked = [validate(job) for job in _sweep_configs(config)]
+    """Every job of a grid sweep, composed and validated (``_checked``), and the compositions
+    made from ``config``, for a launcher in this process to reuse: as ``(key, job config)``,
+    so they can come back from a forked copy of this process."""
+    checked = _checked(config, grid=True)
     made = [(key, job) for key, (master, job) in composed.items() if master is config]
     return checked, made
 
@@ -243,7 +249,7 @@ class LosslabCallback(Callback):
             checked, made = jobs.result()
             composed.update({key: (config, job) for key, job in made})
         else:
-            checked = [validate(job) for job in (_sweep_configs(config) if grid else [config])]
+            checked = _checked(config, grid)
         typed = checked[0]
         if any(job.resume for job in checked):
             raise ConfigError("resume= continues one run; resume each sweep job on its own")
