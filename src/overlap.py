@@ -53,9 +53,9 @@ class Forked(Generic[T]):
         with os.fdopen(self._read, "rb") as pipe:
             while chunk := pipe.read(1 << 16):
                 chunks.append(chunk)
-        os.waitpid(self._pid, 0)
+        _, status = os.waitpid(self._pid, 0)
         self._pid = None
-        if not chunks:  # the copy died before it could answer (a signal): do it here
+        if status != 0:  # the copy died before its whole answer was sent (a signal): do it here
             return self._work()
         ok, value = pickle.loads(b"".join(chunks))
         if ok:
