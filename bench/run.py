@@ -479,11 +479,16 @@ def part_commands(
 ) -> None:
     after = f", each after a {pause:g}-s pause" if pause else ""
     print(f"## (0) whole commands from the shell, against the baseline's same work{after}\n")
+    # losslab as its users run it: no OMP_NUM_THREADS, its own thread count (trainer.threads);
+    # the baseline, a plain torch program, takes the bench's from OMP_NUM_THREADS.
+    threads = f"trainer.threads={env.get('OMP_NUM_THREADS', 0)}"
+    env_ours = {key: value for key, value in env.items() if key != "OMP_NUM_THREADS"}
     warm = [sys.executable, "-m", "src.train", "trainer.max_epochs=1", "logger.log_model=false"]
-    command([*warm, f"hydra.run.dir={store / 'warm-up'}"], env)  # the existing store
+    command([*warm, f"hydra.run.dir={store / 'warm-up'}"], env_ours)  # the existing store
     rows, phase_rows = [], []
     for what, ours, theirs in (COMMANDS[name] for name in names):
-        args = [sys.executable, "-m", "src.train", *ours, "trainer.enable_progress_bar=false"]
+        args = [sys.executable, "-m", "src.train", *ours, threads]
+        args.append("trainer.enable_progress_bar=false")
         for kind in ("existing", "fresh"):
             spent: list[dict[str, float]] = []
 
@@ -491,7 +496,7 @@ def part_commands(
                 folder = Path(tempfile.mkdtemp(dir=store, prefix="cmd-"))
                 fresh = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
                 dirs = [f"hydra.sweep.dir={folder / 'sweep'}", f"hydra.run.dir={folder / 'run'}"]
-                store_env = {**env, **(fresh if kind == "fresh" else {})}
+                store_env = {**env_ours, **(fresh if kind == "fresh" else {})}
                 elapsed, lines = timed_lines([*args, *dirs], store_env, "losslab")
                 spent.append(phases(elapsed, lines))
                 return elapsed

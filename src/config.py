@@ -522,9 +522,10 @@ class TrainerConfig:
     gradient_clip_algorithm: str = "norm"  # norm | value
     accumulate_grad_batches: int = 1
     enable_progress_bar: bool = True
-    # losslab: torch intra-op threads for this job. 1 by measurement: study-sized models gain
-    # nothing from a second thread, and beside other busy processes more threads cost 2x
-    # (README, "Speed"). 0: $OMP_NUM_THREADS when set, else every core (for wide models).
+    # losslab: threads for this job, torch's intra-op and numpy's / scipy's BLAS. 1 by
+    # measurement: study-sized models gain nothing from a second thread, and beside other
+    # busy processes more threads cost 2x (README, "Speed"). 0: $OMP_NUM_THREADS when set,
+    # else every core (for wide models).
     threads: int = 1
 
     # Keys losslab handles itself rather than handing them to Lightning's Trainer.

@@ -29,6 +29,7 @@ from hydra.utils import get_method, instantiate
 from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from threadpoolctl import threadpool_limits
 
 from src import cluster, store, tracking, unsent
 from src.callbacks import EpochBar, MlflowHistory, RunSetLogger
@@ -60,6 +61,13 @@ class JobContext:
 def default_threads() -> int:
     """torch's own default: $OMP_NUM_THREADS when set, else the cores this process may use."""
     return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+
+
+def use_threads(threads: int) -> None:
+    """Compute with ``threads`` threads: torch's, and numpy's and scipy's BLAS (the data's
+    preprocessing), which every losslab command loads with one (src/__init__.py)."""
+    torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
 
 
 def trivial_score(module: LossModule, split: Split, metric: str) -> float:
@@ -126,7 +134,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     started = time.perf_counter()
     # Set on every job, default included: loky reuses worker processes, so a value set by an
     # earlier job would otherwise leak into the next.
-    torch.set_num_threads(typed.trainer.threads or default_threads())
+    use_threads(typed.trainer.threads or default_threads())
     seeds = [typed.seed + k for k in range(typed.members)]
     data, module, panel = build(cfg, typed, seeds)
     split = data.split

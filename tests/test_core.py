@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -426,3 +427,63 @@ def test_a_sweeps_jobs_are_composed_once_beside_the_imports(run_cli, client, tmp
     assert {pid for pid, _ in jobs} != main and len({pid for pid, _ in jobs}) == 1
     children = [run for run in runs_of(client) if "mlflow.parentRunId" in run.data.tags]
     assert [run.info.status for run in children] == ["FINISHED"] * 4
+
+
+def _pools() -> dict[str, list[int]]:
+    """The thread count of each numeric library's pool loaded here, by kind."""
+    import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS)
+    import threadpoolctl
+
+    found: dict[str, list[int]] = {}
+    for pool in threadpoolctl.threadpool_info():
+        found.setdefault(pool["internal_api"], []).append(pool["num_threads"])
+    return found
+
+
+class Pools:
+    """A helper's object that reports its process's thread pools (after importing torch)."""
+
+    def __init__(self) -> None:
+        torch.zeros(1)
+
+    def pools(self) -> dict[str, list[int]]:
+        return _pools()
+
+
+def test_numeric_libraries_compute_on_the_jobs_threads_and_the_tracking_process_on_one():
+    """numpy's and scipy's OpenBLAS start an idle worker per extra core when they load, which
+    spins (0.05 s of CPU each on 2 cores). A command loads them with one thread (a value the
+    user set is kept), a job sets them to trainer.threads with torch's, and the tracking
+    process runs every pool, OpenMP's included, on one."""
+    from src import writer
+    from src.experiment import use_threads
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    probe = "import src, json, tests.test_core as t; print(json.dumps(t._pools()['openblas']))"
+    for user, expected in ((None, [1, 1]), ("2", [2, 2])):
+        extra = {"OPENBLAS_NUM_THREADS": user} if user else {}
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=hang(120),
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == expected
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            use_threads(threads)
+            assert torch.get_num_threads() == threads
+            assert _pools()["openblas"] == [threads, threads]
+    finally:
+        torch.set_num_threads(before)
+
+    helper = writer.Writer(Pools)
+    try:
+        pools = helper.call("pools")
+    finally:
+        helper.close()
+    assert pools["openblas"] == [1, 1] and set(pools["openmp"]) == {1}
