@@ -10,10 +10,10 @@ min / median / max, beside the absolute figures. Parts (``--only``):
            store (existing) and on a new store per command (fresh); with each phase's
            seconds (start-up, imports and store, jobs, report and exit) and the page-cache
            refaults of each side. --beside N runs it all beside N CPU-bound processes (a busy
-           machine); --pause S waits S seconds before every timed command (a user reading
-           results between commands: a machine that reclaims idle page cache, as this one
-           does, then reads the command's files from disk again); --commands picks some of
-           single, five, fifty
+           machine; --apart: each in a session of its own); --pause S waits S seconds before
+           every timed command (a user reading results between commands: a machine that
+           reclaims idle page cache, as this one does, then reads the command's files from
+           disk again); --commands picks some of single, five, fifty
   single   one study run per loss, fit only; losslab through experiment.run (Trainer, module,
            callbacks, checkpoints, MLflow); also how long the job waits on MLflow, alone and
            as a sweep's jobs (which leave the waiting to the sweep's end)
@@ -335,10 +335,16 @@ def part_members(lab: Losslab, repeats: int, epochs: int | None, members: int) -
 
 # ---------------------------------------------------------------------------- subprocesses
 @contextlib.contextmanager
-def busy(count: int) -> Iterator[None]:
+def busy(count: int, apart: bool) -> Iterator[None]:
     """``count`` CPU-bound processes running beside everything measured (``--beside``): a
-    machine shared with other work, where both sides compete for the same cores."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    machine shared with other work, where both sides compete for the same cores. ``apart``
+    (``--apart``): each in a session of its own, as other programs are (another terminal, a
+    service); else in the bench's, as jobs started from the same shell. Where the kernel
+    shares CPU time out by session (Linux's autogroup) the two differ: README, Speed."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=apart)
+        for _ in range(count)
+    ]
     try:
         yield
     finally:
@@ -728,6 +734,9 @@ def main() -> None:
         "--beside", type=int, default=0, help="run beside N CPU-bound processes (a busy machine)"
     )
     parser.add_argument(
+        "--apart", action="store_true", help="--beside's processes in sessions of their own"
+    )
+    parser.add_argument(
         "--pause", type=float, default=0.0, help="part commands: idle seconds before each command"
     )
     parser.add_argument(
@@ -768,9 +777,13 @@ def main() -> None:
     print(
         f"# losslab bench: torch threads={args.threads}, repeats={repeats}, "
         f"epochs={epochs or 'study'}, load average {os.getloadavg()[0]:.1f}, "
-        f"beside {args.beside} busy process(es), pause {args.pause:g} s\n"
+        f"beside {args.beside} busy process(es){' apart' if args.apart else ''}, "
+        f"pause {args.pause:g} s\n"
     )
-    with tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder, busy(args.beside):
+    with (
+        tempfile.TemporaryDirectory(prefix="losslab-bench-") as folder,
+        busy(args.beside, args.apart),
+    ):
         store = Path(folder)
         env = child_env(store, args.threads)
         if "commands" in parts:
