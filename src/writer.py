@@ -104,8 +104,8 @@ class Writer:
         atexit.unregister(self.close)
 
 
-# A helper computes nothing in parallel. Each numeric library's pool of idle worker threads
-# would spin after every call it makes (numpy's OpenBLAS: 0.05 s of CPU a command, measured).
+# A helper computes nothing in parallel, and each numeric library's idle worker threads spin
+# for a while when it loads (numpy's and scipy's OpenBLAS: 0.05 s of CPU each, measured).
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 # factory -> a helper started for it that waits for its arguments (``Writer.prestart``)

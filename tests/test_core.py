@@ -455,12 +455,16 @@ def test_numeric_libraries_compute_on_the_jobs_threads_and_the_tracking_process_
     spins (0.05 s of CPU each on 2 cores). A command loads them with one thread (a value the
     user set is kept), a job sets them to trainer.threads with torch's, and the tracking
     process runs every pool, OpenMP's included, on one."""
+    import threadpoolctl
+
     from src import writer
     from src.experiment import use_threads
 
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: no library starts a worker thread")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     probe = "import src, json, tests.test_core as t; print(json.dumps(t._pools()['openblas']))"
-    for user, expected in ((None, [1, 1]), ("2", [2, 2])):
+    for user, expected in ((None, {1}), ("2", {2})):
         extra = {"OPENBLAS_NUM_THREADS": user} if user else {}
         out = subprocess.run(
             [sys.executable, "-c", probe],
@@ -470,20 +474,21 @@ def test_numeric_libraries_compute_on_the_jobs_threads_and_the_tracking_process_
             timeout=hang(120),
         )
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout) == expected
+        assert set(json.loads(out.stdout)) == expected
 
-    before = torch.get_num_threads()
+    before, blas_before = torch.get_num_threads(), max(_pools()["openblas"])
     try:
         for threads in (2, 1):
             use_threads(threads)
             assert torch.get_num_threads() == threads
-            assert _pools()["openblas"] == [threads, threads]
+            assert set(_pools()["openblas"]) == {threads}
     finally:
         torch.set_num_threads(before)
+        threadpoolctl.threadpool_limits(blas_before, user_api="blas")
 
     helper = writer.Writer(Pools)
     try:
         pools = helper.call("pools")
     finally:
         helper.close()
-    assert pools["openblas"] == [1, 1] and set(pools["openmp"]) == {1}
+    assert set(pools["openblas"]) == {1} and set(pools["openmp"]) == {1}
