@@ -128,7 +128,7 @@ class Losslab:
 
     KINDS: ClassVar[dict[str, tuple[str, ...]]] = {  # the tracking process's methods, by kind
         "metrics": ("log_metrics",),
-        "runs": ("start", "set_tags", "log_text", "log_file", "end"),
+        "runs": ("start", "log_text", "log_file", "end"),
         "figures": ("log_dataset", "log_learning_curves"),
         "model": ("log_model",),
     }

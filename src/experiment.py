@@ -443,7 +443,7 @@ def _finish(
     trivial = trivial_score(module, data.split, metric)
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
-    statuses, finals = [], []
+    statuses, closing_tags, finals = [], [], []
     runs.log_learning_curves(history, typed.loss.name, metric, _job_title(names, typed.seed))
     checkpoint = _log_checkpoint(runs, checkpoint_dir)
     for k, name in enumerate(names):
@@ -455,7 +455,7 @@ def _finish(
         tags.update(checkpoint)
         if diverged:
             tags["error"] = f"loss became non-finite at epoch {diverged}"
-        runs.set_tags(k, tags)
+        closing_tags.append(tags)
         if typed.logger.log_model and not diverged:
             runs.log_model(
                 k,
@@ -469,7 +469,7 @@ def _finish(
         finals.append(final)
     # The last metrics after the models: the final ones carry their model's id (linked).
     runs.flush()
-    runs.end(statuses)
+    runs.end(statuses, closing_tags)
     runs.wait()
     return finals
 
@@ -557,10 +557,9 @@ def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | N
         runs.flush()
         tags.update(_log_checkpoint(runs, folder))
         for k in range(runs.members):
-            runs.set_tags(k, tags)
             if not interrupted:
                 runs.log_text(k, traceback.format_exc(), "error.txt")
-        runs.end([status] * runs.members)
+        runs.end([status] * runs.members, [tags] * runs.members)
         runs.wait()
     except tracking.TrackingError as failed:  # the store may be what failed
         log.warning(f"losslab: could not record the stop in MLflow: {failed}")

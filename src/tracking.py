@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ BATCH_LIMIT = bulk_writes.METRICS_PER_CALL
 # A job's calls kept on disk when the store fails (unsent.py), then sent when its runs end.
 KEPT = (
     "log_metrics",
-    "set_tags",
     "log_text",
     "log_file",
     "log_dataset",
@@ -133,8 +132,8 @@ def reap(client: Any, experiment_ids: list[str], keep: set[str] = frozenset()) -
                 f"its process (pid {pid} on {host}) ended without closing it; closed by "
                 f"losslab on {time.strftime('%Y-%m-%d %H:%M:%S')}"
             )
-            log_tags(client, run.info.run_id, {"outcome": "killed", "error": reason})
-            client.set_terminated(run.info.run_id, "KILLED")
+            tags = {"outcome": "killed", "error": reason}
+            bulk_writes.close_runs(client, [(run.info.run_id, "KILLED", tags)])
             closed.append(run.info.run_id)
         token = page.token
         if not token:
@@ -271,9 +270,6 @@ class RunSet:
             self._send("log_metrics", self._pending)
             self._pending, self._buffered = [], 0
 
-    def set_tags(self, member: int, tags: Mapping[str, Any]) -> None:
-        self._send("set_tags", member, {key: str(value) for key, value in tags.items()})
-
     def log_text(self, member: int, text: str, path: str) -> None:
         self._send("log_text", member, text, path)
 
@@ -312,9 +308,11 @@ class RunSet:
         linked to it."""
         self._send("log_model", member, name, model, input_example, requirements, fmt)
 
-    def end(self, statuses: list[str]) -> None:
-        """Close every run with its true status: FINISHED, FAILED or KILLED."""
-        self._send("end", statuses)
+    def end(self, statuses: list[str], tags: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Close every run with its true status (FINISHED, FAILED or KILLED) and its tags
+        (one mapping a member: outcome, error...), written together."""
+        told = [{key: str(value) for key, value in member.items()} for member in tags]
+        self._send("end", statuses, told)
         self.ended = True
 
     def wait(self) -> None:
@@ -533,11 +531,13 @@ class Tracker:
         handle, folder = args[0], self.spools[args[0]]
         run_ids = self.runs.get(handle, [])
         if method == "end":  # the runs cannot be closed now; a run that lost data is FAILED
-            for run_id, status in zip(run_ids, args[1]):
+            statuses, tags = args[1], args[2] if len(args) > 2 else ()
+            for run_id, status, told in zip(run_ids, statuses, _each(tags, len(statuses))):
                 lost = self.errors.pop(run_id, None)
                 if lost and status == "FINISHED":
                     status = "FAILED"
-                    told = {"outcome": "failed", "error": f"not recorded: {lost}"[:5000]}
+                    told = {**told, "outcome": "failed", "error": f"not recorded: {lost}"[:5000]}
+                if told:
                     unsent.keep(folder, run_id, {"tags": told})
                 unsent.keep(folder, run_id, {"status": status, "owner": self.owners.get(run_id)})
                 self.open.discard(run_id)  # closed from the file; abandoned() cannot either
@@ -564,8 +564,6 @@ class Tracker:
                     for key, values in row.items()
                 ]
                 unsent.keep(folder, run_id, {"metrics": rows})
-        elif method == "set_tags":
-            unsent.keep(folder, run_ids[args[0]], {"tags": args[1]})
         elif method == "log_text":
             unsent.keep_text(folder, run_ids[args[0]], store.redact(args[1]), args[2])
         elif method == "log_input":
@@ -638,10 +636,16 @@ class Tracker:
                 continue
 
     def _close(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
-        if tags:
-            self._tags(run_id, tags)
-        self.client.set_terminated(run_id, status)
-        self.open.discard(run_id)
+        self._close_all([(run_id, status, tags or {})])
+
+    def _close_all(self, closings: list[bulk_writes.Closing]) -> None:
+        """End runs with their tags (redacted), in one write where the store allows."""
+        redacted = [
+            (run_id, status, {key: store.redact(value) for key, value in tags.items()})
+            for run_id, status, tags in closings
+        ]
+        bulk_writes.close_runs(self.client, redacted)
+        self.open.difference_update(run_id for run_id, _, _ in closings)
 
     def _tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         log_tags(self.client, run_id, tags)
@@ -708,6 +712,7 @@ class Tracker:
         return run_ids
 
     def log_metrics(self, handle: int, rows: list[tuple[int, int, dict[str, list[float]]]]):
+        batches: list[bulk_writes.History] = []
         for k, run_id in enumerate(self.runs[handle]):
             model_id = self.models.get(run_id)
             points = [
@@ -716,13 +721,10 @@ class Tracker:
                 for key, values in row.items()
             ]
             if model_id:  # a final score is its model's (the Models page ranks by them)
-                finals = [point for point in points if _final(point)]
-                bulk_writes.log_history(self.client, run_id, finals, model_id)
+                batches.append((run_id, [point for point in points if _final(point)], model_id))
                 points = [point for point in points if not _final(point)]
-            bulk_writes.log_history(self.client, run_id, points)
-
-    def set_tags(self, handle: int, member: int, tags: dict[str, str]) -> None:
-        self._tags(self.runs[handle][member], tags)
+            batches.append((run_id, points, None))
+        bulk_writes.log_histories(self.client, batches)
 
     def log_text(self, handle: int, member: int, text: str, path: str) -> None:
         folder, name = posixpath.split(posixpath.normpath(path))
@@ -762,8 +764,7 @@ class Tracker:
         return self._datasets[key]
 
     def log_input(self, handle: int, record: dict[str, str]) -> None:
-        for run_id in self._members(handle, None):
-            self.client.log_inputs(run_id, datasets=[dataset_input(record)])
+        bulk_writes.log_dataset_input(self.client, self.runs[handle], dataset_input(record))
 
     def log_learning_curves(
         self, handle: int, history: list[dict], loss: str, metric: str, title: str
@@ -812,12 +813,12 @@ class Tracker:
             serialization,
         )
 
-    def end(self, handle: int, statuses: list[str]) -> None:
-        """Close the job's runs, after what was kept for them is sent. If the store answers
-        but refuses that (not a passing fault), a FINISHED run ends FAILED, tagged ``unsent``
-        with the folder, and its file gets its true status, which ``python -m src.unsent``
-        gives it once all is in. A store that does not answer fails the closing too, which
-        is then kept on disk (``_keep``)."""
+    def end(self, handle: int, statuses: list[str], tags: Sequence[Mapping[str, str]] = ()) -> None:
+        """Close the job's runs with their tags, after what was kept for them is sent. If the
+        store answers but refuses that (not a passing fault), a FINISHED run ends FAILED,
+        tagged ``unsent`` with the folder, and its file gets its true status, which ``python
+        -m src.unsent`` gives it once all is in. A store that does not answer fails the
+        closing too, which is then kept on disk (``_keep``), with the tags."""
         from src import unsent
 
         folder, refused = self.spools.get(handle), None
@@ -829,19 +830,27 @@ class Tracker:
                 f"send it with `python -m src.unsent {folder}`"
             )
             self.failures.append(refused)
-        for run_id, status in zip(self.runs.get(handle, []), statuses):
-            lost = self.errors.pop(run_id, None)
+        run_ids = self.runs.get(handle, [])
+        closings: list[bulk_writes.Closing] = []
+        for run_id, status, told in zip(run_ids, statuses, _each(tags, len(statuses))):
+            lost = self.errors.get(run_id)
             if lost and status == "FINISHED":
-                self._close(run_id, "FAILED", {"outcome": "failed", "error": lost[:5000]})
+                told = {**told, "outcome": "failed", "error": lost[:5000]}
+                closings.append((run_id, "FAILED", told))
             elif refused and (folder / f"{run_id}.jsonl").exists():
                 finished = status == "FINISHED"
                 untag = ["unsent", "error"] if finished else ["unsent"]
                 owner = self.owners.get(run_id)
                 unsent.keep(folder, run_id, {"untag": untag, "status": status, "owner": owner})
-                told = {"unsent": str(folder), **({"error": refused[:5000]} if finished else {})}
-                self._close(run_id, "FAILED" if finished else status, told)
+                told = {**told, "unsent": str(folder)}
+                if finished:
+                    told["error"] = refused[:5000]
+                closings.append((run_id, "FAILED" if finished else status, told))
             else:
-                self._close(run_id, status)
+                closings.append((run_id, status, told))
+        self._close_all(closings)
+        for run_id in run_ids:  # recorded with the runs now (_keep reads them if that failed)
+            self.errors.pop(run_id, None)
 
     def reap(self, experiment: str) -> None:
         """Close the experiment's runs left RUNNING by processes that are gone (``reap``)."""
@@ -908,6 +917,11 @@ class Tracker:
         self._close(parent_run_id, status)
 
 
+def _each(tags: Sequence[Mapping[str, str]], runs: int) -> list[Mapping[str, str]]:
+    """An ``end`` call's tags, one mapping a run (empty when it gave none)."""
+    return list(tags) or [{} for _ in range(runs)]
+
+
 def dataset_input(record: Mapping[str, str]) -> Any:
     """The run's dataset as MLflow's ``log_inputs`` takes it (``data.Split.record``)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -936,7 +950,6 @@ def log_model(
     against 0.046 s (measured on a run of 150 params and 1,200 values; a 50-run sweep logs 50).
     Explicit requirements spare MLflow from inferring them in a subprocess (seconds)."""
     import mlflow.pytorch
-    from mlflow.entities import LoggedModelOutput
     from mlflow.tracking.context import registry
 
     # This process runs as `python -c`, which MLflow would record as the model's source.
@@ -950,8 +963,7 @@ def log_model(
         pip_requirements=requirements,
         serialization_format=serialization,
     )
-    client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step=0)])
-    log_tags(client, run_id, {"model": f"models:/{model_id}"})
+    bulk_writes.link_model(client, run_id, model_id, {"model": f"models:/{model_id}"})
     return model_id
 
 

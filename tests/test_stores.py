@@ -251,6 +251,11 @@ WRITTEN = {  # the tables bulk_writes' params and values touch
     "logged_model_metrics": "SELECT model_id, metric_name, metric_timestamp_ms, metric_step, "
     "metric_value, experiment_id, run_id, dataset_uuid, dataset_name, dataset_digest "
     "FROM logged_model_metrics",
+    "logged_models": "SELECT model_id, experiment_id, name, artifact_location, status, "
+    "lifecycle_stage, model_type, source_run_id, status_message, "
+    "creation_timestamp_ms = last_updated_timestamp_ms FROM logged_models",
+    "logged_model_tags": "SELECT model_id, experiment_id, tag_key, tag_value "
+    "FROM logged_model_tags",
 }
 CREATED = {  # the tables a new run touches (all but its start time)
     "runs": "SELECT run_uuid, name, source_type, source_name, entry_point_name, user_id, "
@@ -284,10 +289,10 @@ def _tables(
 
 
 def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -> None:
-    """Params and metric histories through bulk_writes and through MlflowClient.log_batch,
-    into two stores: the same rows in every table they touch, with NaN, infinities, a point
-    repeated in a batch, ties, a later batch of older steps, points already stored, and final
-    scores linked to the run's model."""
+    """Params, metric histories (both runs' in one call) and models through bulk_writes and
+    through MlflowClient.log_batch and create_logged_model, into two stores: the same rows in
+    every table they touch, with NaN, infinities, a point repeated in a batch, ties, a later
+    batch of older steps, points already stored, and final scores linked to the run's model."""
     import math
 
     from mlflow.entities import Metric, Param
@@ -305,6 +310,7 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
     ]
     params = {f"group.key{i}": f"value {i}" for i in range(237)}
     finals = [("final_test_mse", 0.125, 5000, 0), ("final_test_r2", inf, 5000, 0)]  # linked
+    tags = {"mlflow.source.name": "src.train", "mlflow.user": "alice"}
     tables, latest = [], []
     for way in ("bulk", "mlflow"):
         db = tmp_path / way / "mlflow.db"
@@ -312,12 +318,13 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
         experiment = tracking.ensure_experiment(client, "losslab")
         runs = [client.create_run(experiment).info.run_id for _ in range(2)]
         models = []
+        if way == "bulk":
+            for batch in batches:
+                bulk_writes.log_histories(client, [(run, batch, None) for run in runs])
         for run in runs:
             if way == "bulk":
                 bulk_writes.log_params(client, run, params)
-                for batch in batches:
-                    bulk_writes.log_history(client, run, batch)
-                model = bulk_writes.create_logged_model(client, experiment, "m", run, {}, params)
+                model = bulk_writes.create_logged_model(client, experiment, "m", run, tags, params)
                 bulk_writes.log_history(client, run, finals, model)
             else:
                 items = [Param(key, value) for key, value in params.items()]
@@ -325,7 +332,8 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
                     client.log_batch(run, params=items[i : i + 100])
                 for batch in batches:
                     client.log_batch(run, metrics=[Metric(*point) for point in batch])
-                model = client.create_logged_model(experiment, "m", run, params=params).model_id
+                created = client.create_logged_model(experiment, "m", run, tags, params)
+                model = created.model_id
                 client.log_batch(run, metrics=[Metric(*p, model_id=model) for p in finals])
             models.append(model)
         tables.append(_tables(db, runs, models))
@@ -342,6 +350,7 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
         2 * 16,  # 16 points a run and 2 finals: one repeated within its batch, one stored before
         2 * 2,
     ]
+    assert len(tables[0]["logged_models"]) == 2 and len(tables[0]["logged_model_tags"]) == 4
     for metrics in latest:  # MLflow's rules: the greatest (step, timestamp, value); ties keep
         assert math.isnan(metrics.pop("acc")) and math.isnan(metrics.pop("tie"))  # the first
         largest = 1.7976931348623157e308
@@ -398,6 +407,137 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
     assert ("run0", "mlflow.runName", "mse seed=0") in tables[0]["tags"]
     with sqlite3.connect(tmp_path / "bulk" / "mlflow.db") as connection:
         assert connection.execute("SELECT COUNT(*) FROM runs").fetchone() == (4,)
+
+
+CLOSED = {  # the tables a run's dataset, model link and closing touch (all but the times)
+    "runs": "SELECT run_uuid, name, status, end_time IS NOT NULL FROM runs",
+    "tags": "SELECT run_uuid, key, value FROM tags",
+    "datasets": "SELECT experiment_id, name, digest, dataset_source_type, dataset_source, "
+    "dataset_schema, dataset_profile FROM datasets",
+    "inputs": "SELECT coalesce(d.name, i.source_id), i.source_type, i.destination_type, "
+    "i.destination_id, i.step FROM inputs i LEFT JOIN datasets d ON d.dataset_uuid = i.source_id",
+    "input_tags": "SELECT d.name, i.destination_id, t.name, t.value FROM input_tags t "
+    "JOIN inputs i ON i.input_uuid = t.input_uuid JOIN datasets d ON d.dataset_uuid = i.source_id",
+}
+
+
+def test_inputs_model_links_and_closings_are_the_rows_mlflow_writes(tmp_path: Path) -> None:
+    """A job's dataset input (logged twice), a model linked to its run and the runs' closing
+    with tags, through bulk_writes (one transaction each) and through MlflowClient's
+    log_inputs, log_outputs, log_batch and set_terminated: the same rows. A closing that meets
+    a deleted run refuses as MLflow does and closes none of the job's runs."""
+    from mlflow.entities import LoggedModelOutput, RunTag
+    from mlflow.exceptions import MlflowException
+
+    from src import bulk_writes, tracking
+
+    record = {
+        "name": "circles",
+        "digest": "0123abcd",
+        "source_type": "code",
+        "source": '{"generator": "make_circles"}',
+        "schema": '{"mlflow_colspec": []}',
+        "profile": '{"rows": 1000}',
+    }
+    given = tracking.dataset_input(record)
+    closing = [
+        ("FINISHED", {"outcome": "ok", "seed": "7", "mlflow.runName": "renamed"}),
+        ("FAILED", {"outcome": "diverged", "error": "loss became non-finite at epoch 3"}),
+        ("KILLED", {}),
+    ]
+    tables = []
+    for way in ("bulk", "mlflow"):
+        db = tmp_path / way / "mlflow.db"
+        client = tracking.get_client(f"sqlite:///{db}")
+        experiment = tracking.ensure_experiment(client, "losslab")
+        runs = [
+            client.create_run(experiment, run_name=f"r{k}", tags={"seed": str(k)}).info.run_id
+            for k in range(3)
+        ]
+        model = client.create_logged_model(experiment, "m", runs[0]).model_id
+        link = {"model": f"models:/{model}"}
+        if way == "bulk":
+            for _ in range(2):  # the second time: nothing new
+                bulk_writes.log_dataset_input(client, runs, given)
+            bulk_writes.link_model(client, runs[0], model, link)
+            bulk_writes.close_runs(
+                client, [(run, status, t) for run, (status, t) in zip(runs, closing)]
+            )
+        else:
+            for _ in range(2):
+                for run in runs:
+                    client.log_inputs(run, datasets=[given])
+            client.log_outputs(runs[0], models=[LoggedModelOutput(model, step=0)])
+            client.log_batch(runs[0], tags=[RunTag(k, v) for k, v in link.items()])
+            for run, (status, t) in zip(runs, closing):
+                if t:
+                    client.log_batch(run, tags=[RunTag(k, v) for k, v in t.items()])
+                client.set_terminated(run, status)
+        tables.append(_tables(db, runs, [model], queries=CLOSED))
+        assert client.get_run(runs[0]).info.run_name == "renamed"
+    assert tables[0] == tables[1]
+    assert tables[0]["runs"] == [
+        ("run0", "renamed", "FINISHED", 1),
+        ("run1", "r1", "FAILED", 1),
+        ("run2", "r2", "KILLED", 1),
+    ]
+    assert len(tables[0]["datasets"]) == 1 and len(tables[0]["input_tags"]) == 3
+    assert ("run0", "RUN_OUTPUT", "MODEL_OUTPUT", "model0", 0) in tables[0]["inputs"]
+
+    db = tmp_path / "refused" / "mlflow.db"
+    client = tracking.get_client(f"sqlite:///{db}")
+    experiment = tracking.ensure_experiment(client, "losslab")
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    client.delete_run(runs[1])
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        bulk_writes.close_runs(client, [(run, "FINISHED", {"outcome": "ok"}) for run in runs])
+    kept = client.get_run(runs[0])
+    assert kept.info.status == "RUNNING" and "outcome" not in kept.data.tags
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        bulk_writes.log_dataset_input(client, runs, given)
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM datasets").fetchone() == (0,)
+
+
+def test_a_jobs_values_dataset_and_closing_are_one_write_each_whatever_its_members(
+    tmp_path: Path,
+) -> None:
+    """Every transaction that writes makes SQLite sync the file to disk, which beside busy
+    processes costs the tracking process a wait for the disk and then for a core. A job of
+    five members: its creation, its dataset input, a batch of values and its closing with
+    tags are one write each (SQLite's file change counter, bytes 24-28 of the file)."""
+    from src import tracking
+
+    db = tmp_path / "mlflow.db"
+    tracker = tracking.Tracker(f"sqlite:///{db}", models=False)
+    tracking.ensure_experiment(tracker.client, "losslab")
+
+    def writes(call: str, *args: object) -> int:
+        before = int.from_bytes(db.read_bytes()[24:28], "big")
+        getattr(tracker, call)(1, *args)
+        return int.from_bytes(db.read_bytes()[24:28], "big") - before
+
+    names = [f"mse seed={k}" for k in range(5)]
+    record = {"name": "d", "digest": "0a", "source_type": "code", "source": "{}"}
+    rows = [
+        (step, 1000 + step, {"train/loss": [step + k / 10 for k in range(5)]}) for step in (1, 2)
+    ]
+    statuses = ["FINISHED"] * 4 + ["FAILED"]
+    tags = [{"outcome": "ok"}] * 4 + [{"outcome": "diverged", "error": "non-finite"}]
+    assert [
+        writes(
+            "start", "losslab", names, [{"seed": str(k)} for k in range(5)], [{"lr": "0.01"}] * 5
+        ),
+        writes("log_input", record),
+        writes("log_metrics", rows),
+        writes("end", statuses, tags),
+    ] == [1, 1, 1, 1]
+    runs = [tracker.client.get_run(run_id) for run_id in tracker.runs[1]]
+    assert [run.info.status for run in runs] == statuses
+    assert [run.data.tags["outcome"] for run in runs] == ["ok"] * 4 + ["diverged"]
+    assert [run.data.metrics["train/loss"] for run in runs] == [2.0, 2.1, 2.2, 2.3, 2.4]
+    assert all(len(run.inputs.dataset_inputs) == 1 for run in runs)
+    assert not tracker.open
 
 
 def test_bulk_params_refuse_a_changed_value_as_mlflow_does(tmp_path: Path) -> None:
