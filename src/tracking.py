@@ -57,8 +57,10 @@ class TrackingError(RuntimeError):
     """MLflow could not record something; the runs concerned are marked FAILED."""
 
 
+@functools.cache
 def git_version() -> str:
-    """The code version: commit hash, with +dirty when the work tree has changes."""
+    """The code version: commit hash, with +dirty when the work tree has changes. Read once
+    a process: its code was loaded then, and a sweep's later jobs run that code."""
 
     def git(*args: str) -> str:
         done = subprocess.run(
