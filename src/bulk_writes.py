@@ -42,7 +42,7 @@ Point = tuple[str, float, int, int]
 # (name, tags, params): a run to create
 NewRun = tuple[str, Mapping[str, str], Mapping[str, str]]
 # (run id, points, id of the model they describe or None): a run's values to log
-History = tuple[str, Sequence[Point], "str | None"]
+History = tuple[str, Sequence[Point], str | None]
 # (run id, status, tags): a run to end
 Closing = tuple[str, str, Mapping[str, str]]
 

@@ -488,6 +488,7 @@ def test_inputs_model_links_and_closings_are_the_rows_mlflow_writes(tmp_path: Pa
     client = tracking.get_client(f"sqlite:///{db}")
     experiment = tracking.ensure_experiment(client, "losslab")
     runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    client.set_terminated(runs[1], "KILLED")
     client.delete_run(runs[1])
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
         bulk_writes.close_runs(client, [(run, "FINISHED", {"outcome": "ok"}) for run in runs])
@@ -497,6 +498,7 @@ def test_inputs_model_links_and_closings_are_the_rows_mlflow_writes(tmp_path: Pa
         bulk_writes.log_dataset_input(client, runs, given)
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT COUNT(*) FROM datasets").fetchone() == (0,)
+    client.set_terminated(runs[0], "KILLED")
 
 
 def test_a_jobs_values_dataset_and_closing_are_one_write_each_whatever_its_members(
