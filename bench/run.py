@@ -130,7 +130,7 @@ class Losslab:
         "metrics": ("log_metrics",),
         "runs": ("start", "log_text", "log_file", "end"),
         "figures": ("log_dataset", "log_learning_curves"),
-        "model": ("log_model",),
+        "model": ("log_models",),
     }
 
     def __init__(self, store: Path) -> None:

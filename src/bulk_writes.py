@@ -16,10 +16,12 @@ Why few transactions: each one that writes syncs the database file to disk (MLfl
 SQLite's rollback journal and ``synchronous=FULL``). On a quiet machine that is cheap; beside
 busy processes the tracking process waits for the disk and then queues again for a core,
 and in a 50-run sweep it fell seconds behind the jobs. MlflowClient's calls wrote 572
-transactions in that sweep; with a job's members' values, dataset input and closing (tags and
-status) in one transaction each, and a model's creation (with its params and tags) and its
-link to the run in one each, it writes 182 (counted with a SQLAlchemy commit listener). The
-sweep beside two busy processes took 19.7 s instead of 28.2 s (4 pairs, 2026-12-04).
+transactions in that sweep; with a job's members' values, dataset input, models' creation
+(with their params and tags), models' links to their runs and closing (tags and status) in
+one transaction each, it writes 92 (counted with a SQLAlchemy commit listener; MLflow's
+saving of each model is one of them). Beside two busy processes the sweep took 19.7 s instead
+of 28.2 s with all but the models' (4 pairs), and those then 17.9 s instead of 19.0 s (8
+pairs; 2026-12-04, README's Speed).
 
 The rows are exactly what MLflow would write: values validated and sanitized by MLflow's
 functions (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the runs
@@ -45,6 +47,10 @@ NewRun = tuple[str, Mapping[str, str], Mapping[str, str]]
 History = tuple[str, Sequence[Point], str | None]
 # (run id, status, tags): a run to end
 Closing = tuple[str, str, Mapping[str, str]]
+# (name, run id, tags, params): a LoggedModel to create
+NewModel = tuple[str, str, Mapping[str, str], Mapping[str, str]]
+# (run id, model id, tags): a model to record as its run's output, and the run's tags
+Link = tuple[str, str, Mapping[str, str]]
 
 
 def sql_store(client: Any) -> Any | None:
@@ -214,35 +220,22 @@ def _close_in_sql(store: Any, closings: Sequence[Closing]) -> None:
             run.end_time = end_time
 
 
-def create_logged_model(
-    client: Any,
-    experiment_id: str,
-    name: str,
-    run_id: str,
-    tags: Mapping[str, str],
-    params: Mapping[str, str],
-) -> str:
-    """A LoggedModel of the run (PENDING, as MLflow creates it), with its tags and params;
-    returns its id. On a SQL store in one transaction: MLflow's ``create_logged_model``
-    writes each param as an ORM object (17 ms for 237), or takes a second transaction when
-    they are inserted after it."""
+def create_logged_models(client: Any, experiment_id: str, models: Sequence[NewModel]) -> list[str]:
+    """LoggedModels of runs (PENDING, as MLflow creates them), with their tags and params;
+    returns their ids. On a SQL store in one transaction: MLflow's ``create_logged_model`` is
+    one per model and writes each param as an ORM object (17 ms for 237)."""
     store = sql_store(client)
     if store is None:
-        created = client.create_logged_model(
-            experiment_id, name=name, source_run_id=run_id, tags=dict(tags), params=dict(params)
-        )
-        return created.model_id
-    return _insert_logged_model(store, experiment_id, name, run_id, tags, params)
+        return [
+            client.create_logged_model(
+                experiment_id, name=name, source_run_id=run_id, tags=dict(tags), params=dict(params)
+            ).model_id
+            for name, run_id, tags, params in models
+        ]
+    return _insert_logged_models(store, experiment_id, models)
 
 
-def _insert_logged_model(
-    store: Any,
-    experiment_id: str,
-    name: str,
-    run_id: str,
-    tags: Mapping[str, str],
-    params: Mapping[str, str],
-) -> str:
+def _insert_logged_models(store: Any, experiment_id: str, models: Sequence[NewModel]) -> list[str]:
     import uuid
 
     from mlflow.entities import LifecycleStage
@@ -255,71 +248,75 @@ def _insert_logged_model(
     from mlflow.utils.time import get_current_time_millis
     from mlflow.utils.uri import append_to_uri_path
     from mlflow.utils.validation import _validate_logged_model_name
-    from sqlalchemy import insert
 
-    _validate_logged_model_name(name)
     experiment = store.get_experiment(experiment_id)
     store._check_experiment_is_active(experiment)
-    model_id = f"m-{uuid.uuid4().hex}"
     now = get_current_time_millis()
-    model = {
-        "model_id": model_id,
-        "experiment_id": int(experiment_id),
-        "name": name,
-        "artifact_location": append_to_uri_path(
-            experiment.artifact_location,
-            store.MODELS_FOLDER_NAME,
-            model_id,
-            store.ARTIFACTS_FOLDER_NAME,
-        ),
-        "creation_timestamp_ms": now,
-        "last_updated_timestamp_ms": now,
-        "model_type": None,
-        "status": LoggedModelStatus.PENDING.to_int(),
-        "lifecycle_stage": LifecycleStage.ACTIVE,
-        "source_run_id": run_id,
+    rows: dict[type, list[dict[str, Any]]] = {
+        SqlLoggedModel: [],
+        SqlLoggedModelParam: [],
+        SqlLoggedModelTag: [],
     }
-    owned = {"model_id": model_id, "experiment_id": int(experiment_id)}
-    with store.ManagedSessionMaker(read_only=False) as session:
-        session.execute(insert(SqlLoggedModel), [model])
-        if params:
-            rows = [{**owned, "param_key": k, "param_value": v} for k, v in params.items()]
-            session.execute(insert(SqlLoggedModelParam), rows)
-        if tags:
-            rows = [{**owned, "tag_key": k, "tag_value": v} for k, v in tags.items()]
-            session.execute(insert(SqlLoggedModelTag), rows)
-    return model_id
+    for name, run_id, tags, params in models:
+        _validate_logged_model_name(name)
+        model_id = f"m-{uuid.uuid4().hex}"
+        where = (store.MODELS_FOLDER_NAME, model_id, store.ARTIFACTS_FOLDER_NAME)
+        rows[SqlLoggedModel].append(
+            {
+                "model_id": model_id,
+                "experiment_id": int(experiment_id),
+                "name": name,
+                "artifact_location": append_to_uri_path(experiment.artifact_location, *where),
+                "creation_timestamp_ms": now,
+                "last_updated_timestamp_ms": now,
+                "model_type": None,
+                "status": LoggedModelStatus.PENDING.to_int(),
+                "lifecycle_stage": LifecycleStage.ACTIVE,
+                "source_run_id": run_id,
+            }
+        )
+        owned = {"model_id": model_id, "experiment_id": int(experiment_id)}
+        rows[SqlLoggedModelParam] += [
+            {**owned, "param_key": k, "param_value": v} for k, v in params.items()
+        ]
+        rows[SqlLoggedModelTag] += [
+            {**owned, "tag_key": k, "tag_value": v} for k, v in tags.items()
+        ]
+    _insert_all(store, rows)
+    return [row["model_id"] for row in rows[SqlLoggedModel]]
 
 
-def link_model(client: Any, run_id: str, model_id: str, tags: Mapping[str, str]) -> None:
-    """Record the model as the run's output (``log_outputs``, step 0) and set the run's
-    ``tags``; on a SQL store in one transaction."""
+def link_models(client: Any, links: Sequence[Link]) -> None:
+    """Record each model as its run's output (``log_outputs``, step 0) and set the run's
+    tags; on a SQL store in one transaction."""
     from mlflow.entities import LoggedModelOutput, RunTag
 
     store = sql_store(client)
     if store is None:
-        client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step=0)])
-        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        for run_id, model_id, tags in links:
+            client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step=0)])
+            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
         return
     import uuid
 
     from mlflow.store.tracking.dbmodels.models import SqlInput, SqlTag
     from mlflow.utils.validation import _validate_tag
 
-    checked = [_validate_tag(key, value) for key, value in tags.items()]
     with store.ManagedSessionMaker(read_only=False) as session:
-        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
-        output = SqlInput(
-            input_uuid=uuid.uuid4().hex,
-            source_type="RUN_OUTPUT",
-            source_id=run_id,
-            destination_type="MODEL_OUTPUT",
-            destination_id=model_id,
-            step=0,
-        )
-        session.add(output)
-        for tag in checked:
-            session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+        for run_id, model_id, tags in links:
+            checked = [_validate_tag(key, value) for key, value in tags.items()]
+            store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+            output = SqlInput(
+                input_uuid=uuid.uuid4().hex,
+                source_type="RUN_OUTPUT",
+                source_id=run_id,
+                destination_type="MODEL_OUTPUT",
+                destination_id=model_id,
+                step=0,
+            )
+            session.add(output)
+            for tag in checked:
+                session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
 
 
 def log_dataset_input(client: Any, run_ids: Sequence[str], given: Any) -> None:
@@ -375,6 +372,16 @@ def log_dataset_input(client: Any, run_ids: Sequence[str], given: Any) -> None:
                     SqlInputTag(input_uuid=input_uuid, name=tag.key, value=tag.value)
                     for tag in given.tags
                 )
+
+
+def _insert_all(store: Any, rows: Mapping[type, list[dict[str, Any]]]) -> None:
+    """Each table's rows in one INSERT, all in one transaction (tables in dependency order)."""
+    from sqlalchemy import insert
+
+    with store.ManagedSessionMaker(read_only=False) as session:
+        for table, table_rows in rows.items():
+            if table_rows:
+                session.execute(insert(table), table_rows)
 
 
 def _insert(store: Any, run_id: str, table: type, rows: list[dict]) -> bool:

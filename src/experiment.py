@@ -443,7 +443,7 @@ def _finish(
     trivial = trivial_score(module, data.split, metric)
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
-    statuses, closing_tags, finals = [], [], []
+    statuses, closing_tags, models, finals = [], [], [], []
     runs.log_learning_curves(history, typed.loss.name, metric, _job_title(names, typed.seed))
     checkpoint = _log_checkpoint(runs, checkpoint_dir)
     for k, name in enumerate(names):
@@ -457,16 +457,20 @@ def _finish(
             tags["error"] = f"loss became non-finite at epoch {diverged}"
         closing_tags.append(tags)
         if typed.logger.log_model and not diverged:
-            runs.log_model(
-                k,
-                model_name(name),
-                module.model.export(k, data.split.units),
-                data.split.x_test[:5],
-                [f"torch=={torch.__version__.split('+')[0]}"],
-                typed.logger.model_format.value,
+            models.append(
+                (
+                    k,
+                    model_name(name),
+                    module.model.export(k, data.split.units),
+                    data.split.x_test[:5],
+                    [f"torch=={torch.__version__.split('+')[0]}"],
+                    typed.logger.model_format.value,
+                )
             )
         statuses.append("FAILED" if diverged else "FINISHED")
         finals.append(final)
+    if models:
+        runs.log_models(models)
     # The last metrics after the models: the final ones carry their model's id (linked).
     runs.flush()
     runs.end(statuses, closing_tags)

@@ -80,7 +80,7 @@ def keep_text(folder: Path, run_id: str, text: str, artifact_path: str) -> None:
 
 def keep_model(folder: Path, run_id: str, name: str, model: Any, example: Any, **how: Any) -> None:
     """The model and its input example pickled by torch (read back only by ``send``, from the
-    user's own output folder); ``how``: ``tracking.log_model``'s other arguments."""
+    user's own output folder); ``how``: ``tracking.ModelToLog``'s other fields."""
     import torch
 
     saved = folder / run_id / f"{name}.model.pt"
@@ -151,15 +151,12 @@ def _send_model(client: Any, run_id: str, folder: Path, file: str, **how: Any) -
     if "model" in run.data.tags:  # sent by an earlier try that failed later on
         return False
     saved = torch.load(folder / file, weights_only=False)
-    model_id = tracking.log_model(
-        client,
-        run_id,
-        run.info.experiment_id,
-        run.data.params,
-        saved["model"],
-        saved["input_example"],
-        **how,
+    logged: dict[str, str] = {}
+    entry = tracking.ModelToLog(
+        run_id, run.data.params, model=saved["model"], input_example=saved["input_example"], **how
     )
+    tracking.log_models(client, run.info.experiment_id, [entry], logged)
+    model_id = logged[run_id]
     now = int(time.time() * 1000)
     finals = [
         Metric(key, value, now, 0, model_id=model_id)

@@ -321,11 +321,12 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
         if way == "bulk":
             for batch in batches:
                 bulk_writes.log_histories(client, [(run, batch, None) for run in runs])
-        for run in runs:
+            new = [("m", run, tags, params) for run in runs]
+            models = bulk_writes.create_logged_models(client, experiment, new)
+        for k, run in enumerate(runs):
             if way == "bulk":
                 bulk_writes.log_params(client, run, params)
-                model = bulk_writes.create_logged_model(client, experiment, "m", run, tags, params)
-                bulk_writes.log_history(client, run, finals, model)
+                bulk_writes.log_history(client, run, finals, models[k])
             else:
                 items = [Param(key, value) for key, value in params.items()]
                 for i in range(0, len(items), 100):
@@ -335,7 +336,7 @@ def test_bulk_writes_leave_the_rows_mlflow_own_log_batch_would(tmp_path: Path) -
                 created = client.create_logged_model(experiment, "m", run, tags, params)
                 model = created.model_id
                 client.log_batch(run, metrics=[Metric(*p, model_id=model) for p in finals])
-            models.append(model)
+                models.append(model)
         tables.append(_tables(db, runs, models))
         latest.append(client.get_run(runs[0]).data.metrics)
         for run in runs:
@@ -459,7 +460,7 @@ def test_inputs_model_links_and_closings_are_the_rows_mlflow_writes(tmp_path: Pa
         if way == "bulk":
             for _ in range(2):  # the second time: nothing new
                 bulk_writes.log_dataset_input(client, runs, given)
-            bulk_writes.link_model(client, runs[0], model, link)
+            bulk_writes.link_models(client, [(runs[0], model, link)])
             bulk_writes.close_runs(
                 client, [(run, status, t) for run, (status, t) in zip(runs, closing)]
             )
@@ -540,6 +541,56 @@ def test_a_jobs_values_dataset_and_closing_are_one_write_each_whatever_its_membe
     assert [run.data.metrics["train/loss"] for run in runs] == [2.0, 2.1, 2.2, 2.3, 2.4]
     assert all(len(run.inputs.dataset_inputs) == 1 for run in runs)
     assert not tracker.open
+
+
+def test_a_jobs_models_are_created_and_linked_in_one_write_each_and_a_failure_says_which(
+    tmp_path: Path,
+) -> None:
+    """Three members' models through the tracking process: created in one write, saved (one
+    write each: MLflow marks it READY), linked in one. When the second cannot be saved, the
+    first is still linked to its run, the second is FAILED (MLflow) and the third, never
+    tried, FAILED too, not PENDING."""
+    import numpy as np
+    import torch
+
+    from src import tracking
+
+    db = tmp_path / "mlflow.db"
+    tracker = tracking.Tracker(f"sqlite:///{db}")
+    tracking.ensure_experiment(tracker.client, "losslab")
+    names = [f"seed={k}" for k in range(3)]
+    tracker.start(1, "losslab", names, [{"seed": str(k)} for k in range(3)], [{"lr": "0.1"}] * 3)
+    example = np.zeros((2, 3), dtype=np.float32)
+
+    def model(k: int, net: object) -> tracking.MemberModel:
+        return (k, f"model_{k}", net, example, ["torch==2.13.0"], "pickle")
+
+    before = int.from_bytes(db.read_bytes()[24:28], "big")
+    tracker.log_models(1, [model(k, torch.nn.Linear(3, 1)) for k in range(3)])
+    assert int.from_bytes(db.read_bytes()[24:28], "big") - before == 1 + 3 + 1
+    runs = [tracker.client.get_run(run_id) for run_id in tracker.runs[1]]
+    assert [run.data.tags["model"] for run in runs] == [
+        f"models:/{tracker.models[run.info.run_id]}" for run in runs
+    ]
+    assert [[o.model_id for o in run.outputs.model_outputs] for run in runs] == [
+        [tracker.models[run.info.run_id]] for run in runs
+    ]
+
+    tracker.start(2, "losslab", names, [{"seed": str(k)} for k in range(3)], [{"lr": "0.1"}] * 3)
+    broken = [model(0, torch.nn.Linear(3, 1)), model(1, "not a module"), model(2, None)]
+    with pytest.raises(TypeError):
+        tracker.log_models(2, broken)
+    runs = [tracker.client.get_run(run_id) for run_id in tracker.runs[2]]
+    assert runs[0].data.tags["model"] == f"models:/{tracker.models[runs[0].info.run_id]}"
+    assert ["model" in run.data.tags for run in runs] == [True, False, False]
+    statuses = {
+        m.name: str(m.status)
+        for m in tracker.client.search_logged_models([runs[0].info.experiment_id])
+        if m.source_run_id in tracker.runs[2]
+    }
+    assert statuses == {"model_0": "READY", "model_1": "FAILED", "model_2": "FAILED"}
+    tracker.end(1, ["FINISHED"] * 3)
+    tracker.end(2, ["FAILED"] * 3)
 
 
 def test_bulk_params_refuse_a_changed_value_as_mlflow_does(tmp_path: Path) -> None:
