@@ -87,7 +87,6 @@ def _insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> list
     from mlflow.utils.time import get_current_time_millis
     from mlflow.utils.uri import append_to_uri_path
     from mlflow.utils.validation import _validate_param
-    from sqlalchemy import insert
 
     experiment = store.get_experiment(experiment_id)
     store._check_experiment_is_active(experiment)
@@ -120,11 +119,7 @@ def _insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> list
         tag_rows += [{"run_uuid": run_id, "key": k, "value": v} for k, v in named.items()]
         checked = (_validate_param(key, value) for key, value in params.items())
         param_rows += [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in checked]
-    with store.ManagedSessionMaker(read_only=False) as session:
-        session.execute(insert(SqlRun), run_rows)
-        session.execute(insert(SqlTag), tag_rows)
-        if param_rows:
-            session.execute(insert(SqlParam), param_rows)
+    _insert_all(store, {SqlRun: run_rows, SqlTag: tag_rows, SqlParam: param_rows})
     return [(row["run_uuid"], row["artifact_uri"]) for row in run_rows]
 
 
