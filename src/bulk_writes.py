@@ -15,7 +15,7 @@ job waits for its runs' ids at its first checkpoint.
 Why few transactions: each one that writes syncs the database file to disk (MLflow leaves
 SQLite's rollback journal and ``synchronous=FULL``). On a quiet machine that is cheap; beside
 busy processes the tracking process waits for the disk and then queues again for a core,
-and in a 50-run sweep it fell seconds behind the jobs. MlflowClient's calls wrote 572
+and in a 50-run sweep it fell seconds behind the jobs. MlflowClient's calls wrote 571
 transactions in that sweep; with a job's members' values, dataset input, models' creation
 (with their params and tags), models' links to their runs and closing (tags and status) in
 one transaction each, it writes 92 (counted with a SQLAlchemy commit listener; MLflow's
