@@ -182,13 +182,10 @@ def close_runs(client: Any, closings: Sequence[Closing]) -> None:
     """End runs with their status and closing tags (set or overwritten); on a SQL store in
     one transaction (none is closed if one fails), as ``log_batch(tags=...)`` and
     ``set_terminated`` write them; elsewhere one run after the other."""
-    from mlflow.entities import RunTag
-
     store = sql_store(client)
     if store is None:
         for run_id, status, tags in closings:
-            if tags:
-                client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+            log_tags(client, run_id, tags)
             client.set_terminated(run_id, status)
         return
     _close_in_sql(store, closings)
@@ -196,21 +193,13 @@ def close_runs(client: Any, closings: Sequence[Closing]) -> None:
 
 def _close_in_sql(store: Any, closings: Sequence[Closing]) -> None:
     from mlflow.entities import RunStatus
-    from mlflow.store.tracking.dbmodels.models import SqlTag
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
     from mlflow.utils.time import get_current_time_millis
-    from mlflow.utils.validation import _validate_tag
 
     end_time = get_current_time_millis()
     with store.ManagedSessionMaker(read_only=False) as session:
         for run_id, status, tags in closings:
-            checked = [_validate_tag(key, value) for key, value in tags.items()]
-            run = store._get_run(run_uuid=run_id, session=session)
-            store._check_run_is_active(run)
-            for tag in checked:
-                if tag.key == MLFLOW_RUN_NAME:
-                    run.name = tag.value
-                session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+            run = _active_run(store, session, run_id)
+            _merge_tags(session, run, tags)
             run.status = RunStatus.to_string(RunStatus.from_string(status))
             run.end_time = end_time
 
@@ -284,23 +273,21 @@ def _insert_logged_models(store: Any, experiment_id: str, models: Sequence[NewMo
 def link_models(client: Any, links: Sequence[Link]) -> None:
     """Record each model as its run's output (``log_outputs``, step 0) and set the run's
     tags; on a SQL store in one transaction."""
-    from mlflow.entities import LoggedModelOutput, RunTag
+    from mlflow.entities import LoggedModelOutput
 
     store = sql_store(client)
     if store is None:
         for run_id, model_id, tags in links:
             client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step=0)])
-            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+            log_tags(client, run_id, tags)
         return
     import uuid
 
-    from mlflow.store.tracking.dbmodels.models import SqlInput, SqlTag
-    from mlflow.utils.validation import _validate_tag
+    from mlflow.store.tracking.dbmodels.models import SqlInput
 
     with store.ManagedSessionMaker(read_only=False) as session:
         for run_id, model_id, tags in links:
-            checked = [_validate_tag(key, value) for key, value in tags.items()]
-            store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+            run = _active_run(store, session, run_id)
             output = SqlInput(
                 input_uuid=uuid.uuid4().hex,
                 source_type="RUN_OUTPUT",
@@ -310,8 +297,35 @@ def link_models(client: Any, links: Sequence[Link]) -> None:
                 step=0,
             )
             session.add(output)
-            for tag in checked:
-                session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+            _merge_tags(session, run, tags)
+
+
+def log_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set (or overwrite) the run's tags in one ``log_batch`` call: any store."""
+    from mlflow.entities import RunTag
+
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
+def _active_run(store: Any, session: Any, run_id: str) -> Any:
+    """The run's row, refused as MLflow refuses writes to a deleted run."""
+    run = store._get_run(run_uuid=run_id, session=session)
+    store._check_run_is_active(run)
+    return run
+
+
+def _merge_tags(session: Any, run: Any, tags: Mapping[str, str]) -> None:
+    """Set (or overwrite) the run's tags as MLflow's ``set_tag`` does: validated, values cut
+    to its limit, ``mlflow.runName`` renaming the run."""
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+    from mlflow.utils.validation import _validate_tag
+
+    for tag in [_validate_tag(key, value) for key, value in tags.items()]:
+        if tag.key == MLFLOW_RUN_NAME:
+            run.name = tag.value
+        session.merge(SqlTag(run_uuid=run.run_uuid, key=tag.key, value=tag.value))
 
 
 def log_dataset_input(client: Any, run_ids: Sequence[str], given: Any) -> None:
@@ -333,8 +347,7 @@ def log_dataset_input(client: Any, run_ids: Sequence[str], given: Any) -> None:
     with store.ManagedSessionMaker(read_only=False) as session:
         datasets: dict[int, str] = {}  # experiment id -> the dataset's id there
         for run_id in run_ids:
-            run = store._get_run(run_uuid=run_id, session=session)
-            store._check_run_is_active(run)
+            run = _active_run(store, session, run_id)
             if run.experiment_id not in datasets:
                 held = (
                     session.query(SqlDataset)
@@ -386,7 +399,7 @@ def _insert(store: Any, run_id: str, table: type, rows: list[dict]) -> bool:
     from sqlalchemy import insert
 
     with store.ManagedSessionMaker(read_only=False) as session:
-        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+        _active_run(store, session, run_id)
         try:
             session.execute(insert(table), [{**row, "run_uuid": run_id} for row in rows])
         except sqlalchemy.exc.IntegrityError:
@@ -405,8 +418,7 @@ def _insert_points(store: Any, batches: list[tuple[str, list[dict], str | None]]
 
     with store.ManagedSessionMaker(read_only=False) as session:
         for run_id, rows, model_id in batches:
-            run = store._get_run(run_uuid=run_id, session=session)
-            store._check_run_is_active(run)
+            run = _active_run(store, session, run_id)
             linked = [
                 {
                     "model_id": model_id,

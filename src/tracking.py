@@ -148,10 +148,7 @@ def reap(client: Any, experiment_ids: list[str], keep: set[str] = frozenset()) -
 
 def log_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
     """Tags in one call, redacted (a tracking URI's password never reaches the store)."""
-    from mlflow.entities import RunTag
-
-    items = [RunTag(key, store.redact(value)) for key, value in tags.items()]
-    client.log_batch(run_id, tags=items)
+    bulk_writes.log_tags(client, run_id, {key: store.redact(value) for key, value in tags.items()})
 
 
 def reap_store(uri: str) -> None:
