@@ -529,9 +529,8 @@ def _start_runs(
         params.append({**tracking.flatten(resolved), "seed": seed})
     spool = job.output_dir / unsent.FOLDER
     runs = tracking.RunSet.start(uri, typed.logger.experiment, names, tags, params, spool)
-    for k in range(len(seeds)):
-        runs.log_text(k, config_yaml, "config/config.yaml")
-        runs.log_text(k, "\n".join(job.overrides) + "\n", "config/overrides.txt")
+    runs.log_text(None, config_yaml, "config/config.yaml")  # the job's, in every member's run
+    runs.log_text(None, "\n".join(job.overrides) + "\n", "config/overrides.txt")
     runs.log_input(split.record)
     if split.preprocessing is not None:  # raw rows in, the target's units out (src.predict)
         folder = split.preprocessing.save(job.output_dir / "preprocessing")

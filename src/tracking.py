@@ -272,7 +272,9 @@ class RunSet:
             self._send("log_metrics", self._pending)
             self._pending, self._buffered = [], 0
 
-    def log_text(self, member: int, text: str, path: str) -> None:
+    def log_text(self, member: int | None, text: str, path: str) -> None:
+        """A text file in one member's run, or in every member's run when ``member`` is None
+        (sent once: a 10-member job's config files were 58 KB sent ten times over)."""
         self._send("log_text", member, text, path)
 
     def log_file(self, member: int | None, local: Path, folder: str | None = None) -> None:
@@ -560,7 +562,8 @@ class Tracker:
                 ]
                 unsent.keep(folder, run_id, {"metrics": rows})
         elif method == "log_text":
-            unsent.keep_text(folder, run_ids[args[0]], store.redact(args[1]), args[2])
+            for run_id in _chosen(run_ids, args[0]):
+                unsent.keep_text(folder, run_id, store.redact(args[1]), args[2])
         elif method == "log_input":
             for run_id in run_ids:
                 unsent.keep(folder, run_id, {"input": args[0]})
@@ -583,8 +586,7 @@ class Tracker:
                 if method == "log_file"
                 else (None, self._dataset_png(*args), None)
             )
-            chosen = run_ids if member is None else [run_ids[member]]
-            unsent.keep_file(folder, chosen, local, artifact_folder)
+            unsent.keep_file(folder, _chosen(run_ids, member), local, artifact_folder)
 
     def _tell(self, handle: int, error: str) -> None:
         """One line per job, from this process at once: what failed and where data is kept."""
@@ -646,8 +648,7 @@ class Tracker:
         log_tags(self.client, run_id, tags)
 
     def _members(self, handle: int, member: int | None) -> list[str]:
-        run_ids = self.runs[handle]
-        return run_ids if member is None else [run_ids[member]]
+        return _chosen(self.runs[handle], member)
 
     # -- a job's runs
     def start(
@@ -721,13 +722,12 @@ class Tracker:
             batches.append((run_id, points, None))
         bulk_writes.log_histories(self.client, batches)
 
-    def log_text(self, handle: int, member: int, text: str, path: str) -> None:
+    def log_text(self, handle: int, member: int | None, text: str, path: str) -> None:
         folder, name = posixpath.split(posixpath.normpath(path))
         with tempfile.TemporaryDirectory(dir=self._rendered.name) as scratch:
             (Path(scratch) / name).write_text(store.redact(text))
-            self._artifacts(self.runs[handle][member]).log_artifact(
-                str(Path(scratch) / name), folder or None
-            )
+            for run_id in self._members(handle, member):
+                self._artifacts(run_id).log_artifact(str(Path(scratch) / name), folder or None)
 
     def log_file(self, handle: int, member: int | None, local: str, folder: str | None) -> None:
         for run_id in self._members(handle, member):
@@ -912,6 +912,11 @@ def dataset_input(record: Mapping[str, str]) -> Any:
 
     context = InputTag(key="mlflow.data.context", value="train")
     return DatasetInput(Dataset(**record), tags=[context])
+
+
+def _chosen(run_ids: list[str], member: int | None) -> list[str]:
+    """One member's run, or every member's when ``member`` is None."""
+    return run_ids if member is None else [run_ids[member]]
 
 
 class ModelToLog(NamedTuple):

@@ -808,6 +808,24 @@ def test_what_is_kept_or_reported_after_a_failure_carries_no_password(tmp_path, 
     assert SECRETS[0] not in reported and "http://***@127.0.0.1:5000" in reported
 
 
+def test_a_text_kept_for_every_member_or_one_lands_in_those_runs(tmp_path, store_uri):
+    """A job's config text is sent once for all its members; kept on disk (the store failed),
+    it is kept in every member's folder, and a member's own text (its error) in its own."""
+    from src import tracking, unsent
+
+    tracker = tracking.Tracker(store_uri, models=False)
+    kept = tmp_path / unsent.FOLDER
+    tracker._keep_call(kept, ["a", "b"], "log_text", None, "members: 2\n", "config/config.yaml")
+    tracker._keep_call(kept, ["a", "b"], "log_text", 1, "Traceback ...\n", "error.txt")
+    assert (kept / "a/config/config.yaml").read_text() == "members: 2\n"
+    assert (kept / "b/config/config.yaml").read_text() == "members: 2\n"
+    assert not (kept / "a/error.txt").exists()
+    assert (kept / "b/error.txt").read_text() == "Traceback ...\n"
+    assert (kept / "a.jsonl").read_text().splitlines() == [
+        '{"artifact": ["a/config/config.yaml", "config"]}'
+    ]
+
+
 def test_a_file_kept_for_every_member_takes_the_disk_once(tmp_path):
     """A file shared by K members' runs (the dataset figure, the preprocessing files) is kept
     once and hard-linked into the other runs' folders; a later version replaces it in every

@@ -153,6 +153,20 @@ def test_a_seed_sweep_is_batched_and_each_member_is_its_seeds_run(
             alone[(loss, "1")].info.run_id, "learning_curves.png", str(tmp_path / "alone")
         )
         assert Path(single).read_bytes() != Path(figures.pop()).read_bytes()
+        # the job's config files, sent once, are in every member's run: the job's config
+        configs = {
+            Path(
+                client.download_artifacts(
+                    together[(loss, seed)].info.run_id, "config", str(tmp_path / loss / seed)
+                )
+            )
+            for seed in "012"
+        }
+        assert {tuple(sorted(p.name for p in c.iterdir())) for c in configs} == {
+            ("config.yaml", "overrides.txt")
+        }
+        texts = {(c / "config.yaml").read_text() for c in configs}
+        assert len(texts) == 1 and "members: 3" in texts.pop()
         # each member's run says how long its job took, the same for all three
         seconds = {together[(loss, seed)].data.metrics["job_seconds"] for seed in "012"}
         assert len(seconds) == 1 and 0 < seconds.pop() < 600
