@@ -351,10 +351,10 @@ def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> P
         labels_ = class_labels(y, typed.loss.targets)
         rows = torch.cat([torch.nonzero(labels_ == c)[:2, 0] for c in labels_.unique()])
     with module.scoring():
-        outputs = module.outputs(x[rows], y[rows])
+        pred, target = module.outputs(x[rows], y[rows])
     for name, fn in panel.fns.items():  # one at a time, to name the one that refuses
-        try:
-            Panel({name: fn}, panel.kinds, panel.targets)(*outputs)
+        try:  # member 0 only: whether a function takes this task's outputs is alike for all
+            Panel({name: fn}, panel.kinds, panel.targets)(pred[:1], target[:1])
         except Exception as error:
             raise refused(f"metrics.{name}", error) from error
     return panel
