@@ -559,9 +559,8 @@ def _close_stopped(runs: tracking.RunSet, error: BaseException, folder: Path | N
     try:
         runs.flush()
         tags.update(_log_checkpoint(runs, folder))
-        for k in range(runs.members):
-            if not interrupted:
-                runs.log_text(k, traceback.format_exc(), "error.txt")
+        if not interrupted:  # the job's traceback, in every member's run
+            runs.log_text(None, traceback.format_exc(), "error.txt")
         runs.end([status] * runs.members, [tags] * runs.members)
         runs.wait()
     except tracking.TrackingError as failed:  # the store may be what failed

@@ -809,8 +809,9 @@ def test_what_is_kept_or_reported_after_a_failure_carries_no_password(tmp_path, 
 
 
 def test_a_text_kept_for_every_member_or_one_lands_in_those_runs(tmp_path, store_uri):
-    """A job's config text is sent once for all its members; kept on disk (the store failed),
-    it is kept in every member's folder, and a member's own text (its error) in its own."""
+    """A job's text (its config, its traceback) is sent once for all its members; kept on
+    disk (the store failed), it is kept in every member's folder, and a text for one member
+    in that member's alone."""
     from src import tracking, unsent
 
     tracker = tracking.Tracker(store_uri, models=False)

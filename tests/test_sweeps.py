@@ -123,6 +123,27 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders() -> None:
     assert len(folders) == 2
 
 
+def test_a_failed_jobs_traceback_is_in_every_members_run(run_cli, client, tmp_path) -> None:
+    """A 2-member job that fails inside training: both runs FAILED, each with the job's
+    traceback as error.txt (sent once for the job)."""
+    result = run_cli(
+        "loss.fn._target_=tests.failing.explode",
+        "allowed_target_prefixes=[src.,sklearn.,torch.,tests.]",
+        "members=2",
+        *FAST,
+    )
+    assert result.returncode == 1
+    runs = runs_of(client)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}
+    texts = {
+        Path(
+            client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path / run.info.run_id))
+        ).read_text()
+        for run in runs
+    }
+    assert len(texts) == 1 and "deliberate failure inside training" in texts.pop()
+
+
 def test_failing_jobs_do_not_stop_the_sweep(run_cli, client, tmp_path) -> None:
     """Four jobs: two fail while making data (no run yet), one fails inside training, one
     trains. Every job runs; the failures are counted, reported and exit 1."""
