@@ -61,7 +61,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
     while not path.exists():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+        time.sleep(0.002)
 
 
 def history(client, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
