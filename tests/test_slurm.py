@@ -278,6 +278,11 @@ def test_a_requeued_job_resumes_its_runs_from_their_checkpoint(tmp_path, store_u
             ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30
         ).stdout.strip()
         if state == "PENDING":
+            # slurmd revoked the first attempt's credential when it stopped it, stamped in
+            # whole seconds; a new one issued within that same second is taken as revoked
+            # too, and the job is killed ("Job credential revoked", seen in CI). SLURM's own
+            # hold avoids that; ours waits for the next second instead.
+            time.sleep(1.05 - time.time() % 1)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
             break
         assert time.monotonic() < deadline + hang(120), f"job {job} is {state!r}"
