@@ -154,6 +154,8 @@ class MetricInput(Enum):
 
 
 MAX_SEED = 2**32 - 1  # numpy's largest seed
+# The key of an override that adds a loss as members: +loss@member_losses.<option>=<option>
+MEMBER_LOSS_KEY = "loss@member_losses."
 MAX_MEMBERS = 1000  # seeds in one job: each is an MLflow run, and the model holds them all
 MEMORY_SHARE = 0.5  # generated data may take at most this share of the machine's memory
 
@@ -440,6 +442,18 @@ class LossConfig:
     def __post_init__(self) -> None:
         _require("_target_" in self.fn, f"loss.fn for '{self.name}' needs a _target_")
 
+    def shape(self) -> tuple[Task, Output, Targets, bool, tuple[str, ...]]:
+        """What a model trained with this loss shares with its data and metrics: losses
+        of the same shape can train as members of one model (``member_losses``)."""
+        return self.task, self.output, self.targets, self.from_logits, tuple(self.metrics)
+
+    def described(self) -> str:
+        return (
+            f"{self.task.value}, output {self.output.value}, targets {self.targets.value}"
+            + (", from logits" if self.from_logits else "")
+            + (f", metrics {self.metrics}" if self.metrics else "")
+        )
+
 
 @dataclass
 class OptimizerConfig:
@@ -633,6 +647,11 @@ class LosslabConfig:
     seed: int = 0
     # Train seeds seed, seed+1, ..., seed+members-1 together as one batched model.
     members: int = 1
+    # More losses trained in the same model, each with the same `members` seeds as its own
+    # runs: `+loss@member_losses.msle=msle`. Each must have loss's shape (task, output,
+    # targets, metrics: LossConfig.shape). A sweep's jobs that differ only in such a loss are
+    # merged this way (hydra.sweeper.batch_losses).
+    member_losses: dict[str, LossConfig] = field(default_factory=dict)
     # A run id or a checkpoint path to continue an interrupted run from.
     resume: str | None = None
     allowed_target_prefixes: list[str] = field(
@@ -650,6 +669,7 @@ class LosslabConfig:
             f"members={self.members} is above {MAX_MEMBERS} (each member is an MLflow run); "
             f"split the seeds over jobs, e.g. -m seed=0,{MAX_MEMBERS} members={MAX_MEMBERS}",
         )
+        self._check_member_losses()
         _require(
             self.seed + self.members - 1 <= MAX_SEED,
             f"seed={self.seed} (+ members - 1) is above {MAX_SEED}, the largest seed numpy takes",
@@ -666,6 +686,32 @@ class LosslabConfig:
                 "if you trust it",
             )
 
+    def job_losses(self) -> dict[str, LossConfig]:
+        """The losses this job trains, by where each is configured, in member order: loss,
+        then member_losses; each trains ``members`` seeds."""
+        others = {f"member_losses.{key}": loss for key, loss in self.member_losses.items()}
+        return {"loss": self.loss, **others}
+
+    def _check_member_losses(self) -> None:
+        names = [loss.name for loss in self.job_losses().values()]
+        _require(
+            len(set(names)) == len(names),
+            f"member_losses: loss names {names} repeat; each loss's runs need their own name",
+        )
+        for key, loss in self.member_losses.items():
+            _require(
+                loss.shape() == self.loss.shape(),
+                f"member_losses.{key} ({loss.described()}) cannot train beside loss "
+                f"{self.loss.name} ({self.loss.described()}): members share one model's "
+                f"output, targets and metrics; run {loss.name} as its own job",
+            )
+        total = self.members * len(names)
+        _require(
+            total <= MAX_MEMBERS,
+            f"members={self.members} for each of {len(names)} losses is {total} members, "
+            f"above {MAX_MEMBERS}; run fewer losses or seeds in one job",
+        )
+
     def targets(self) -> list[tuple[str, str]]:
         """Every function or class the config names for instantiate (callbacks apart):
         (where, _target_). Checked here by spelling, and by what each resolves to when the
@@ -673,6 +719,7 @@ class LosslabConfig:
         nodes = [
             ("dataset.generator", self.dataset.generator),
             ("loss.fn", self.loss.fn),
+            *((f"member_losses.{key}.fn", loss.fn) for key, loss in self.member_losses.items()),
             ("optimizer", {"_target_": self.optimizer._target_}),
             ("scheduler.fn", self.scheduler.fn if self.scheduler else {}),
             *((f"metrics.{name}.fn", spec.fn) for name, spec in self.metrics.items()),

@@ -33,7 +33,15 @@ from threadpoolctl import threadpool_limits
 
 from src import cluster, store, tracking, unsent
 from src.callbacks import EpochBar, MlflowHistory, RunSetLogger
-from src.config import ConfigError, Direction, LosslabConfig, Targets, Task, refused
+from src.config import (
+    MEMBER_LOSS_KEY,
+    ConfigError,
+    Direction,
+    LosslabConfig,
+    Targets,
+    Task,
+    refused,
+)
 from src.data import Split, StudyDataModule, labels
 from src.metrics import Panel, class_labels, plain
 from src.model import MemberMLP
@@ -97,7 +105,7 @@ NOT_IN_NAME = (
     *("dataset.path", "dataset.target", "dataset.format"),  # the file's name stands for them
     *("dataset.folds", "dataset.fold", "report.metric"),  # fold=k/K stands for the first two
 )
-NOT_IN_NAME_PREFIXES = ("logger.", "hydra.")
+NOT_IN_NAME_PREFIXES = ("logger.", "hydra.", MEMBER_LOSS_KEY, "member_losses.")
 
 
 def run_name(
@@ -136,7 +144,9 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     # earlier job would otherwise leak into the next.
     use_threads(typed.trainer.threads or default_threads())
     seeds = [typed.seed + k for k in range(typed.members)]
-    data, module, panel = build(cfg, typed, seeds)
+    losses = [loss.name for loss in typed.job_losses().values()]
+    members = [(loss, seed) for loss in losses for seed in seeds]  # the model's order
+    data, module, panel = build(cfg, typed, [seed for _, seed in members])
     split = data.split
     metric = typed.primary_metric()
 
@@ -145,11 +155,11 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     data_file = typed.dataset.label if typed.dataset.path else None
     folds = typed.dataset.folds
     fold = f"fold={typed.dataset.fold}/{folds}" if folds > 1 else ""
-    names = [run_name(typed.loss.name, job.overrides, seed, data_file, fold) for seed in seeds]
+    names = [run_name(loss, job.overrides, seed, data_file, fold) for loss, seed in members]
     checkpoint_dir = job.output_dir / "checkpoints"
     # The bar's label stays short on an 80-column terminal: the run name holds every override.
     shown = f"seed={seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
-    bar = f"{typed.loss.name} {shown}"
+    bar = f"{'+'.join(losses)} {shown}"
     single = job.sweep_dir is None and typed.trainer.enable_progress_bar
     trainer, runs_logger = build_trainer(cfg, typed, job.output_dir, bar if single else None)
     logged = 0
@@ -169,7 +179,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
         runs = tracking.RunSet.reopen(uri, found.run_ids, resumed, job.output_dir / unsent.FOLDER)
         log.info(f"resuming {len(found.run_ids)} run(s) from epoch {found.epoch}")
     else:
-        runs = _start_runs(cfg, typed, job, uri, names, seeds, split)
+        runs = _start_runs(cfg, typed, job, uri, names, members, split)
 
     runs_logger.runs = runs
     module.log_to_lightning = _reads_metrics(trainer, typed)
@@ -202,7 +212,7 @@ def build(
     """Data, model, module and metric panel, each function a config names called once (the
     loss and every metric on a few rows, the optimizer built and thrown away) before any run
     starts: a value one of them refuses is a config mistake, reported in one line, with
-    nothing in MLflow."""
+    nothing in MLflow. ``seeds``: each member's, in member order."""
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     _check_accelerator(typed.trainer.accelerator)
     check_targets(typed)
@@ -219,26 +229,21 @@ def build(
         dropout=typed.model.dropout,
     )
     per_epoch = dict.fromkeys([typed.primary_metric(), *typed.loss.metrics])
-    with _refused_by_target("loss.fn"):
-        module = LossModule(
-            model=model,
-            loss=typed.loss,
-            metrics={
-                name: (typed.metrics[name].input, get_method(typed.metrics[name].epoch))
-                for name in per_epoch
-            },
-            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            batch_size=typed.dataset.batch_size,
-            generators=generators,
-            units=data.split.units,
-            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
-            if typed.scheduler
-            else None,
-            clip=member_clipper(
-                typed.trainer.gradient_clip_val, typed.trainer.gradient_clip_algorithm
-            ),
-            limit_batches=typed.trainer.limit_train_batches,
-        )
+    module = LossModule(
+        model=model,
+        losses=typed.job_losses(),
+        metrics={
+            name: (typed.metrics[name].input, get_method(typed.metrics[name].epoch))
+            for name in per_epoch
+        },
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        batch_size=typed.dataset.batch_size,
+        generators=generators,
+        units=data.split.units,
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if typed.scheduler else None,
+        clip=member_clipper(typed.trainer.gradient_clip_val, typed.trainer.gradient_clip_algorithm),
+        limit_batches=typed.trainer.limit_train_batches,
+    )
     module.check_loss(*data.train)
     with _refused_by_target("optimizer" if typed.scheduler is None else "optimizer/scheduler"):
         module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
@@ -444,7 +449,13 @@ def _finish(
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
     statuses, closing_tags, models, finals = [], [], [], []
-    runs.log_learning_curves(history, typed.loss.name, metric, _job_title(names, typed.seed))
+    per_loss = len(names) // len(typed.job_losses())
+    for i, loss in enumerate(typed.job_losses().values()):  # a figure per loss: its seeds
+        part = slice(i * per_loss, (i + 1) * per_loss)
+        curves = [{key: values[part] for key, values in row.items()} for row in history]
+        runs.log_learning_curves(
+            curves, loss.name, metric, _job_title(names[part], typed.seed), part
+        )
     checkpoint = _log_checkpoint(runs, checkpoint_dir)
     for k, name in enumerate(names):
         final: dict = {key: values[k] for key, values in final_all.items()}
@@ -496,11 +507,16 @@ def _start_runs(
     job: JobContext,
     uri: str,
     names: list[str],
-    seeds: list[int],
+    members: list[tuple[str, int]],
     split: Split,
 ) -> tracking.RunSet:
-    """New runs, one per member, with their tags, params, config files and data figure."""
+    """New runs, one per member (its loss's name and seed), with their tags, params, config
+    files and data figure. A member's params are its own loss's: those of the run it would
+    be on its own."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    own_losses = {
+        loss["name"]: loss for loss in [resolved["loss"], *resolved.pop("member_losses").values()]
+    }
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     parent_file = job.sweep_dir / tracking.PARENT_RUN_FILE if job.sweep_dir else None
     source = tracking.source_tags(job.overrides, job.sweep_dir)
@@ -508,14 +524,14 @@ def _start_runs(
         source["mlflow.parentRunId"] = parent_file.read_text().strip()
     tags = []
     params = []
-    for k, seed in enumerate(seeds):
+    for k, (loss, seed) in enumerate(members):
         run_tags = {
-            "loss": typed.loss.name,
+            "loss": loss,
             "task": typed.loss.task.value,
             "dataset": typed.dataset.label,
             **split.facts,
             "seed": str(seed),
-            "members": str(typed.members),
+            "members": str(len(members)),
             "member": str(k),
             "metric": typed.primary_metric(),
             **({"fold": str(typed.dataset.fold)} if typed.dataset.folds > 1 else {}),
@@ -526,7 +542,7 @@ def _start_runs(
             **tracking.owner_tags(),
         }
         tags.append(run_tags)
-        params.append({**tracking.flatten(resolved), "seed": seed})
+        params.append({**tracking.flatten({**resolved, "loss": own_losses[loss]}), "seed": seed})
     spool = job.output_dir / unsent.FOLDER
     runs = tracking.RunSet.start(uri, typed.logger.experiment, names, tags, params, spool)
     runs.log_text(None, config_yaml, "config/config.yaml")  # the job's, in every member's run

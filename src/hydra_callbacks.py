@@ -76,12 +76,11 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     loader = GlobalHydra.instance().config_loader()
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # glob()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    if "batch_seeds" in cfg.hydra.sweeper:  # losslab's sweeper: folds, seeds as members
-        from hydra_plugins.losslab.sweeper import batch_seeds, expand_folds, members_independent
+    if "batch_seeds" in cfg.hydra.sweeper:  # losslab's sweeper: folds, seeds and losses
+        from hydra_plugins.losslab.sweeper import plan_jobs
 
-        jobs = expand_folds(jobs)
-        if cfg.hydra.sweeper.batch_seeds:
-            jobs = batch_seeds(jobs, members_independent(loader, cfg))
+        sweeper = cfg.hydra.sweeper
+        jobs = plan_jobs(jobs, loader, cfg, sweeper.batch_seeds, sweeper.get("batch_losses", True))
     configs = []
     for job in jobs:
         composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from src.config import ConfigError, LossConfig, MetricInput, refused
@@ -42,6 +43,14 @@ def _plain(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return fn
 
 
+def _loss_fn(where: str, node: dict[str, Any]) -> Callable[..., torch.Tensor]:
+    """The configured loss function; one that cannot be built is a config mistake, named."""
+    try:
+        return _plain(instantiate(node))
+    except InstantiationException as error:
+        raise refused(where, error.__cause__ or error) from error
+
+
 class Diverged(RuntimeError):
     """Every member's training loss became NaN or infinite."""
 
@@ -50,7 +59,7 @@ class LossModule(pl.LightningModule):
     def __init__(
         self,
         model: MemberMLP,
-        loss: LossConfig,
+        losses: Mapping[str, LossConfig],
         metrics: dict[str, tuple[MetricInput, Metric]],
         optimizer: dict[str, Any],
         batch_size: int,
@@ -63,9 +72,16 @@ class LossModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        self.loss_fn = _plain(instantiate(loss.fn))
-        self.from_logits = loss.from_logits
-        self.targets = loss.targets
+        # One function per loss (where it is configured -> config: LosslabConfig.job_losses),
+        # each for an equal run of members; the losses share their shape (LossConfig.shape),
+        # so from_logits and targets too.
+        self.loss_fns = {
+            f"{where}.fn": _loss_fn(f"{where}.fn", c.fn) for where, c in losses.items()
+        }
+        self.per_loss = model.members // len(losses)
+        first = next(iter(losses.values()))
+        self.from_logits = first.from_logits
+        self.targets = first.targets
         self.metrics = metrics  # per epoch: name -> (what it takes, member-axis function)
         self.optimizer_cfg = optimizer
         self.batch_size = batch_size
@@ -110,7 +126,18 @@ class LossModule(pl.LightningModule):
         return logits if self.from_logits else self.model.predict_from(logits)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return per_member(self.loss_fn(self._loss_input(logits), target))
+        """Each member's loss (members,), by its own loss function."""
+        output = self._loss_input(logits)
+        fns = list(self.loss_fns.values())
+        if len(fns) == 1:
+            return per_member(fns[0](output, target))
+        k = self.per_loss
+        return torch.cat(
+            [
+                per_member(fn(output[i * k : (i + 1) * k], target[i * k : (i + 1) * k]))
+                for i, fn in enumerate(fns)
+            ]
+        )
 
     def check_loss(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Call loss.fn on two rows before any run starts: a loss that refuses these targets,
@@ -118,16 +145,18 @@ class LossModule(pl.LightningModule):
         target = y[:2].expand(self.model.members, *y[:2].shape)
         with self.scoring():
             output = self._loss_input(self.model(x[:2]))
+        for where, fn in self.loss_fns.items():
             try:
-                values = self.loss_fn(output, target)
+                with self.scoring():
+                    values = fn(output, target)
             except Exception as error:
-                raise refused("loss.fn", error) from error
-        if values.shape[:2] != output.shape[:2]:
-            raise ConfigError(
-                f"loss.fn returned shape {tuple(values.shape)} for outputs of shape "
-                f"{tuple(output.shape)}; it must return one loss per sample (or element), "
-                "not reduce them: keep reduction: none"
-            )
+                raise refused(where, error) from error
+            if values.shape[:2] != output.shape[:2]:
+                raise ConfigError(
+                    f"{where} returned shape {tuple(values.shape)} for outputs of shape "
+                    f"{tuple(output.shape)}; it must return one loss per sample (or element), "
+                    "not reduce them: keep reduction: none"
+                )
 
     def in_units(
         self, pred: torch.Tensor, target: torch.Tensor

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from src import plots, quick_exit, store, tracking
-from src.config import ConfigError
+from src.config import MEMBER_LOSS_KEY, ConfigError
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written into the sweep dir by the Optuna sweeper
 ARTIFACT_DIR = "report"
@@ -197,6 +197,7 @@ def collect(runs: Iterable, metric: str | None = None) -> list[Result]:
 def swept_keys(overrides: Sequence[dict[str, str]]) -> list[str]:
     """Keys other than loss and seed whose value differs between jobs."""
     keys = sorted({key for job in overrides for key in job} - set(NOT_SWEPT))
+    keys = [k for k in keys if not k.startswith(MEMBER_LOSS_KEY)]  # a merged job's other losses
     return [k for k in keys if len({job.get(k) for job in overrides}) > 1]
 
 

@@ -288,11 +288,16 @@ class RunSet:
         self._send("log_dataset", key, arrays, title, classes)
 
     def log_learning_curves(
-        self, history: list[dict[str, list[float]]], loss: str, metric: str, title: str
+        self,
+        history: list[dict[str, list[float]]],
+        loss: str,
+        metric: str,
+        title: str,
+        members: slice | None = None,
     ) -> None:
-        """learning_curves.png: one figure of every member's curves (``history[epoch][key]``
-        holds the members' values), drawn once and logged in every member's run."""
-        self._send("log_learning_curves", history, loss, metric, title)
+        """learning_curves.png: one figure of the ``members``' curves (all by default;
+        ``history[epoch][key]`` holds their values), drawn once and logged in each one's run."""
+        self._send("log_learning_curves", history, loss, metric, title, members)
 
     def log_input(self, record: Mapping[str, str]) -> None:
         """The run's dataset, the MLflow way (``log_inputs``): name, digest, source, schema
@@ -579,7 +584,8 @@ class Tracker:
                     serialization=serialization,
                 )
         elif method == "log_learning_curves":
-            unsent.keep_file(folder, run_ids, self._curves_png(run_ids, *args), None)
+            chosen = _chosen(run_ids, args[4])
+            unsent.keep_file(folder, chosen, self._curves_png(chosen, *args[:4]), None)
         else:  # log_file, log_dataset: in one member's run (log_file's member) or every one
             member, local, artifact_folder = (
                 (args[0], Path(args[1]), args[2])
@@ -647,7 +653,7 @@ class Tracker:
     def _tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         log_tags(self.client, run_id, tags)
 
-    def _members(self, handle: int, member: int | None) -> list[str]:
+    def _members(self, handle: int, member: int | slice | None) -> list[str]:
         return _chosen(self.runs[handle], member)
 
     # -- a job's runs
@@ -729,7 +735,9 @@ class Tracker:
             for run_id in self._members(handle, member):
                 self._artifacts(run_id).log_artifact(str(Path(scratch) / name), folder or None)
 
-    def log_file(self, handle: int, member: int | None, local: str, folder: str | None) -> None:
+    def log_file(
+        self, handle: int, member: int | slice | None, local: str, folder: str | None
+    ) -> None:
         for run_id in self._members(handle, member):
             self._artifacts(run_id).log_artifact(local, folder)
 
@@ -762,10 +770,16 @@ class Tracker:
         bulk_writes.log_dataset_input(self.client, self.runs[handle], dataset_input(record))
 
     def log_learning_curves(
-        self, handle: int, history: list[dict], loss: str, metric: str, title: str
+        self,
+        handle: int,
+        history: list[dict],
+        loss: str,
+        metric: str,
+        title: str,
+        members: slice | None = None,
     ) -> None:
-        png = self._curves_png(self.runs[handle], history, loss, metric, title)
-        self.log_file(handle, None, str(png), None)
+        png = self._curves_png(self._members(handle, members), history, loss, metric, title)
+        self.log_file(handle, members, str(png), None)
 
     def _curves_png(
         self, run_ids: list[str], history: list[dict], loss: str, metric: str, title: str
@@ -914,9 +928,11 @@ def dataset_input(record: Mapping[str, str]) -> Any:
     return DatasetInput(Dataset(**record), tags=[context])
 
 
-def _chosen(run_ids: list[str], member: int | None) -> list[str]:
-    """One member's run, or every member's when ``member`` is None."""
-    return run_ids if member is None else [run_ids[member]]
+def _chosen(run_ids: list[str], member: int | slice | None) -> list[str]:
+    """One member's run, a slice of them, or every member's when ``member`` is None."""
+    if member is None:
+        return run_ids
+    return run_ids[member] if isinstance(member, slice) else [run_ids[member]]
 
 
 class ModelToLog(NamedTuple):

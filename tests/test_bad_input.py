@@ -174,6 +174,14 @@ CATALOGUE = [
     bad("seed=4294967296", "seed=4294967296 (+ members - 1) is above 4294967295"),
     bad("logger.experiment=", "logger.experiment must name an MLflow experiment (it is empty)"),
     bad("members=5000", "members=5000 is above 1000 (each member is an MLflow run)"),
+    # losses as members of one model share its output, targets and metrics
+    bad(
+        "+loss@member_losses.bce=bce",
+        "member_losses.bce (binary, output sigmoid, targets binary, from logits) cannot train "
+        "beside loss mse (regression, output identity, targets real)",
+    ),
+    bad("+loss@member_losses.mse=mse", "loss names ['mse', 'mse'] repeat"),
+    bad("members=600 +loss@member_losses.mae=mae", "is 1200 members, above 1000"),
     bad("dataset.generator.n_samples=1000000000", "features needs about 672 GB, more than half"),
     bad("logger.experiment=café", "Hydra reads only ASCII outside quotes; quote the value"),
     bad("trainer.devices=2", "trainer.devices=2: losslab trains in one process on one device"),

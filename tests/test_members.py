@@ -208,3 +208,82 @@ def test_checkpoint_keeps_history_and_generators(tmp_path) -> None:
         [2.0, 2.5],
     ]
     assert torch.equal(second.generators[1].get_state(), first.generators[1].get_state())
+
+
+def _planned(*overrides: str, losses: bool = True) -> list[list[str]]:
+    """A grid's jobs as losslab's sweeper launches them, composed by Hydra's own loader."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from hydra_plugins.losslab.sweeper import plan_jobs
+    from src import config
+
+    config.register()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", list(overrides), RunMode.MULTIRUN)
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        return plan_jobs(jobs, loader, master, seeds=True, losses=losses)
+
+
+def test_losses_of_one_shape_train_as_one_job_and_others_apart() -> None:
+    """mse, msle and mae share the model's output, targets and metrics: one job, the others'
+    losses added as member_losses; bce and hinge differ from them and from each other."""
+    merged = ["+loss@member_losses.msle=msle", "+loss@member_losses.mae=mae"]
+    assert _planned("loss=mse,bce,msle,hinge,mae", "seed=0,1") == [
+        ["loss=mse", "seed=0", "members=2", *merged],
+        ["loss=bce", "seed=0", "members=2"],
+        ["loss=hinge", "seed=0", "members=2"],
+    ]
+    assert _planned("loss=mse,msle", losses=False) == [["loss=mse"], ["loss=msle"]]
+
+
+def test_losses_are_merged_only_where_the_merged_job_is_each_losss_own() -> None:
+    """An override of the loss node reaches the job's own loss, not the ones added beside it:
+    with per-epoch mse curves asked of every loss, the merged job would differ from msle's,
+    so they stay apart; so do jobs whose members steer each other (early stopping)."""
+    assert _planned("loss=mse,msle", "loss.metrics=[mse]") == [
+        ["loss=mse", "loss.metrics=[mse]"],
+        ["loss=msle", "loss.metrics=[mse]"],
+    ]
+    stops = "callbacks=[default,early_stopping]"
+    assert _planned("loss=mse,msle", stops) == [["loss=mse", stops], ["loss=msle", stops]]
+
+
+@pytest.mark.slow
+def test_a_merged_jobs_members_are_each_losss_own_runs(run_cli, client, tmp_path) -> None:
+    """mse and msle trained as one model: each member's run has the numbers, name, tags,
+    params and figure of the same loss and seed trained on its own, and the report ranks the
+    losses as if they had been apart."""
+    common = ("trainer.max_epochs=3", "logger.log_model=false")
+    merged = run_cli("-m", "loss=mse,msle,bce", "seed=0,1", *common)
+    assert merged.returncode == 0, merged.stderr
+    assert "6 runs launched as 2 jobs" in merged.stdout
+    report = (tmp_path / "multirun" / "report.md").read_text()  # before the next sweep's
+    assert "member_losses" not in report and "|  | mse | msle |" in report
+    apart = run_cli("-m", "loss=mse,msle", "seed=0,1", "hydra.sweeper.batch_losses=false", *common)
+    assert apart.returncode == 0, apart.stderr
+    assert "4 runs launched as 2 jobs" in apart.stdout
+
+    runs = runs_of(client)
+    together = _by_seed(runs, "4")
+    alone = {key: run for key, run in _by_seed(runs, "2").items() if key[0] != "bce"}
+    expected = [(loss, seed) for loss in ("mse", "msle") for seed in "01"]
+    assert sorted(together) == sorted(expected) and sorted(alone) == sorted(expected)
+    assert len({r.data.tags["output_dir"] for r in together.values()}) == 1
+    for key in expected:
+        mine, theirs = together[key], alone[key]
+        name = f"{key[0]} trainer.max_epochs=3 seed={key[1]}"
+        assert mine.info.run_name == theirs.info.run_name == name
+        assert mine.data.params["loss.fn._target_"] == theirs.data.params["loss.fn._target_"]
+        assert mine.data.params["loss.name"] == key[0]
+        ours, reference = results(mine), results(theirs)
+        assert ours.keys() == reference.keys()
+        for name, value in reference.items():
+            assert ours[name] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), name
+        artifacts = {a.path for a in client.list_artifacts(mine.info.run_id)}
+        assert {"learning_curves.png", "dataset.png", "config"} <= artifacts

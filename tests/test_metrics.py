@@ -197,7 +197,8 @@ def test_folds_times_seeds_are_runs_paired_in_the_report(run_cli, client, tmp_pa
         "logger.log_model=false",
     )
     assert done.returncode == 0, done.stderr
-    assert "6 jobs (seeds as members)" in done.stdout  # 12 runs: 2 losses x 3 folds x 2 seeds
+    # 12 runs (2 losses x 3 folds x 2 seeds): a job per fold, mse and mae members of one model
+    assert "12 runs launched as 3 jobs (seeds and losses as members)" in done.stdout
     children = [r for r in runs_of(client) if "mlflow.parentRunId" in r.data.tags]
     assert sorted(
         (r.data.tags["loss"], r.data.tags["fold"], r.data.tags["seed"]) for r in children

@@ -37,7 +37,8 @@ def test_parallel_sweep_and_its_report(
 ) -> None:
     """Two joblib workers on a fresh store: nothing lost, one parent over four children, and a
     report whose numbers are those recomputed here from the child runs."""
-    result = run_cli("-m", "hydra/launcher=parallel", "loss=mse,mae", "seed=0,1", *FAST)
+    apart = "hydra.sweeper.batch_losses=false"  # two jobs for the two workers, not one
+    result = run_cli("-m", "hydra/launcher=parallel", "loss=mse,mae", "seed=0,1", apart, *FAST)
     assert result.returncode == 0, result.stderr
     parents, children = _split(runs_of(client))
     assert len(parents) == 1 and len(children) == 4

@@ -10,6 +10,13 @@ stopping or a plateau scheduler watch the members' median: see
 ``LosslabConfig.couples_members``), so that a batched job always equals its separate runs.
 ``hydra.sweeper.batch_seeds=false`` launches one job per seed.
 
+Jobs that then differ only in their loss, among losses of the same shape (task, output,
+targets, metrics: ``LossConfig.shape``), train as one model too: ``loss=mse,msle,mae`` is
+launched as ``loss=mse +loss@member_losses.msle=msle +loss@member_losses.mae=mae``, each
+loss's members its own MLflow runs (``member_losses`` in conf/config.yaml). It is merged only
+where composing the merged job gives each loss's job exactly (``losses_mergeable``);
+``hydra.sweeper.batch_losses=false`` keeps a job per loss.
+
 Hydra only instantiates plugins from the ``hydra_plugins`` namespace package, hence this home;
 conf/hydra/sweeper/losslab.yaml selects it and conf/config.yaml makes it the default.
 """
@@ -24,6 +31,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 SEED_KEYS = ("seed", "+seed", "++seed")
+LOSS_KEY = "loss"
 FOLDS_KEY, FOLD_KEY = "dataset.folds", "dataset.fold"
 
 
@@ -117,6 +125,119 @@ def batch_seeds(
     return merged
 
 
+def _loss(override: str) -> str | None:
+    key, _, value = override.partition("=")
+    return value if key == LOSS_KEY else None
+
+
+def member_loss(option: str) -> str:
+    """The override that adds loss ``option`` to a job as members beside its own loss."""
+    from src.config import MEMBER_LOSS_KEY
+
+    return f"+{MEMBER_LOSS_KEY}{option}={option}"
+
+
+def losses_mergeable(loader: Any, config: DictConfig) -> Callable[[list[list[str]]], bool]:
+    """A check whether jobs that differ only in ``loss=`` may train as one merged job (the
+    first job's, with the others' losses as ``member_losses``): composing that merged job
+    must give each job's own config, loss for loss and in everything else, and its members
+    must not steer each other. Jobs Hydra or the config checks refuse are never merged: they
+    fail on their own, with their own error."""
+    from omegaconf import OmegaConf
+
+    from src.config import validate
+
+    def plain(node: DictConfig, *drop: str) -> dict:
+        """As composed, interpolations unresolved: equal here is equal once resolved."""
+        tree = OmegaConf.to_container(node, resolve=False)
+        return {key: value for key, value in tree.items() if key not in ("hydra", *drop)}
+
+    def mergeable(jobs: list[list[str]]) -> bool:
+        try:
+            composed = [loader.load_sweep_config(config, list(job)) for job in jobs]
+            if any(job.member_losses for job in composed):
+                return False  # already merged by hand
+            own = [plain(job, "member_losses") for job in composed]
+            merged_job = [*jobs[0], *(member_loss(_option(job)) for job in jobs[1:])]
+            merged = loader.load_sweep_config(config, merged_job)
+            if validate(merged).couples_members():
+                return False
+            members = plain(merged)["member_losses"]
+        except Exception:
+            return False
+        rest = plain(merged, "loss", "member_losses")
+        same_rest = all({k: v for k, v in o.items() if k != "loss"} == rest for o in own)
+        same_losses = own[0]["loss"] == plain(merged)["loss"] and all(
+            o["loss"] == members.get(_option(job)) for o, job in zip(own[1:], jobs[1:])
+        )
+        return same_rest and same_losses
+
+    return mergeable
+
+
+def _option(job: Sequence[str]) -> str:
+    return next(value for value in map(_loss, job) if value is not None)
+
+
+def batch_losses(
+    jobs: Sequence[Sequence[str]], shape: Callable[[Sequence[str]], Any], mergeable: Callable
+) -> list[list[str]]:
+    """Merge jobs whose overrides differ only in ``loss=<option>`` and whose losses have the
+    same ``shape(job)`` into one job, the first one's with the others' losses added as
+    ``member_losses``, where ``mergeable(jobs)`` allows it; keep the first job's position."""
+    groups: dict[tuple, list[list[str]]] = {}
+    order: list[tuple | int] = []
+    for index, job in enumerate(jobs):
+        losses = [value for value in map(_loss, job) if value is not None]
+        if len(losses) != 1:
+            order.append(index)
+            continue
+        key = (tuple(o for o in job if _loss(o) is None), shape(job))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(list(job))
+    merged: list[list[str]] = []
+    for item in order:
+        if isinstance(item, int):
+            merged.append(list(jobs[item]))
+        elif len(groups[item]) > 1 and mergeable(groups[item]):
+            first, *others = groups[item]
+            merged.append([*first, *(member_loss(_option(job)) for job in others)])
+        else:
+            merged += groups[item]
+    return merged
+
+
+def loss_shape(loader: Any, config: DictConfig) -> Callable[[Sequence[str]], Any]:
+    """A job's loss shape (``LossConfig.shape``), from its composed config; None for a job
+    that does not compose or validate (it is then never merged)."""
+    from src.config import validate
+
+    def shape(job: Sequence[str]) -> Any:
+        try:
+            return validate(loader.load_sweep_config(config, list(job))).loss.shape()
+        except Exception:
+            return None
+
+    return shape
+
+
+def plan_jobs(
+    jobs: Sequence[Sequence[str]], loader: Any, config: DictConfig, seeds: bool, losses: bool
+) -> list[list[str]]:
+    """A grid's jobs as launched: one per fold, seeds as members (``seeds``), then losses of
+    one shape as members (``losses``). The sweeper and the sweep's up-front check
+    (src/hydra_callbacks.py) both plan with it, so they see the same jobs."""
+    planned = expand_folds(jobs)
+    if seeds:
+        planned = batch_seeds(planned, members_independent(loader, config))
+    if losses:
+        shape = loss_shape(loader, config)
+        planned = batch_losses(planned, shape, losses_mergeable(loader, config))
+    return planned
+
+
 class LosslabSweeper(BasicSweeper):
     """BasicSweeper whose grid launches each seed sweep as one members=K job."""
 
@@ -125,9 +246,11 @@ class LosslabSweeper(BasicSweeper):
         max_batch_size: int | None = None,
         params: dict[str, str] | None = None,
         batch_seeds: bool = True,
+        batch_losses: bool = True,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.batch_seeds = batch_seeds
+        self.batch_losses = batch_losses
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Skipped: losslab's callback (on_multirun_start) has already composed and validated
@@ -138,15 +261,15 @@ class LosslabSweeper(BasicSweeper):
         self, overrides: list[Override], max_batch_size: int | None
     ) -> list[list[list[str]]]:
         batches = BasicSweeper.split_arguments(overrides, None)
-        jobs = expand_folds([job for batch in batches for job in batch])
-        if self.batch_seeds:
-            loader = self.hydra_context.config_loader
-            merged = batch_seeds(jobs, members_independent(loader, self.config))
-            if len(merged) < len(jobs):
-                print(
-                    f"losslab: {len(jobs)} runs launched as {len(merged)} jobs (seeds as members)"
-                )
-            jobs = merged
+        runs = expand_folds([job for batch in batches for job in batch])
+        loader = self.hydra_context.config_loader
+        jobs = plan_jobs(runs, loader, self.config, self.batch_seeds, self.batch_losses)
+        if len(jobs) < len(runs):
+            from src.config import MEMBER_LOSS_KEY
+
+            losses = any(MEMBER_LOSS_KEY in o for job in jobs for o in job)
+            members = "seeds and losses" if losses else "seeds"
+            print(f"losslab: {len(runs)} runs launched as {len(jobs)} jobs ({members} as members)")
         return [
             list(chunk) for chunk in BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size)
         ]
