@@ -162,15 +162,11 @@ def losses_mergeable(loader: Any, config: DictConfig) -> Callable[[list[list[str
             merged = loader.load_sweep_config(config, merged_job)
             if validate(merged).couples_members():
                 return False
-            members = plain(merged)["member_losses"]
         except Exception:
             return False
-        rest = plain(merged, "loss", "member_losses")
-        same_rest = all({k: v for k, v in o.items() if k != "loss"} == rest for o in own)
-        same_losses = own[0]["loss"] == plain(merged)["loss"] and all(
-            o["loss"] == members.get(_option(job)) for o, job in zip(own[1:], jobs[1:])
-        )
-        return same_rest and same_losses
+        tree = plain(merged)
+        losses = [tree.pop("loss"), *(tree.pop("member_losses").values())]
+        return [o.pop("loss") for o in own] == losses and all(o == tree for o in own)
 
     return mergeable
 
