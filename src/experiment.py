@@ -449,9 +449,8 @@ def _finish(
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
     statuses, closing_tags, models, finals = [], [], [], []
-    per_loss = len(names) // len(typed.job_losses())
     for i, loss in enumerate(typed.job_losses().values()):  # a figure per loss: its seeds
-        part = slice(i * per_loss, (i + 1) * per_loss)
+        part = slice(i * typed.members, (i + 1) * typed.members)
         curves = [{key: values[part] for key, values in row.items()} for row in history]
         runs.log_learning_curves(
             curves, loss.name, metric, _job_title(names[part], typed.seed), part

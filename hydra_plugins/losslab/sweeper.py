@@ -23,6 +23,7 @@ conf/hydra/sweeper/losslab.yaml selects it and conf/config.yaml makes it the def
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -137,7 +138,23 @@ def member_loss(option: str) -> str:
     return f"+{MEMBER_LOSS_KEY}{option}={option}"
 
 
-def losses_mergeable(loader: Any, config: DictConfig) -> Callable[[list[list[str]]], bool]:
+def _composer(loader: Any, config: DictConfig) -> Callable[[Sequence[str]], DictConfig]:
+    """Each job composed once while the sweep is planned: the loss checks below ask for the
+    same job twice, and outside a sweep run in this process (``_compose_once`` in
+    src/hydra_callbacks.py) nothing else keeps a composition (0.17 s each)."""
+    composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def compose(job: Sequence[str]) -> DictConfig:
+        if tuple(job) not in composed:
+            composed[tuple(job)] = loader.load_sweep_config(config, list(job))
+        return composed[tuple(job)]
+
+    return compose
+
+
+def losses_mergeable(
+    compose: Callable[[Sequence[str]], DictConfig],
+) -> Callable[[list[list[str]]], bool]:
     """A check whether jobs that differ only in ``loss=`` may train as one merged job (the
     first job's, with the others' losses as ``member_losses``): composing that merged job
     must give each job's own config, loss for loss and in everything else, and its members
@@ -154,12 +171,11 @@ def losses_mergeable(loader: Any, config: DictConfig) -> Callable[[list[list[str
 
     def mergeable(jobs: list[list[str]]) -> bool:
         try:
-            composed = [loader.load_sweep_config(config, list(job)) for job in jobs]
+            composed = [compose(job) for job in jobs]
             if any(job.member_losses for job in composed):
                 return False  # already merged by hand
             own = [plain(job, "member_losses") for job in composed]
-            merged_job = [*jobs[0], *(member_loss(_option(job)) for job in jobs[1:])]
-            merged = loader.load_sweep_config(config, merged_job)
+            merged = compose([*jobs[0], *(member_loss(_option(job)) for job in jobs[1:])])
             if validate(merged).couples_members():
                 return False
         except Exception:
@@ -175,20 +191,29 @@ def _option(job: Sequence[str]) -> str:
     return next(value for value in map(_loss, job) if value is not None)
 
 
+def _rest(job: Sequence[str]) -> tuple[str, ...] | None:
+    """A job's overrides but its loss; None for a job without exactly one ``loss=``."""
+    if sum(_loss(o) is not None for o in job) != 1:
+        return None
+    return tuple(o for o in job if _loss(o) is None)
+
+
 def batch_losses(
     jobs: Sequence[Sequence[str]], shape: Callable[[Sequence[str]], Any], mergeable: Callable
 ) -> list[list[str]]:
     """Merge jobs whose overrides differ only in ``loss=<option>`` and whose losses have the
     same ``shape(job)`` into one job, the first one's with the others' losses added as
-    ``member_losses``, where ``mergeable(jobs)`` allows it; keep the first job's position."""
+    ``member_losses``, where ``mergeable(jobs)`` allows it; keep the first job's position.
+    Only jobs that share their other overrides with another job are asked for their shape."""
+    rests = [_rest(job) for job in jobs]
+    shared = Counter(rest for rest in rests if rest is not None)
     groups: dict[tuple, list[list[str]]] = {}
     order: list[tuple | int] = []
-    for index, job in enumerate(jobs):
-        losses = [value for value in map(_loss, job) if value is not None]
-        if len(losses) != 1:
+    for index, (job, rest) in enumerate(zip(jobs, rests)):
+        if rest is None or shared[rest] == 1:
             order.append(index)
             continue
-        key = (tuple(o for o in job if _loss(o) is None), shape(job))
+        key = (rest, shape(job))
         if key not in groups:
             groups[key] = []
             order.append(key)
@@ -205,14 +230,14 @@ def batch_losses(
     return merged
 
 
-def loss_shape(loader: Any, config: DictConfig) -> Callable[[Sequence[str]], Any]:
+def loss_shape(compose: Callable[[Sequence[str]], DictConfig]) -> Callable[[Sequence[str]], Any]:
     """A job's loss shape (``LossConfig.shape``), from its composed config; None for a job
     that does not compose or validate (it is then never merged)."""
     from src.config import validate
 
     def shape(job: Sequence[str]) -> Any:
         try:
-            return validate(loader.load_sweep_config(config, list(job))).loss.shape()
+            return validate(compose(job)).loss.shape()
         except Exception:
             return None
 
@@ -229,8 +254,8 @@ def plan_jobs(
     if seeds:
         planned = batch_seeds(planned, members_independent(loader, config))
     if losses:
-        shape = loss_shape(loader, config)
-        planned = batch_losses(planned, shape, losses_mergeable(loader, config))
+        compose = _composer(loader, config)
+        planned = batch_losses(planned, loss_shape(compose), losses_mergeable(compose))
     return planned
 
 
