@@ -138,7 +138,11 @@ class MlflowHistory(pl.Callback):
         if stopped and len(history) > 1 and set(history[-1]) < set(history[0]):
             history = history[:-1]
         for epoch, record in enumerate(history[self.buffered :], self.buffered + 1):
-            self.runs.add_metrics(epoch, {key: plain(value) for key, value in record.items()})
+            values = {
+                key: pl_module.for_runs(key.split("/")[-1], plain(value))
+                for key, value in record.items()
+            }
+            self.runs.add_metrics(epoch, values)
         self.buffered = max(self.buffered, len(history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:

@@ -442,17 +442,12 @@ class LossConfig:
     def __post_init__(self) -> None:
         _require("_target_" in self.fn, f"loss.fn for '{self.name}' needs a _target_")
 
-    def shape(self) -> tuple[Task, Output, Targets, bool, tuple[str, ...]]:
-        """What a model trained with this loss shares with its data and metrics: losses
-        of the same shape can train as members of one model (``member_losses``)."""
-        return self.task, self.output, self.targets, self.from_logits, tuple(self.metrics)
-
-    def described(self) -> str:
-        return (
-            f"{self.task.value}, output {self.output.value}, targets {self.targets.value}"
-            + (", from logits" if self.from_logits else "")
-            + (f", metrics {self.metrics}" if self.metrics else "")
-        )
+    def shape(self) -> tuple[Task]:
+        """What members trained with this loss share with the other members of their model:
+        the data and the width of the last layer, so the task. Losses of one shape train as
+        members of one model (``member_losses``), each with its own output activation,
+        target encoding and metrics (src/heads.py)."""
+        return (self.task,)
 
 
 @dataclass
@@ -648,9 +643,9 @@ class LosslabConfig:
     # Train seeds seed, seed+1, ..., seed+members-1 together as one batched model.
     members: int = 1
     # More losses trained in the same model, each with the same `members` seeds as its own
-    # runs: `+loss@member_losses.msle=msle`. Each must have loss's shape (task, output,
-    # targets, metrics: LossConfig.shape). A sweep's jobs that differ only in such a loss are
-    # merged this way (hydra.sweeper.batch_losses).
+    # runs: `+loss@member_losses.msle=msle`. Each must have loss's task (LossConfig.shape);
+    # output, encoding and metrics are each loss's own. A sweep's jobs that differ only in
+    # such a loss are merged this way (hydra.sweeper.batch_losses).
     member_losses: dict[str, LossConfig] = field(default_factory=dict)
     # A run id or a checkpoint path to continue an interrupted run from.
     resume: str | None = None
@@ -675,7 +670,7 @@ class LosslabConfig:
             f"seed={self.seed} (+ members - 1) is above {MAX_SEED}, the largest seed numpy takes",
         )
         if self.dataset.task != DataTask.auto:  # else after the table is read (validate)
-            check_pairing(self.loss, self.dataset)
+            self.check_pairings()
         self._check_metrics()
         self._check_callbacks()
         for where, target in self.targets():
@@ -692,6 +687,18 @@ class LosslabConfig:
         others = {f"member_losses.{key}": loss for key, loss in self.member_losses.items()}
         return {"loss": self.loss, **others}
 
+    def loss_named(self, name: str) -> LossConfig:
+        """The job's loss called ``name``: a run's own loss (its tag ``loss``), which in a
+        job of several losses may be one of member_losses."""
+        found = [loss for loss in self.job_losses().values() if loss.name == name]
+        _require(bool(found), f"the config trains no loss named '{name}'")
+        return found[0]
+
+    def check_pairings(self) -> None:
+        """Every loss the job trains fits the dataset, with a valid output and encoding."""
+        for loss in self.job_losses().values():
+            check_pairing(loss, self.dataset)
+
     def _check_member_losses(self) -> None:
         names = [loss.name for loss in self.job_losses().values()]
         _require(
@@ -701,9 +708,9 @@ class LosslabConfig:
         for key, loss in self.member_losses.items():
             _require(
                 loss.shape() == self.loss.shape(),
-                f"member_losses.{key} ({loss.described()}) cannot train beside loss "
-                f"{self.loss.name} ({self.loss.described()}): members share one model's "
-                f"output, targets and metrics; run {loss.name} as its own job",
+                f"member_losses.{key} ({loss.task.value}) cannot train beside loss "
+                f"{self.loss.name} ({self.loss.task.value}): members share one model's "
+                f"data and last layer; run {loss.name} as its own job",
             )
         total = self.members * len(names)
         _require(
@@ -776,6 +783,8 @@ class LosslabConfig:
         """What every epoch logs (the members' medians go to Lightning's callback_metrics):
         the loss and the per-epoch metrics on train and test."""
         names = ["loss", *dict.fromkeys([self.primary_metric(), *self.loss.metrics])]
+        for loss in self.member_losses.values():  # reported by that loss's members only
+            names += [name for name in loss.metrics if name not in names]
         return [f"{split}/{name}" for split in ("train", "test") for name in names]
 
     def couples_members(self) -> bool:
@@ -789,19 +798,20 @@ class LosslabConfig:
         """Every metric a loss or the report names exists and fits the loss; each task has
         one primary metric with a per-epoch function (the learning curves)."""
         names = sorted(self.metrics)
-        for name in [*self.loss.metrics, *filter(None, [self.report.metric])]:
+        for name in filter(None, [self.report.metric]):
             _require(name in self.metrics, f"unknown metric '{name}'; choose one of: {names}")
-        loss = self.loss
-        for name in loss.metrics:
-            spec = self.metrics[name]
-            _require(
-                spec.fits(loss.task, loss.output) and spec.epoch is not None,
-                f"loss.metrics: '{name}' does not apply to loss '{loss.name}' "
-                f"({loss.task.value}, output {loss.output.value}); it takes "
-                f"{'/'.join(t.value for t in spec.tasks)}"
-                + (f" with output {[o.value for o in spec.outputs]}" if spec.outputs else "")
-                + ("" if spec.epoch else " and is computed after training only"),
-            )
+        for where, loss in self.job_losses().items():
+            for name in loss.metrics:
+                _require(name in self.metrics, f"unknown metric '{name}'; choose one of: {names}")
+                spec = self.metrics[name]
+                _require(
+                    spec.fits(loss.task, loss.output) and spec.epoch is not None,
+                    f"{where}.metrics: '{name}' does not apply to loss '{loss.name}' "
+                    f"({loss.task.value}, output {loss.output.value}); it takes "
+                    f"{'/'.join(t.value for t in spec.tasks)}"
+                    + (f" with output {[o.value for o in spec.outputs]}" if spec.outputs else "")
+                    + ("" if spec.epoch else " and is computed after training only"),
+                )
         for task in Task:
             primary = [n for n, spec in self.metrics.items() if task in spec.primary]
             _require(
@@ -815,13 +825,14 @@ class LosslabConfig:
         task = self.loss.task
         return next(n for n, spec in self.metrics.items() if task in spec.primary)
 
-    def panel(self, nonnegative: bool) -> dict[str, MetricConfig]:
-        """The metrics that apply to this run (``nonnegative``: every target is >= 0)."""
+    def panel(self, nonnegative: bool, loss: LossConfig | None = None) -> dict[str, MetricConfig]:
+        """The metrics that apply to the runs of ``loss`` (by default the job's ``loss``;
+        ``nonnegative``: every target is >= 0)."""
+        loss = loss or self.loss
         return {
             name: spec
             for name, spec in self.metrics.items()
-            if spec.fits(self.loss.task, self.loss.output)
-            and (nonnegative or not spec.nonnegative_targets)
+            if spec.fits(loss.task, loss.output) and (nonnegative or not spec.nonnegative_targets)
         }
 
 
@@ -889,7 +900,7 @@ def validate(cfg: DictConfig) -> LosslabConfig:
         from src import tables  # pandas: only for table data
 
         obj.dataset.task = DataTask(tables.inspect(obj.dataset).task.value)
-        check_pairing(obj.loss, obj.dataset)
+        obj.check_pairings()
     return obj
 
 

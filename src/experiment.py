@@ -25,7 +25,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
@@ -43,6 +43,7 @@ from src.config import (
     refused,
 )
 from src.data import Split, StudyDataModule, labels
+from src.heads import Head, build_heads
 from src.metrics import Panel, class_labels, plain
 from src.model import MemberMLP
 from src.module import Diverged, LossModule
@@ -78,24 +79,26 @@ def use_threads(threads: int) -> None:
     threadpool_limits(threads, user_api="blas")
 
 
-def trivial_score(module: LossModule, split: Split, metric: str) -> float:
-    """What a model that ignores its input scores on the test set with ``metric``: predicting
-    the train mean (regression) or always the majority class. A run no better has collapsed."""
+def trivial_score(module: LossModule, head: Head, split: Split, metric: str) -> float:
+    """What a model that ignores its input scores on the test set with ``metric``, read as
+    ``head``'s loss reads outputs: predicting the train mean (regression) or always the
+    majority class. A run no better has collapsed."""
     y_train, y_test = torch.from_numpy(split.y_train), torch.from_numpy(split.y_test)
-    if module.targets == Targets.real:
+    targets = head.loss.targets
+    if targets == Targets.real:
         constant = y_train.mean(dim=0)
     else:
         majority = int(class_labels(y_train, module.targets).bincount().argmax())
-        if module.targets == Targets.binary:
+        if targets == Targets.binary:
             constant = torch.tensor([float(majority)])
-        elif module.targets == Targets.signed:
+        elif targets == Targets.signed:
             constant = torch.tensor([2.0 * majority - 1.0])
         else:  # one-hot: built only here, where there is a column per class (majority 1 of
             # a binary target indexed a one-column eye() and failed the run)
             constant = torch.eye(split.n_outputs)[majority]
     pred = constant.expand(1, len(y_test), *constant.shape)
-    target = y_test.expand(1, *y_test.shape)
-    return float(module.scores(*module.in_units(pred, target))[metric][0])
+    target = head.encode(y_test.expand(1, *y_test.shape))
+    return float(head.scores(*module.in_units(pred, target))[metric][0])
 
 
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
@@ -146,7 +149,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     seeds = [typed.seed + k for k in range(typed.members)]
     losses = [loss.name for loss in typed.job_losses().values()]
     members = [(loss, seed) for loss in losses for seed in seeds]  # the model's order
-    data, module, panel = build(cfg, typed, [seed for _, seed in members])
+    data, module, panels = build(cfg, typed, [seed for _, seed in members])
     split = data.split
     metric = typed.primary_metric()
 
@@ -187,7 +190,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
     try:
         with _sigint_kept():
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        finals = _finish(runs, module, data, panel, typed, names, checkpoint_dir, trainer, started)
+        finals = _finish(runs, module, data, panels, typed, names, checkpoint_dir, trainer, started)
     except BaseException as error:
         _close_stopped(runs, error, checkpoint_dir)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -200,19 +203,19 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
         raise
     elapsed = time.perf_counter() - started
     prefix = f"#{job.job_num} " if job.job_num is not None else ""
-    for name, final in zip(names, finals):
-        line = _study_line(final, metric, typed.loss.metrics)
+    for k, (name, final) in enumerate(zip(names, finals)):
+        line = _study_line(final, metric, module.heads[module.head_index(k)].loss.metrics)
         log.info(f"{prefix}{name}: {line} [{final['outcome']}, {elapsed:.1f}s]")
     return float(np.median([f[f"final_test_{metric}"] for f in finals]))
 
 
 def build(
     cfg: DictConfig, typed: LosslabConfig, seeds: list[int]
-) -> tuple[StudyDataModule, LossModule, Panel]:
-    """Data, model, module and metric panel, each function a config names called once (the
-    loss and every metric on a few rows, the optimizer built and thrown away) before any run
-    starts: a value one of them refuses is a config mistake, reported in one line, with
-    nothing in MLflow. ``seeds``: each member's, in member order."""
+) -> tuple[StudyDataModule, LossModule, list[Panel]]:
+    """Data, model, module and each head's metric panel, each function a config names called
+    once (each loss and every metric on a few rows, the optimizer built and thrown away)
+    before any run starts: a value one of them refuses is a config mistake, reported in one
+    line, with nothing in MLflow. ``seeds``: each member's, in member order."""
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     _check_accelerator(typed.trainer.accelerator)
     check_targets(typed)
@@ -223,19 +226,22 @@ def build(
     model = MemberMLP(
         sizes,
         typed.model.activation,
-        typed.loss.output,
         generators,
         norm=typed.model.norm,
         dropout=typed.model.dropout,
     )
-    per_epoch = dict.fromkeys([typed.primary_metric(), *typed.loss.metrics])
+    heads = build_heads(
+        typed.job_losses(),
+        typed.members,
+        lambda loss: list(dict.fromkeys([typed.primary_metric(), *loss.metrics])),
+        typed.metrics,
+        typed.loss.targets,
+        data.split.n_classes,
+    )
     module = LossModule(
         model=model,
-        losses=typed.job_losses(),
-        metrics={
-            name: (typed.metrics[name].input, get_method(typed.metrics[name].epoch))
-            for name in per_epoch
-        },
+        heads=heads,
+        targets=typed.loss.targets,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         batch_size=typed.dataset.batch_size,
         generators=generators,
@@ -247,8 +253,7 @@ def build(
     module.check_loss(*data.train)
     with _refused_by_target("optimizer" if typed.scheduler is None else "optimizer/scheduler"):
         module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
-    panel = _panel(typed, module, data)
-    return data, module, panel
+    return data, module, _panels(typed, module, data)
 
 
 def build_trainer(
@@ -344,25 +349,28 @@ def _callback(name: str, node: DictConfig, prefixes: tuple[str, ...]) -> pl.Call
         return instantiate(node)
 
 
-def _panel(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> Panel:
-    """The run's metric panel, each function tried on a few train rows (two of each class):
-    a metric that refuses this task's outputs is one line, before any run starts."""
+def _panels(typed: LosslabConfig, module: LossModule, data: StudyDataModule) -> list[Panel]:
+    """Each head's metric panel (its runs'), each function tried on a few train rows (two of
+    each class): a metric that refuses this task's outputs is one line, before any run
+    starts."""
     x, y = data.train
-    specs = typed.panel(data.split.nonnegative)
-    panel = Panel.build(specs, typed.loss.targets)
     if typed.loss.task == Task.regression:
         rows = torch.arange(min(2, len(x)))
     else:
-        labels_ = class_labels(y, typed.loss.targets)
+        labels_ = class_labels(y, module.targets)
         rows = torch.cat([torch.nonzero(labels_ == c)[:2, 0] for c in labels_.unique()])
     with module.scoring():
-        pred, target = module.outputs(x[rows], y[rows])
-    for name, fn in panel.fns.items():  # one at a time, to name the one that refuses
-        try:  # member 0 only: whether a function takes this task's outputs is alike for all
-            Panel({name: fn}, panel.kinds, panel.targets)(pred[:1], target[:1])
-        except Exception as error:
-            raise refused(f"metrics.{name}", error) from error
-    return panel
+        outputs = module.outputs(x[rows], y[rows])
+    panels = []
+    for head, (pred, target) in zip(module.heads, outputs):
+        panel = Panel.build(typed.panel(data.split.nonnegative, head.loss), head.loss.targets)
+        for name, fn in panel.fns.items():  # one at a time, to name the one that refuses
+            try:  # one member: whether a function takes this task's outputs is alike for all
+                Panel({name: fn}, panel.kinds, panel.targets)(pred[:1], target[:1])
+            except Exception as error:
+                raise refused(f"metrics.{name}", error) from error
+        panels.append(panel)
+    return panels
 
 
 @contextmanager
@@ -418,50 +426,56 @@ def _finish(
     runs: tracking.RunSet,
     module: LossModule,
     data: StudyDataModule,
-    panel: Panel,
+    panels: list[Panel],
     typed: LosslabConfig,
     names: list[str],
     checkpoint_dir: Path,
     trainer: pl.Trainer,
     started: float,
 ) -> list[dict]:
-    """Final evaluation of every member (the loss and the whole metric panel), its figures,
-    model, outcome and true status. Returns each member's final metrics (with its outcome)."""
+    """Final evaluation of every member (the loss and its head's whole metric panel), its
+    figures, model, outcome and true status. Returns each member's final metrics (with its
+    outcome)."""
     metric = typed.primary_metric()
     # For the curves' picture only: MlflowHistory already sent these values (as plain()).
     history = [{key: value.tolist() for key, value in row.items()} for row in module.history]
-    final_all = {}
+    members = len(names)
+    # {key: one value per member}, None where the member's loss's panel lacks the metric
+    final_all: dict[str, list[float | None]] = {}
     # Scored as predictions are made: eval mode (no dropout, batch norm's running statistics).
     with module.scoring(), trainer.precision_plugin.forward_context():
         for split, (x, y) in (("train", data.train), ("test", data.test)):
             final_all[f"final_{split}_loss"] = plain(module.evaluate(x, y)["loss"])
-            for name, values in panel(*module.outputs(x, y)).items():
-                final_all[f"final_{split}_{name}"] = values
+            for head, panel, outputs in zip(module.heads, panels, module.outputs(x, y)):
+                for name, values in panel(*outputs).items():
+                    final_all.setdefault(f"final_{split}_{name}", [None] * members)
+                    final_all[f"final_{split}_{name}"][head.members] = values
     # The job's wall time in each member's run: MLflow's duration of a member's run is its
     # whole job's, so five seeds of one job would read as five runs of that length.
-    seconds = {"job_seconds": [round(time.perf_counter() - started, 3)] * len(names)}
+    seconds = {"job_seconds": [round(time.perf_counter() - started, 3)] * members}
     runs.flush()  # the epochs now: the finals wait for the models they are linked to
     # Step 0 and no "/" in their names: MLflow's run page draws a step-0 metric as a bar (its
     # value), not a one-dot line chart, and files unprefixed keys in its last section, so a
     # run's charts open on the learning curves (sections test/ and train/).
     runs.add_metrics(0, {**final_all, **seconds})
-    trivial = trivial_score(module, data.split, metric)
+    trivial = [trivial_score(module, head, data.split, metric) for head in module.heads]
     direction = typed.metrics[metric].direction
     stop = _stop_tags(trainer, len(history))
     statuses, closing_tags, models, finals = [], [], [], []
-    for i, loss in enumerate(typed.job_losses().values()):  # a figure per loss: its seeds
-        part = slice(i * typed.members, (i + 1) * typed.members)
+    for head in module.heads:  # a figure per loss: its seeds
+        part = head.members
         curves = [{key: values[part] for key, values in row.items()} for row in history]
         runs.log_learning_curves(
-            curves, loss.name, metric, _job_title(names[part], typed.seed), part
+            curves, head.loss.name, metric, _job_title(names[part], typed.seed), part
         )
     checkpoint = _log_checkpoint(runs, checkpoint_dir)
     for k, name in enumerate(names):
-        final: dict = {key: values[k] for key, values in final_all.items()}
+        h = module.head_index(k)
+        final: dict = {key: values[k] for key, values in final_all.items() if values[k] is not None}
         diverged = int(module.diverged_at[k])
         test_value = final[f"final_test_{metric}"]
-        final["outcome"] = _outcome(test_value, trivial, direction, diverged > 0)
-        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial:.6g}", **stop}
+        final["outcome"] = _outcome(test_value, trivial[h], direction, diverged > 0)
+        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial[h]:.6g}", **stop}
         tags.update(checkpoint)
         if diverged:
             tags["error"] = f"loss became non-finite at epoch {diverged}"
@@ -471,7 +485,7 @@ def _finish(
                 (
                     k,
                     model_name(name),
-                    module.model.export(k, data.split.units),
+                    module.model.export(k, module.heads[h].loss.output, data.split.units),
                     data.split.x_test[:5],
                     [f"torch=={torch.__version__.split('+')[0]}"],
                     typed.logger.model_format.value,

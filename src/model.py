@@ -4,7 +4,8 @@ Member k is initialised from its own generator and draws its dropout masks from 
 normalization statistics are its own, so a K-member model and K separate runs with the same
 seeds compute the same numbers; a plain run is K = 1. Initialisation follows the study
 (Keras): He-uniform hidden layers, Glorot-uniform output layer, zero biases. A hidden layer is
-linear -> norm -> activation -> dropout.
+linear -> norm -> activation -> dropout. The model gives the raw last layer; the output
+activation is each member's loss's (src/heads.py), and its export's last layer.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class MemberMLP(nn.Module):
         self,
         sizes: list[int],
         activation: Activation,
-        output: Output,
         generators: list[torch.Generator],
         norm: Norm = Norm.none,
         dropout: float = 0.0,
@@ -51,7 +51,6 @@ class MemberMLP(nn.Module):
         super().__init__()
         self.sizes = sizes
         self.activation, self.activation_module = HIDDEN[activation]
-        self.output = output
         self.generators = generators
         self.dropout = dropout
         members = len(generators)
@@ -98,14 +97,13 @@ class MemberMLP(nn.Module):
         masks = [torch.empty(shape).bernoulli_(keep, generator=g) for g in self.generators]
         return (torch.stack(masks) / keep).to(self.weights[0].device, dtype)
 
-    def predict_from(self, logits: torch.Tensor) -> torch.Tensor:
-        """Activated output (what metrics and users see) from the raw last layer."""
-        return ACTIVATED[self.output](logits)
-
-    def export(self, member: int, units: tuple[float, float] = (1.0, 0.0)) -> nn.Sequential:
-        """Member ``member`` as a plain torch model (Linear layers, activated output), for
-        MLflow: loadable anywhere without losslab. ``units`` (scale, offset) adds a last
-        affine layer that maps a scaled regression output back into the target's units."""
+    def export(
+        self, member: int, output: Output, units: tuple[float, float] = (1.0, 0.0)
+    ) -> nn.Sequential:
+        """Member ``member`` as a plain torch model (Linear layers, then its loss's ``output``
+        activation), for MLflow: loadable anywhere without losslab. ``units`` (scale, offset)
+        adds a last affine layer that maps a scaled regression output back into the target's
+        units."""
         layers: list[nn.Module] = []
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             linear = nn.Linear(weight.shape[1], weight.shape[2])
@@ -119,7 +117,7 @@ class MemberMLP(nn.Module):
                 layers.append(self.activation_module())
                 if self.dropout:
                     layers.append(nn.Dropout(self.dropout))
-        layers.append(_EXPORT[self.output]())
+        layers.append(_EXPORT[output]())
         if units != (1.0, 0.0):
             unscale = nn.Linear(1, 1)
             with torch.no_grad():

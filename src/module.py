@@ -1,4 +1,5 @@
-"""The LightningModule: a member MLP, its loss and metrics, trained as the study trains.
+"""The LightningModule: a member MLP, its losses (src/heads.py) and metrics, trained as the
+study trains.
 
 One Lightning training step is one epoch: the module shuffles the train set for each member
 with that member's own generator and steps through the minibatches itself (manual
@@ -13,42 +14,23 @@ ModelCheckpoint monitor. Every member's own values stay in ``history`` (and MLfl
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from src.config import ConfigError, LossConfig, MetricInput, refused
+from src.config import ConfigError, Targets, refused
+from src.heads import Head
 from src.losses import per_member
-from src.metrics import Metric, inputs
 from src.model import MemberMLP
 from src.optim import Clip, updater
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def _plain(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Hydra's ``_partial_`` result re-checks its target policy on every call (about 0.1 ms,
-    a third of a plain training step); once instantiated and so authorised, call the bare
-    ``functools.partial``."""
-    if isinstance(fn, functools.partial):
-        return functools.partial(fn.func, *fn.args, **fn.keywords)
-    return fn
-
-
-def _loss_fn(where: str, node: dict[str, Any]) -> Callable[..., torch.Tensor]:
-    """The configured loss function; one that cannot be built is a config mistake, named."""
-    try:
-        return _plain(instantiate(node))
-    except InstantiationException as error:
-        raise refused(where, error.__cause__ or error) from error
 
 
 class Diverged(RuntimeError):
@@ -59,8 +41,8 @@ class LossModule(pl.LightningModule):
     def __init__(
         self,
         model: MemberMLP,
-        losses: Mapping[str, LossConfig],
-        metrics: dict[str, tuple[MetricInput, Metric]],
+        heads: list[Head],
+        targets: Targets,
         optimizer: dict[str, Any],
         batch_size: int,
         generators: list[torch.Generator],
@@ -72,17 +54,18 @@ class LossModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        # One function per loss (where it is configured -> config: LosslabConfig.job_losses),
-        # each for an equal run of members; the losses share their shape (LossConfig.shape),
-        # so from_logits and targets too.
-        self.loss_fns = {
-            f"{where}.fn": _loss_fn(f"{where}.fn", c.fn) for where, c in losses.items()
+        # One head per loss the job trains, each on its run of members (src/heads.py).
+        self.heads = heads
+        self.targets = targets  # how the data module encodes them: the first loss's way
+        # Members whose loss does not report a per-epoch metric: their value of it is NaN
+        # here and left out of their runs (for_runs).
+        members = range(model.members)
+        named = dict.fromkeys(name for head in heads for name in head.metrics)
+        absent = {
+            name: {k for h in heads if name not in h.metrics for k in members[h.members]}
+            for name in named
         }
-        self.per_loss = model.members // len(losses)
-        first = next(iter(losses.values()))
-        self.from_logits = first.from_logits
-        self.targets = first.targets
-        self.metrics = metrics  # per epoch: name -> (what it takes, member-axis function)
+        self.absent = {name: lacking for name, lacking in absent.items() if lacking}
         self.optimizer_cfg = optimizer
         self.batch_size = batch_size
         self.generators = generators
@@ -122,37 +105,49 @@ class LossModule(pl.LightningModule):
         finally:
             self.train(was_training)
 
-    def _loss_input(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.from_logits else self.model.predict_from(logits)
+    def head_index(self, member: int) -> int:
+        """The index of the head that trains ``member``."""
+        return member // (self.model.members // len(self.heads))
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each member's loss (members,), by its own loss function."""
-        output = self._loss_input(logits)
-        if len(self.loss_fns) == 1:
-            (fn,) = self.loss_fns.values()
-            return per_member(fn(output, target))
-        # Each loss on its members' rows (split: views, one autograd node), the values joined
-        # before one mean: a mean per loss and a join of the means took 20% longer (K=30).
-        pairs = zip(
-            self.loss_fns.values(), output.split(self.per_loss), target.split(self.per_loss)
+    def encoded(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """Targets with the member axis, as each head's loss takes them: one tensor per head."""
+        if len(self.heads) == 1 and self.heads[0].loss.targets == self.targets:
+            return [target]
+        return [head.encode(target[head.members]) for head in self.heads]
+
+    def _loss(self, logits: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Each member's loss (members,), by its own head's loss function."""
+        if len(self.heads) == 1:
+            head = self.heads[0]
+            return per_member(head.fn(head.loss_input(logits), targets[0]))
+        # Each loss on its members' rows (views), the values joined before one mean: a mean
+        # per loss and a join of the means took 20% longer (K=30).
+        return per_member(
+            torch.cat(
+                [
+                    head.fn(head.loss_input(logits[head.members]), target)
+                    for head, target in zip(self.heads, targets)
+                ]
+            )
         )
-        return per_member(torch.cat([fn(out, y) for fn, out, y in pairs]))
 
     def check_loss(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Call loss.fn on two rows before any run starts: a loss that refuses these targets,
-        or reduces to one number (reduction: mean), fails here in one line, not in step one."""
-        target = y[:2].expand(self.model.members, *y[:2].shape)
+        """Call each loss.fn on two rows before any run starts: a loss that refuses these
+        targets, or reduces to one number (reduction: mean), fails here in one line, not in
+        step one."""
+        targets = self.encoded(y[:2].expand(self.model.members, *y[:2].shape))
         with self.scoring():
-            output = self._loss_input(self.model(x[:2]))
-            for where, fn in self.loss_fns.items():
+            logits = self.model(x[:2])
+            for head, target in zip(self.heads, targets):
+                output = head.loss_input(logits[head.members])
                 try:
-                    values = fn(output, target)
+                    values = head.fn(output, target)
                 except Exception as error:
-                    raise refused(where, error) from error
+                    raise refused(f"{head.where}.fn", error) from error
                 if values.shape[:2] != output.shape[:2]:
                     raise ConfigError(
-                        f"{where} returned shape {tuple(values.shape)} for outputs of shape "
-                        f"{tuple(output.shape)}; it must return one loss per sample (or "
+                        f"{head.where}.fn returned shape {tuple(values.shape)} for outputs of "
+                        f"shape {tuple(output.shape)}; it must return one loss per sample (or "
                         "element), not reduce them: keep reduction: none"
                     )
 
@@ -165,33 +160,45 @@ class LossModule(pl.LightningModule):
         scale, offset = self.units
         return pred * scale + offset, target * scale + offset
 
-    def scores(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-epoch metrics of activated outputs, in the target's units: {name: (members,)}."""
-        prepared: dict[MetricInput, tuple[torch.Tensor, torch.Tensor]] = {}
-        values = {}
-        for name, (kind, metric) in self.metrics.items():
-            if kind not in prepared:
-                prepared[kind] = inputs(kind, pred, target, self.targets)
-            values[name] = metric(*prepared[kind])
+    def _scores(self, logits: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each head's per-epoch metrics on its members: {name: (members,)}, NaN for members
+        whose loss does not report that metric."""
+        if len(self.heads) == 1:
+            head = self.heads[0]
+            return head.scores(*self.in_units(head.activate(logits), targets[0]))
+        values: dict[str, torch.Tensor] = {}
+        for head, target in zip(self.heads, targets):
+            pred = head.activate(logits[head.members])
+            for name, value in head.scores(*self.in_units(pred, target)).items():
+                if name not in values:
+                    values[name] = value.new_full((self.model.members,), float("nan"))
+                values[name][head.members] = value
         return values
 
-    def _scores(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.scores(*self.in_units(self.model.predict_from(logits), target))
+    def for_runs(self, name: str, values: list[float]) -> list[float | None]:
+        """Each member's value of per-epoch metric ``name`` for its run: None where the
+        member's loss does not report it (the run trained alone would not have it)."""
+        if name not in self.absent:
+            return values
+        return [None if k in self.absent[name] else v for k, v in enumerate(values)]
 
     @torch.no_grad()
-    def outputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every member's activated outputs on a split and the targets (member axis first),
-        in the target's units: what the metric panel scores."""
+    def outputs(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each head's members' activated outputs on a split and their targets as its loss
+        takes them (member axis first), in the target's units: what the metric panel scores."""
         logits = self.model(x.to(self.model.weights[0].dtype))  # 64-true trains in float64
-        target = y.expand(self.model.members, *y.shape)
-        return self.in_units(self.model.predict_from(logits), target)
+        targets = self.encoded(y.expand(self.model.members, *y.shape))
+        return [
+            self.in_units(head.activate(logits[head.members]), target)
+            for head, target in zip(self.heads, targets)
+        ]
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss and per-epoch metrics of every member on one whole split: {name: (members,)}."""
         logits = self.model(x.to(self.model.weights[0].dtype))
-        target = y.expand(self.model.members, *y.shape)
-        return {"loss": self._loss(logits, target), **self._scores(logits, target)}
+        targets = self.encoded(y.expand(self.model.members, *y.shape))
+        return {"loss": self._loss(logits, targets), **self._scores(logits, targets)}
 
     def _steps(self, n: int) -> int:
         """Minibatches per epoch: all of them, or trainer.limit_train_batches of them."""
@@ -217,7 +224,8 @@ class LossModule(pl.LightningModule):
         optimizer = self.optimizers().optimizer  # the torch optimizer: no per-step wrapping
         step = updater(optimizer, self.clip)
         order = torch.stack([torch.randperm(n, generator=g) for g in self.generators]).to(x.device)
-        xs, ys = x[order], y[order]  # one gather per epoch; minibatches below are views
+        xs = x[order]  # one gather per epoch; minibatches below are views
+        ys = self.encoded(y[order])
         steps = self._steps(n)
         seen_rows = min(n, steps * self.batch_size)
         # The raw outputs each minibatch saw before its update: the epoch's train loss and
@@ -226,10 +234,11 @@ class LossModule(pl.LightningModule):
         for start in range(0, seen_rows, self.batch_size):
             end = start + self.batch_size
             logits = self.model(xs[:, start:end])
-            step(self._loss(logits, ys[:, start:end]).sum())  # members stay independent
+            batch = [target[:, start:end] for target in ys]
+            step(self._loss(logits, batch).sum())  # members stay independent
             seen[:, start:end] = logits.detach()
         self._count_steps(steps)
-        ys = ys[:, :seen_rows]
+        ys = [target[:, :seen_rows] for target in ys]
         with torch.no_grad():
             train = {"loss": self._loss(seen, ys), **self._scores(seen, ys)}
         record = {f"train/{name}": value for name, value in train.items()}

@@ -141,10 +141,12 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
 
     model = load_model(client, run)
     typed = run_config(client, run.info.run_id)
-    split = make_split(typed.dataset, typed.loss.targets)
+    # the run's own loss: its job may have trained several (member_losses), one config.yaml
+    loss = typed.loss_named(run.data.tags.get("loss", typed.loss.name))
+    split = make_split(typed.dataset, loss.targets)
     prediction = predict(model, split.x_test)  # the model's last layer maps back to the units
     y_test = split.in_units(split.y_test)
-    panel = Panel.build(typed.panel(split.nonnegative), typed.loss.targets)
+    panel = Panel.build(typed.panel(split.nonnegative, loss), loss.targets)
     pred, target = torch.from_numpy(prediction)[None], torch.from_numpy(y_test)[None]
     recomputed = {name: values[0] for name, values in panel(pred, target).items()}
     logged_metrics = tracking.run_metrics(run)

@@ -256,12 +256,16 @@ class RunSet:
         except WriterError as error:
             raise TrackingError(str(error)) from None
 
-    def add_metrics(self, step: int, values: Mapping[str, Iterable[float]]) -> None:
-        """Buffer one step's values ({key: one value per member}). A full batch (BATCH_LIMIT
+    def add_metrics(self, step: int, values: Mapping[str, Iterable[float | None]]) -> None:
+        """Buffer one step's values ({key: one value per member}, None for a member whose run
+        does not report that key: its loss lacks the metric). A full batch (BATCH_LIMIT
         values a run, MLflow's most per log_batch call) leaves at once: it costs the tracking
         process about the same now as later (bulk_writes: a transaction per run and call,
         plus a little per value), and now it is done while training goes on."""
-        row = {key: [float(v) for v in per_member] for key, per_member in values.items()}
+        row = {
+            key: [None if v is None else float(v) for v in per_member]
+            for key, per_member in values.items()
+        }
         self._pending.append((step, int(time.time() * 1000), row))
         self._buffered += len(row)
         if self._buffered >= BATCH_LIMIT:
@@ -560,11 +564,7 @@ class Tracker:
 
         if method == "log_metrics":
             for k, run_id in enumerate(run_ids):
-                rows = [
-                    [key, values[k], timestamp, step]
-                    for step, timestamp, row in args[0]
-                    for key, values in row.items()
-                ]
+                rows = [list(point) for point in _points(args[0], k)]
                 unsent.keep(folder, run_id, {"metrics": rows})
         elif method == "log_text":
             for run_id in _chosen(run_ids, args[0]):
@@ -717,11 +717,7 @@ class Tracker:
         batches: list[bulk_writes.History] = []
         for k, run_id in enumerate(self.runs[handle]):
             model_id = self.models.get(run_id)
-            points = [
-                (key, values[k], timestamp, step)
-                for step, timestamp, row in rows
-                for key, values in row.items()
-            ]
+            points = _points(rows, k)
             if model_id:  # a final score is its model's (the Models page ranks by them)
                 batches.append((run_id, [point for point in points if _final(point)], model_id))
                 points = [point for point in points if not _final(point)]
@@ -926,6 +922,19 @@ def dataset_input(record: Mapping[str, str]) -> Any:
 
     context = InputTag(key="mlflow.data.context", value="train")
     return DatasetInput(Dataset(**record), tags=[context])
+
+
+def _points(
+    rows: list[tuple[int, int, dict[str, list[float | None]]]], member: int
+) -> list[tuple[str, float, int, int]]:
+    """One member's (key, value, timestamp, step) of buffered rows, without the keys its run
+    does not report (None)."""
+    return [
+        (key, values[member], timestamp, step)
+        for step, timestamp, row in rows
+        for key, values in row.items()
+        if values[member] is not None
+    ]
 
 
 def _chosen(run_ids: list[str], member: int | slice | None) -> list[str]:

@@ -174,11 +174,19 @@ CATALOGUE = [
     bad("seed=4294967296", "seed=4294967296 (+ members - 1) is above 4294967295"),
     bad("logger.experiment=", "logger.experiment must name an MLflow experiment (it is empty)"),
     bad("members=5000", "members=5000 is above 1000 (each member is an MLflow run)"),
-    # losses as members of one model share its output, targets and metrics
+    # losses as members of one model share its data and last layer: its task
     bad(
         "+loss@member_losses.bce=bce",
-        "member_losses.bce (binary, output sigmoid, targets binary, from logits) cannot train "
-        "beside loss mse (regression, output identity, targets real)",
+        "member_losses.bce (binary) cannot train beside loss mse (regression): members share "
+        "one model's data and last layer; run bce as its own job",
+    ),
+    bad(
+        "loss=bce +loss@member_losses.hinge=hinge member_losses.hinge.metrics=[log_loss]",
+        "member_losses.hinge.metrics: 'log_loss' does not apply to loss 'hinge'",
+    ),
+    bad(
+        "loss=bce +loss@member_losses.hinge=hinge member_losses.hinge.output=sigmoid",
+        "loss 'hinge' with targets=signed needs an output in ['tanh', 'identity']",
     ),
     bad("+loss@member_losses.mse=mse", "loss names ['mse', 'mse'] repeat"),
     bad("members=600 +loss@member_losses.mae=mae", "is 1200 members, above 1000"),

@@ -3,14 +3,17 @@ SGD update is torch.optim.SGD's."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from hydra_plugins.losslab.sweeper import batch_seeds
 from src.optim import updater
-from tests.conftest import compose_cfg, results, runs_of
+from tests.conftest import ROOT, cli_env, compose_cfg, hang, results, runs_of
 
 TOLERANCE = 1e-5
 
@@ -230,14 +233,18 @@ def _planned(*overrides: str, losses: bool = True) -> list[list[str]]:
         return plan_jobs(jobs, loader, master, seeds=True, losses=losses)
 
 
-def test_losses_of_one_shape_train_as_one_job_and_others_apart() -> None:
-    """mse, msle and mae share the model's output, targets and metrics: one job, the others'
-    losses added as member_losses; bce and hinge differ from them and from each other."""
+def test_losses_of_one_task_train_as_one_job_and_other_tasks_apart() -> None:
+    """mse, msle and mae share the model's data and last layer: one job, the others' losses
+    added as member_losses; so do bce and hinge, though each reads the output its own way
+    (sigmoid against {0, 1}, tanh against {-1, 1}); and cce with sparse_cce (one-hot rows
+    against class indices). Losses of different tasks stay apart."""
     merged = ["+loss@member_losses.msle=msle", "+loss@member_losses.mae=mae"]
     assert _planned("loss=mse,bce,msle,hinge,mae", "seed=0,1") == [
         ["loss=mse", "seed=0", "members=2", *merged],
-        ["loss=bce", "seed=0", "members=2"],
-        ["loss=hinge", "seed=0", "members=2"],
+        ["loss=bce", "seed=0", "members=2", "+loss@member_losses.hinge=hinge"],
+    ]
+    assert _planned("loss=cce,sparse_cce") == [
+        ["loss=cce", "+loss@member_losses.sparse_cce=sparse_cce"]
     ]
     assert _planned("loss=mse,msle", losses=False) == [["loss=mse"], ["loss=msle"]]
 
@@ -255,26 +262,32 @@ def test_losses_are_merged_only_where_the_merged_job_is_each_losss_own() -> None
 
 
 @pytest.mark.slow
-def test_a_merged_jobs_members_are_each_losss_own_runs(run_cli, client, tmp_path) -> None:
-    """mse and msle trained as one model: each member's run has the numbers, name, tags,
-    params and figure of the same loss and seed trained on its own, and the report ranks the
-    losses as if they had been apart."""
-    common = ("trainer.max_epochs=3", "logger.log_model=false")
-    merged = run_cli("-m", "loss=mse,msle,bce", "seed=0,1", *common)
+def test_a_merged_jobs_members_are_each_losss_own_runs(
+    run_cli, client, store_uri, tmp_path
+) -> None:
+    """mse with msle, and bce with hinge, each trained as one model: each member's run has
+    the numbers and curves, name, tags, params, metrics and figure of the same loss and seed
+    trained on its own (hinge's rounded accuracy in hinge's runs only), its model predicts
+    as its own loss reads outputs, and the report ranks the losses as if they had been apart."""
+    losses = ("mse", "msle", "bce", "hinge")
+    common = ("trainer.max_epochs=3",)
+    merged = run_cli("-m", f"loss={','.join(losses)}", "seed=0,1", *common)
     assert merged.returncode == 0, merged.stderr
-    assert "6 runs launched as 2 jobs" in merged.stdout
+    assert "8 runs launched as 2 jobs" in merged.stdout
     report = (tmp_path / "multirun" / "report.md").read_text()  # before the next sweep's
     assert "member_losses" not in report and "|  | mse | msle |" in report
-    apart = run_cli("-m", "loss=mse,msle", "seed=0,1", "hydra.sweeper.batch_losses=false", *common)
+    assert "|  | bce | hinge |" in report
+    apart = run_cli(
+        "-m", f"loss={','.join(losses)}", "seed=0,1", "hydra.sweeper.batch_losses=false", *common
+    )
     assert apart.returncode == 0, apart.stderr
-    assert "4 runs launched as 2 jobs" in apart.stdout
+    assert "8 runs launched as 4 jobs" in apart.stdout
 
     runs = runs_of(client)
-    together = _by_seed(runs, "4")
-    alone = {key: run for key, run in _by_seed(runs, "2").items() if key[0] != "bce"}
-    expected = [(loss, seed) for loss in ("mse", "msle") for seed in "01"]
+    together, alone = _by_seed(runs, "4"), _by_seed(runs, "2")
+    expected = [(loss, seed) for loss in losses for seed in "01"]
     assert sorted(together) == sorted(expected) and sorted(alone) == sorted(expected)
-    assert len({r.data.tags["output_dir"] for r in together.values()}) == 1
+    assert len({r.data.tags["output_dir"] for r in together.values()}) == 2
     for key in expected:
         mine, theirs = together[key], alone[key]
         name = f"{key[0]} trainer.max_epochs=3 seed={key[1]}"
@@ -283,7 +296,35 @@ def test_a_merged_jobs_members_are_each_losss_own_runs(run_cli, client, tmp_path
         assert mine.data.params["loss.name"] == key[0]
         ours, reference = results(mine), results(theirs)
         assert ours.keys() == reference.keys()
+        assert ("test/rounded_accuracy" in ours) == (key[0] == "hinge")
         for name, value in reference.items():
             assert ours[name] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), name
+        for curve in ("train/loss", "test/loss"):
+            assert _curve(client, mine.info.run_id, curve) == pytest.approx(
+                _curve(client, theirs.info.run_id, curve), rel=TOLERANCE, abs=TOLERANCE
+            )
+        assert mine.data.tags["outcome"] == theirs.data.tags["outcome"]
+        assert mine.data.tags["trivial_test_score"] == theirs.data.tags["trivial_test_score"]
         artifacts = {a.path for a in client.list_artifacts(mine.info.run_id)}
         assert {"learning_curves.png", "dataset.png", "config"} <= artifacts
+
+    # hinge's model, from a job whose config.yaml names bce first: tanh outputs, and its test
+    # split rebuilt with hinge's {-1, 1} targets scores what the run logged
+    hinge = together[("hinge", "0")]
+    scored = subprocess.run(
+        [
+            *(sys.executable, "-m", "src.predict", f"run_id={hinge.info.run_id}", "split=test"),
+            f"output={tmp_path / 'hinge.csv'}",
+        ],
+        cwd=ROOT,
+        env=cli_env(store_uri),
+        capture_output=True,
+        text=True,
+        timeout=hang(240),
+        check=False,
+    )
+    assert scored.returncode == 0, scored.stderr
+    logged = hinge.data.metrics["final_test_rounded_accuracy"]
+    assert f"test rounded_accuracy: {logged:.6f} (logged" in scored.stdout
+    predictions = np.loadtxt(tmp_path / "hinge.csv", delimiter=",", skiprows=1)
+    assert predictions[:, -1].min() >= -1 and predictions[:, -1].min() < 0  # tanh, not sigmoid

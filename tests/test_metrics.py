@@ -18,16 +18,19 @@ from tests.conftest import compose_cfg, runs_of
 
 
 def built(*overrides: str):
-    """An untrained two-member module, its data and its panel, as a run builds them."""
+    """An untrained module of two members a loss, its data and each loss's panel, as a run
+    builds them."""
     cfg = compose_cfg(*overrides, "members=2")
     typed = config.validate(cfg)
-    data, module, panel = experiment.build(cfg, typed, [0, 1])
-    return typed, data, module, panel
+    seeds = [0, 1] * len(typed.job_losses())
+    data, module, panels = experiment.build(cfg, typed, seeds)
+    return typed, data, module, panels
 
 
-def expected_panel(typed, split, pred: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
-    """The panel recomputed with scikit-learn alone, per member, from the activated outputs."""
-    task, targets = typed.loss.task.value, typed.loss.targets
+def expected_panel(loss, pred: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
+    """The panel recomputed with scikit-learn alone, per member, from the activated outputs
+    and the targets as ``loss`` takes them."""
+    task, targets = loss.task.value, loss.targets
     truth = class_labels(torch.from_numpy(y), targets).numpy() if task != "regression" else None
     out: dict[str, list[float]] = {}
     for k in range(len(pred)):
@@ -49,10 +52,10 @@ def expected_panel(typed, split, pred: np.ndarray, y: np.ndarray) -> dict[str, l
             out.setdefault("log_loss", []).append(skm.log_loss(truth, p / p.sum(1, keepdims=True)))
         else:
             score = p[:, 0]
-            label = (score > (0.5 if typed.loss.output.value == "sigmoid" else 0.0)).astype(int)
+            label = (score > (0.5 if loss.output.value == "sigmoid" else 0.0)).astype(int)
             out.setdefault("f1", []).append(skm.f1_score(truth, label))
             out.setdefault("roc_auc", []).append(skm.roc_auc_score(truth, score))
-            if typed.loss.output.value == "sigmoid":
+            if loss.output.value == "sigmoid":
                 out.setdefault("log_loss", []).append(skm.log_loss(truth, score))
                 out.setdefault("brier", []).append(skm.brier_score_loss(truth, score))
             else:
@@ -73,25 +76,30 @@ def expected_panel(typed, split, pred: np.ndarray, y: np.ndarray) -> dict[str, l
         ("loss=sparse_cce",),
         ("loss=kld",),
         ("loss=mse", "dataset=diabetes"),  # a table: metrics in the target's units
+        # losses of one task as one model: each reads the outputs and targets its own way
+        ("loss=bce", "+loss@member_losses.hinge=hinge"),
+        ("loss=cce", "+loss@member_losses.sparse_cce=sparse_cce"),
     ],
     ids=lambda o: " ".join(o),
 )
 def test_each_panel_metric_equals_scikit_learn_per_member(overrides) -> None:
-    typed, data, module, panel = built(*overrides)
-    with torch.no_grad():  # perturb member 1 so the two members differ
+    typed, data, module, panels = built(*overrides)
+    with torch.no_grad():  # perturb every second member so each loss's two members differ
         for weight in module.model.weights:
-            weight[1] += 0.05
-    pred, target = module.outputs(*data.test)
-    values = panel(pred, target)
-    expected = expected_panel(typed, data.split, pred.numpy().astype(np.float64), target[0].numpy())
-    assert sorted(values) == sorted(expected)
-    for name, per_member in values.items():
-        assert per_member == pytest.approx(expected[name], abs=1e-6), name
-        assert per_member[0] != per_member[1] or name == "rounded_accuracy", name
-    # the per-epoch function of the primary metric agrees with the panel's
+            weight[1::2] += 0.05
     primary = typed.primary_metric()
-    epoch = module.evaluate(*data.test)[primary].tolist()
-    assert epoch == pytest.approx(values[primary], rel=1e-6, abs=1e-6)  # float32 per epoch
+    epoch = module.evaluate(*data.test)
+    assert len(panels) == len(module.heads) == len(typed.job_losses())
+    for head, panel, (pred, target) in zip(module.heads, panels, module.outputs(*data.test)):
+        values = panel(pred, target)
+        expected = expected_panel(head.loss, pred.numpy().astype(np.float64), target[0].numpy())
+        assert sorted(values) == sorted(expected)
+        for name, per_member in values.items():
+            assert per_member == pytest.approx(expected[name], abs=1e-6), name
+            assert per_member[0] != per_member[1] or name == "rounded_accuracy", name
+        # the per-epoch function of the primary metric agrees with the panel's
+        per_epoch = epoch[primary][head.members].tolist()
+        assert per_epoch == pytest.approx(values[primary], rel=1e-6, abs=1e-6)  # float32
     if overrides[-1] == "dataset=diabetes":  # squared units of disease progression
         assert values["mse"][0] > 1000 and values["r2"][0] < 1
 

@@ -221,7 +221,8 @@ def test_ctrl_c_cancels_every_job_and_kills_every_unfinished_run(
 ) -> None:
     """Three long jobs on two CPUs: two run, one waits in the queue. Ctrl-C (SIGINT) of the
     launching process cancels all three on SLURM, closes the runs KILLED, and exits 130."""
-    process = _start(tmp_path, store_uri, "loss=mse,bce,hinge", "trainer.max_epochs=20000")
+    apart = "hydra.sweeper.batch_losses=false"  # three jobs, not bce and hinge as one
+    process = _start(tmp_path, store_uri, "loss=mse,bce,hinge", apart, "trainer.max_epochs=20000")
     _wait_for_epochs(client, process, 2)
     ours = {r.data.tags["slurm.job_id"].split("_")[0] for r in _children(client)}
     process.send_signal(signal.SIGINT)

@@ -10,10 +10,11 @@ stopping or a plateau scheduler watch the members' median: see
 ``LosslabConfig.couples_members``), so that a batched job always equals its separate runs.
 ``hydra.sweeper.batch_seeds=false`` launches one job per seed.
 
-Jobs that then differ only in their loss, among losses of the same shape (task, output,
-targets, metrics: ``LossConfig.shape``), train as one model too: ``loss=mse,msle,mae`` is
-launched as ``loss=mse +loss@member_losses.msle=msle +loss@member_losses.mae=mae``, each
-loss's members its own MLflow runs (``member_losses`` in conf/config.yaml). It is merged only
+Jobs that then differ only in their loss, among losses of the same shape (their task:
+``LossConfig.shape``), train as one model too: ``loss=mse,msle,mae`` is launched as
+``loss=mse +loss@member_losses.msle=msle +loss@member_losses.mae=mae``, and ``loss=bce,hinge``
+as ``loss=bce +loss@member_losses.hinge=hinge``, each loss's members its own MLflow runs with
+its own output, encoding and metrics (``member_losses`` in conf/config.yaml). It is merged only
 where composing the merged job gives each loss's job exactly (``losses_mergeable``);
 ``hydra.sweeper.batch_losses=false`` keeps a job per loss.
 
@@ -248,7 +249,7 @@ def plan_jobs(
     jobs: Sequence[Sequence[str]], loader: Any, config: DictConfig, seeds: bool, losses: bool
 ) -> list[list[str]]:
     """A grid's jobs as launched: one per fold, seeds as members (``seeds``), then losses of
-    one shape as members (``losses``). The sweeper and the sweep's up-front check
+    one shape (task) as members (``losses``). The sweeper and the sweep's up-front check
     (src/hydra_callbacks.py) both plan with it, so they see the same jobs."""
     planned = expand_folds(jobs)
     if seeds:
