@@ -27,6 +27,7 @@ from scipy import stats
 
 from src import plots, quick_exit, store, tracking
 from src.config import MEMBER_LOSS_KEY, ConfigError
+from src.render import Saving
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written into the sweep dir by the Optuna sweeper
 ARTIFACT_DIR = "report"
@@ -659,14 +660,18 @@ def build(
     for name, text in files.items():
         (sweep_dir / name).write_text(text)
     ok = [r for r in results if r.outcome == "ok"]
-    figures = {
-        "curves.png": plots.sweep_curves(ok, histories(client, ok, curves or {})),
-        "final.png": plots.final_spread(results),
-    }
-    for name, figure in figures.items():
-        figure.savefig(sweep_dir / name, dpi=110)
-    for name in (*files, *figures):
+    # Each figure drawn by a child process (src/render.py) as soon as it is built, while this
+    # one builds the next and logs the text files; each logged once written.
+    curves_png = Saving(
+        plots.sweep_curves(ok, histories(client, ok, curves or {})),
+        sweep_dir / "curves.png",
+        dpi=110,
+    )
+    final_png = Saving(plots.final_spread(results), sweep_dir / "final.png", dpi=110)
+    for name in files:
         client.log_artifact(parent_run_id, str(sweep_dir / name), ARTIFACT_DIR)
+    for saving in (curves_png, final_png):
+        client.log_artifact(parent_run_id, str(saving.wait()), ARTIFACT_DIR)
     summarize_on_parent(client, parent_run_id, report)
     return report
 

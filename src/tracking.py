@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from src import bulk_writes, store, store_template
 from src.frozen_imports import frozen_imports
+from src.render import Saving
 from src.writer import Writer, WriterError
 
 EXPERIMENT_DESCRIPTION = (
@@ -51,6 +52,7 @@ KEPT = (
     "log_models",
 )
 PARAM_VALUE_MAX = 6000
+MODELS_PER_CALL = 5  # a job's models go in calls of this many (RunSet.log_models)
 # (member, name, model, input example, pip requirements, serialization format): a job's model
 MemberModel = tuple[int, str, Any, Any, list[str], str]
 RESEND_SECONDS = 10.0  # between tries to send kept data while the runs train
@@ -310,9 +312,12 @@ class RunSet:
 
     def log_models(self, models: Sequence[MemberModel]) -> None:
         """Members' models, each (member, name, model, input example, requirements, format),
-        in one call: the tracking process writes them in few transactions. Final metrics
-        added before the next flush are linked to them."""
-        self._send("log_models", list(models))
+        in calls of MODELS_PER_CALL: the tracking process writes each call's in few
+        transactions, and a next job's new runs (an urgent call) wait for one call's models
+        (0.1 s), not a whole job's. Final metrics added before the next flush are linked to
+        them."""
+        for start in range(0, len(models), MODELS_PER_CALL):
+            self._send("log_models", list(models[start : start + MODELS_PER_CALL]))
 
     def end(self, statuses: list[str], tags: Sequence[Mapping[str, Any]] = ()) -> None:
         """Close every run with its true status (FINISHED, FAILED or KILLED) and its tags
@@ -465,6 +470,8 @@ class Tracker:
         self._datasets: dict[str, Path] = {}
         self.models: dict[str, str] = {}  # run id -> its LoggedModel's id (final_* link to it)
         self.curves: dict[str, dict[str, list[float]]] = {}  # run id -> key -> value per epoch
+        # handle -> its learning curves being drawn: (log_learning_curves' arguments, Saving)
+        self.figures: dict[int, list[tuple[tuple, Saving]]] = {}
         self.params: dict[str, dict[str, str]] = {}  # run id -> its params, as logged
         self.artifact_uris: dict[str, str] = {}  # run id -> where its files go
         self._repositories: dict[str, Any] = {}  # run id -> its artifact repository
@@ -585,7 +592,7 @@ class Tracker:
                 )
         elif method == "log_learning_curves":
             chosen = _chosen(run_ids, args[4])
-            unsent.keep_file(folder, chosen, self._curves_png(chosen, *args[:4]), None)
+            unsent.keep_file(folder, chosen, self._curves_png(chosen, *args[:4]).wait(), None)
         else:  # log_file, log_dataset: in one member's run (log_file's member) or every one
             member, local, artifact_folder = (
                 (args[0], Path(args[1]), args[2])
@@ -630,7 +637,11 @@ class Tracker:
         return [store.redact(failure) for failure in failures]
 
     def abandoned(self) -> None:
-        """The job (or sweep) process died without closing its runs (SIGKILL): record that."""
+        """The job (or sweep) process died without closing its runs (SIGKILL): record that,
+        with the figures already drawn."""
+        for handle in list(self.figures):
+            with contextlib.suppress(Exception):
+                self._log_figures(handle)
         for run_id in list(self.open):
             try:
                 tags = {"outcome": "killed", "error": "the job process died"}
@@ -774,15 +785,32 @@ class Tracker:
         title: str,
         members: slice | None = None,
     ) -> None:
-        png = self._curves_png(self._members(handle, members), history, loss, metric, title)
-        self.log_file(handle, members, str(png), None)
+        """Drawn by a child process (src/render.py) while this one goes on with the job's
+        models; logged when the job's runs end (``_log_figures``)."""
+        args = (history, loss, metric, title, members)
+        saving = self._curves_png(self._members(handle, members), history, loss, metric, title)
+        self.figures.setdefault(handle, []).append((args, saving))
+
+    def _log_figures(self, handle: int) -> None:
+        """Log the job's learning curves drawn meanwhile, each as its own call would have
+        been: kept on disk when the store cannot take it, the runs FAILED when it cannot be
+        drawn."""
+        for args, saving in self.figures.pop(handle, []):
+            call = (handle, *args)
+            if reason := self.refuse("log_learning_curves", call):
+                self.failed("log_learning_curves", call, reason)
+                continue
+            try:
+                self.log_file(handle, args[-1], str(saving.wait()), None)
+            except Exception as error:
+                self.failed("log_learning_curves", call, f"{type(error).__name__}: {error}")
 
     def _curves_png(
         self, run_ids: list[str], history: list[dict], loss: str, metric: str, title: str
-    ) -> Path:
-        """The job's figure; its runs' curves of ``metric`` are kept for the sweep's report,
-        which would otherwise read every run's history back from the store (0.9 s of a
-        50-run report, profiled)."""
+    ) -> Saving:
+        """The job's figure, being saved; its runs' curves of ``metric`` are kept for the
+        sweep's report, which would otherwise read every run's history back from the store
+        (0.9 s of a 50-run report, profiled)."""
         from src import plots
 
         keys = [f"{split}/{metric}" for split in plots.SPLITS]
@@ -791,8 +819,7 @@ class Tracker:
             self.curves[run_id] = {key: [row[key][k] for row in history] for key in drawn}
         path = Path(self._rendered.name) / run_ids[0] / "learning_curves.png"
         path.parent.mkdir(exist_ok=True)
-        plots.learning_curves(history, loss, metric, title).savefig(path)
-        return path
+        return Saving(plots.learning_curves(history, loss, metric, title), path)
 
     def log_models(self, handle: int, models: list[MemberModel]) -> None:
         run_ids = self.runs[handle]
@@ -815,6 +842,7 @@ class Tracker:
         closing too, which is then kept on disk (``_keep``), with the tags."""
         from src import unsent
 
+        self._log_figures(handle)
         folder, refused = self.spools.get(handle), None
         try:
             self._send_kept(handle)

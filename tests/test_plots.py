@@ -5,9 +5,10 @@ and the legend outside the data, regression data against its most informative fe
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from matplotlib.colors import to_rgba
 
-from src import plots
+from src import plots, render
 
 
 def history(epochs: int, loss: np.ndarray, metric: dict[str, np.ndarray]) -> list[dict]:
@@ -98,3 +99,32 @@ def test_regression_data_is_drawn_against_its_most_informative_feature() -> None
     scatter = figure.axes[0]
     assert scatter.get_xlabel().startswith("feature 3 (most informative")
     assert np.allclose(scatter.collections[0].get_offsets()[:, 0], x[:150, 3])
+
+
+class _Unsaveable:
+    """A figure whose drawing fails, as a broken font or a full disk would make it."""
+
+    def savefig(self, path, **options) -> None:
+        raise OSError("No space left on device")
+
+
+def test_a_figure_saved_by_a_child_is_the_file_the_parent_would_write(tmp_path) -> None:
+    """src/render.py: each figure is saved by a forked child (at most MAX_CHILDREN at once),
+    byte for byte the file this process writes; one that cannot be drawn says why when
+    waited for, and the others are unaffected."""
+    figure = plots.learning_curves(
+        history(20, np.geomspace(1.0, 1e-2, 20), {"accuracy": np.linspace(0.5, 0.9, 20)}),
+        "bce",
+        "accuracy",
+        "bce seed=0",
+    )
+    figure.savefig(tmp_path / "here.png")
+    savings = [render.Saving(figure, tmp_path / f"child{i}.png") for i in range(3)]
+    failed = render.Saving(_Unsaveable(), tmp_path / "broken.png")
+    assert len(render._running) <= render.MAX_CHILDREN
+    for i, saving in enumerate(savings):
+        assert saving.wait() == tmp_path / f"child{i}.png"
+        assert saving.path.read_bytes() == (tmp_path / "here.png").read_bytes()
+    with pytest.raises(RuntimeError, match=r"could not draw broken\.png: OSError: No space left"):
+        failed.wait()
+    assert render._running == [] and not (tmp_path / "broken.png").exists()
