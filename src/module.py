@@ -57,6 +57,7 @@ class LossModule(pl.LightningModule):
         # One head per loss the job trains, each on its run of members (src/heads.py).
         self.heads = heads
         self.targets = targets  # how the data module encodes them: the first loss's way
+        self.per_head = model.members // len(heads)
         # Members whose loss does not report a per-epoch metric: their value of it is NaN
         # here and left out of their runs (for_runs).
         members = range(model.members)
@@ -107,7 +108,7 @@ class LossModule(pl.LightningModule):
 
     def head_index(self, member: int) -> int:
         """The index of the head that trains ``member``."""
-        return member // (self.model.members // len(self.heads))
+        return member // self.per_head
 
     def encoded(self, target: torch.Tensor) -> list[torch.Tensor]:
         """Targets with the member axis, as each head's loss takes them: one tensor per head."""
@@ -120,13 +121,15 @@ class LossModule(pl.LightningModule):
         if len(self.heads) == 1:
             head = self.heads[0]
             return per_member(head.fn(head.loss_input(logits), targets[0]))
-        # Each loss on its members' rows (views), the values joined before one mean: a mean
-        # per loss and a join of the means took 20% longer (K=30).
+        # Each loss on its members' rows (split: views, one autograd node; a slice per head
+        # made two and took longer), the values joined before one mean: a mean per loss and
+        # a join of the means took 20% longer (K=30).
+        chunks = logits.split(self.per_head)
         return per_member(
             torch.cat(
                 [
-                    head.fn(head.loss_input(logits[head.members]), target)
-                    for head, target in zip(self.heads, targets)
+                    head.fn(head.loss_input(chunk), target)
+                    for head, chunk, target in zip(self.heads, chunks, targets)
                 ]
             )
         )
