@@ -233,7 +233,7 @@ def build(
     heads = build_heads(
         typed.job_losses(),
         typed.members,
-        lambda loss: list(dict.fromkeys([typed.primary_metric(), *loss.metrics])),
+        typed.primary_metric(),
         typed.metrics,
         typed.loss.targets,
         data.split.n_classes,

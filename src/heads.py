@@ -12,7 +12,7 @@ first loss; a head whose loss wants another encoding re-encodes them (``encode``
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -57,14 +57,14 @@ class Head:
 def build_heads(
     losses: Mapping[str, LossConfig],
     per_loss: int,
-    epoch_metrics: Callable[[LossConfig], Sequence[str]],
+    primary: str,
     specs: Mapping[str, MetricConfig],
     data_targets: Targets,
     n_classes: int,
 ) -> list[Head]:
-    """One head per loss (where -> config, in member order), ``per_loss`` members each;
-    ``epoch_metrics(loss)`` names what its members report each epoch. A loss function that
-    cannot be built is a config mistake, named."""
+    """One head per loss (where -> config, in member order), ``per_loss`` members each,
+    reporting the task's ``primary`` metric and its loss's own each epoch. A loss function
+    that cannot be built is a config mistake, named."""
     heads = []
     for i, (where, loss) in enumerate(losses.items()):
         try:
@@ -72,7 +72,8 @@ def build_heads(
         except InstantiationException as error:
             raise refused(f"{where}.fn", error.__cause__ or error) from error
         metrics = {
-            name: (specs[name].input, get_method(specs[name].epoch)) for name in epoch_metrics(loss)
+            name: (specs[name].input, get_method(specs[name].epoch))
+            for name in dict.fromkeys([primary, *loss.metrics])
         }
         members = slice(i * per_loss, (i + 1) * per_loss)
         encode = _encoder(data_targets, loss.targets, n_classes)

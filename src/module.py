@@ -111,8 +111,9 @@ class LossModule(pl.LightningModule):
         return member // self.per_head
 
     def encoded(self, target: torch.Tensor) -> list[torch.Tensor]:
-        """Targets with the member axis, as each head's loss takes them: one tensor per head."""
-        if len(self.heads) == 1 and self.heads[0].loss.targets == self.targets:
+        """Targets with the member axis, as each head's loss takes them: one tensor per head
+        (the first head's loss is the one the data is encoded for)."""
+        if len(self.heads) == 1:
             return [target]
         return [head.encode(target[head.members]) for head in self.heads]
 
