@@ -12,13 +12,15 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -843,6 +845,16 @@ def refused(where: str, error: BaseException) -> ConfigError:
         f"{where}: {type(error).__name__}: {reason} "
         f"(python -m src.train --cfg job shows the {where} arguments)"
     )
+
+
+@contextmanager
+def refused_by_target(where: str) -> Iterator[None]:
+    """A function named by a config (``_target_``) that refuses its arguments is a config
+    mistake: report it in one line before any run starts, so the store gets no FAILED run."""
+    try:
+        yield
+    except InstantiationException as error:
+        raise refused(where, error.__cause__ or error) from error
 
 
 def check_pairing(loss: LossConfig, dataset: DatasetConfig) -> None:

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -41,6 +40,7 @@ from src.config import (
     Targets,
     Task,
     refused,
+    refused_by_target,
 )
 from src.data import Split, StudyDataModule, labels
 from src.heads import Head, build_heads
@@ -219,7 +219,7 @@ def build(
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     _check_accelerator(typed.trainer.accelerator)
     check_targets(typed)
-    with _refused_by_target("dataset.generator"):
+    with refused_by_target("dataset.generator"):
         data = StudyDataModule(typed.dataset, typed.loss.targets)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     sizes = [data.split.n_inputs, *typed.model.hidden_sizes, data.split.n_outputs]
@@ -251,7 +251,7 @@ def build(
         limit_batches=typed.trainer.limit_train_batches,
     )
     module.check_loss(*data.train)
-    with _refused_by_target("optimizer" if typed.scheduler is None else "optimizer/scheduler"):
+    with refused_by_target("optimizer" if typed.scheduler is None else "optimizer/scheduler"):
         module.configure_optimizers()  # thrown away: Lightning builds the one it trains with
     return data, module, _panels(typed, module, data)
 
@@ -345,7 +345,7 @@ def _callback(name: str, node: DictConfig, prefixes: tuple[str, ...]) -> pl.Call
     target = resolve_target(where, node._target_, prefixes)
     if not (isinstance(target, type) and issubclass(target, pl.Callback)):
         raise ConfigError(f"{where}._target_={node._target_} is not a Lightning Callback class")
-    with _refused_by_target(where):
+    with refused_by_target(where):
         return instantiate(node)
 
 
@@ -401,16 +401,6 @@ def _check_accelerator(accelerator: str) -> None:
             f"trainer.accelerator={accelerator}, but this machine has no such device visible to "
             "torch; use trainer.accelerator=cpu"
         )
-
-
-@contextmanager
-def _refused_by_target(where: str) -> Iterator[None]:
-    """A function named by a config (``_target_``) that refuses its arguments is a config
-    mistake: report it in one line before any run starts, so the store gets no FAILED run."""
-    try:
-        yield
-    except InstantiationException as error:
-        raise refused(where, error.__cause__ or error) from error
 
 
 def _outcome(test_value: float, trivial: float, direction: Direction, diverged: bool) -> str:

@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 
-from src.config import LossConfig, MetricConfig, MetricInput, Targets, refused
+from src.config import LossConfig, MetricConfig, MetricInput, Targets, refused_by_target
 from src.metrics import Metric, class_labels, inputs
 from src.model import ACTIVATED
 
@@ -67,10 +66,8 @@ def build_heads(
     that cannot be built is a config mistake, named."""
     heads = []
     for i, (where, loss) in enumerate(losses.items()):
-        try:
+        with refused_by_target(f"{where}.fn"):
             fn = _plain(instantiate(loss.fn))
-        except InstantiationException as error:
-            raise refused(f"{where}.fn", error.__cause__ or error) from error
         metrics = {
             name: (specs[name].input, get_method(specs[name].epoch))
             for name in dict.fromkeys([primary, *loss.metrics])
