@@ -91,14 +91,16 @@ def _scale(values: np.ndarray, how: Scaling, fit_rows: np.ndarray | slice) -> np
     return scaler(how).fit(values[fit_rows]).transform(values)
 
 
-def _encode(labels: np.ndarray, targets: Targets, n_classes: int) -> np.ndarray:
-    if targets in (Targets.real, Targets.binary):
-        return labels.reshape(-1, 1)
-    if targets == Targets.signed:
-        return (2 * labels - 1).reshape(-1, 1)
+def encode(labels: torch.Tensor, targets: Targets, n_classes: int) -> torch.Tensor:
+    """Targets as a loss takes them, from class indices (or regression values): a column of
+    floats (the values, {0, 1} or {-1, 1}), one-hot rows, or integer classes. Leading axes
+    stay: the data module encodes a split, a head of a merged job re-encodes its members'."""
+    if targets == Targets.index:
+        return labels.long()
     if targets == Targets.onehot:
-        return np.eye(n_classes)[labels.astype(int)]
-    return labels.astype(np.int64)  # Targets.index
+        return torch.nn.functional.one_hot(labels.long(), n_classes).float()
+    values = 2 * labels - 1 if targets == Targets.signed else labels
+    return values.float().unsqueeze(-1)
 
 
 def _add_outliers(y: np.ndarray, cfg: DatasetConfig, train: np.ndarray) -> np.ndarray:
@@ -211,12 +213,11 @@ def _encoded(
     targets: Targets,
     n_classes: int,
 ) -> Split:
-    dtype = np.int64 if targets == Targets.index else np.float32
     return Split(
         x_train=np.ascontiguousarray(x_train, dtype=np.float32),
-        y_train=np.ascontiguousarray(_encode(y_train, targets, n_classes), dtype=dtype),
+        y_train=encode(torch.tensor(np.asarray(y_train)), targets, n_classes).numpy(),
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
-        y_test=np.ascontiguousarray(_encode(y_test, targets, n_classes), dtype=dtype),
+        y_test=encode(torch.tensor(np.asarray(y_test)), targets, n_classes).numpy(),
         n_classes=n_classes,
     )
 

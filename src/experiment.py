@@ -42,7 +42,7 @@ from src.config import (
     refused,
     refused_by_target,
 )
-from src.data import Split, StudyDataModule, labels
+from src.data import Split, StudyDataModule, encode, labels
 from src.heads import Head, build_heads
 from src.metrics import Panel, class_labels, plain
 from src.model import MemberMLP
@@ -87,15 +87,11 @@ def trivial_score(module: LossModule, head: Head, split: Split, metric: str) -> 
     targets = head.loss.targets
     if targets == Targets.real:
         constant = y_train.mean(dim=0)
-    else:
-        majority = int(class_labels(y_train, module.targets).bincount().argmax())
-        if targets == Targets.binary:
-            constant = torch.tensor([float(majority)])
-        elif targets == Targets.signed:
-            constant = torch.tensor([2.0 * majority - 1.0])
-        else:  # one-hot: built only here, where there is a column per class (majority 1 of
-            # a binary target indexed a one-column eye() and failed the run)
-            constant = torch.eye(split.n_outputs)[majority]
+    else:  # the output that says the majority class: its label, its sign, or a one-hot
+        # row of probabilities (integer targets too: their output is a row per class)
+        majority = class_labels(y_train, module.targets).bincount().argmax()
+        as_output = Targets.onehot if targets == Targets.index else targets
+        constant = encode(majority, as_output, split.n_outputs)
     pred = constant.expand(1, len(y_test), *constant.shape)
     target = head.encode(y_test.expand(1, *y_test.shape))
     return float(head.scores(*module.in_units(pred, target))[metric][0])

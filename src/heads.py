@@ -19,6 +19,7 @@ import torch
 from hydra.utils import get_method, instantiate
 
 from src.config import LossConfig, MetricConfig, MetricInput, Targets, refused_by_target
+from src.data import encode
 from src.metrics import Metric, class_labels, inputs
 from src.model import ACTIVATED
 
@@ -99,13 +100,7 @@ def _encoder(
     if source == wanted:
         return _same
 
-    def encode(target: torch.Tensor) -> torch.Tensor:
-        labels = class_labels(target, source)
-        if wanted == Targets.index:
-            return labels
-        if wanted == Targets.onehot:
-            return torch.nn.functional.one_hot(labels, n_classes).float()
-        values = labels if wanted == Targets.binary else 2 * labels - 1
-        return values.float().unsqueeze(-1)
+    def recode(target: torch.Tensor) -> torch.Tensor:
+        return encode(class_labels(target, source), wanted, n_classes)
 
-    return encode
+    return recode
