@@ -434,7 +434,7 @@ def _finish(
         )
     checkpoint = _log_checkpoint(runs, checkpoint_dir)
     diverged = module.diverged_at.tolist()  # per member: the epoch it diverged at, or 0
-    if typed.logger.log_model and not all(diverged):
+    if typed.logger.log_model:  # none for a diverged member
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         outputs = [module.heads[module.head_index(k)].loss.output for k in range(len(names))]
         runs.log_models(
