@@ -33,6 +33,7 @@ param, as it always does. tests/test_stores.py compares the two paths table by t
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -62,12 +63,13 @@ def sql_store(client: Any) -> Any | None:
 
 
 def create_runs(
-    client: Any, experiment_id: str, runs: Sequence[NewRun]
+    client: Any, experiment_id: str, runs: Sequence[NewRun], named: Sequence[str] | None = None
 ) -> Iterator[tuple[str, str]]:
     """Create the runs, RUNNING, with their tags and params; yield each one's id and artifact
     URI, in order. On a SQL store all of them in one transaction (none exists if it fails),
-    as MLflow's ``create_run`` and ``log_batch`` would write them. Elsewhere one by one, each
-    yielded as soon as it exists, so the caller knows it before its params can fail."""
+    as MLflow's ``create_run`` and ``log_batch`` would write them, with the ids ``named``
+    (else new ones, as MLflow's). Elsewhere one by one, each yielded as soon as it exists,
+    so the caller knows it before its params can fail; the server names them."""
     store = sql_store(client)
     if store is None:
         for name, tags, params in runs:
@@ -75,12 +77,12 @@ def create_runs(
             yield info.run_id, info.artifact_uri
             log_params(client, info.run_id, params)
         return
-    yield from _insert_runs(store, experiment_id, runs)
+    yield from _insert_runs(store, experiment_id, runs, named or [uuid.uuid4().hex for _ in runs])
 
 
-def _insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> list[tuple[str, str]]:
-    import uuid
-
+def _insert_runs(
+    store: Any, experiment_id: str, runs: Sequence[NewRun], run_ids: Sequence[str]
+) -> list[tuple[str, str]]:
     from mlflow.entities import LifecycleStage, RunStatus, SourceType
     from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
@@ -92,8 +94,7 @@ def _insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> list
     store._check_experiment_is_active(experiment)
     now = get_current_time_millis()
     run_rows, tag_rows, param_rows = [], [], []
-    for name, tags, params in runs:
-        run_id = uuid.uuid4().hex
+    for (name, tags, params), run_id in zip(runs, run_ids, strict=True):
         where = append_to_uri_path(
             experiment.artifact_location, run_id, store.ARTIFACTS_FOLDER_NAME
         )
@@ -220,8 +221,6 @@ def create_logged_models(client: Any, experiment_id: str, models: Sequence[NewMo
 
 
 def _insert_logged_models(store: Any, experiment_id: str, models: Sequence[NewModel]) -> list[str]:
-    import uuid
-
     from mlflow.entities import LifecycleStage
     from mlflow.entities.logged_model_status import LoggedModelStatus
     from mlflow.store.tracking.dbmodels.models import (

@@ -146,6 +146,7 @@ class MlflowHistory(pl.Callback):
         self.buffered = max(self.buffered, len(history))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LossModule) -> None:
+        self.runs.check()  # runs that could not be started stop the job now
         self._buffer(pl_module)
         if self.flush_every and len(pl_module.history) % self.flush_every == 0:
             self.runs.flush()

@@ -35,6 +35,16 @@ def redact(text: str) -> str:
     return re.sub(r"(\w+\\?:\\?/\\?/)[^/@\s:\\]+(\\?:[^/@\s]*)?@", r"\1***@", text)
 
 
+# URI schemes MLflow opens as its SqlAlchemyStore (mlflow.store.db.db_types), driver aside:
+# postgresql+psycopg2://...
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def is_sql(uri: str) -> bool:
+    """A SQL store, whose rows losslab writes itself (bulk_writes), new runs' ids included."""
+    return urlsplit(uri).scheme.lower().split("+")[0] in SQL_SCHEMES
+
+
 def sqlite_path(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///"))
 
@@ -93,7 +103,7 @@ def check(uri: str, experiment: str | None = None, read_only: bool = False) -> N
             f"tracking URI '{shown}' is a file store, which MLflow >= 3.13 refuses; use "
             "sqlite:///mlflow.db (migrate old runs with `mlflow migrate-filestore`)"
         )
-    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+    elif is_sql(uri):
         _check_driver(uri, shown)
     elif scheme != "databricks":
         raise ConfigError(

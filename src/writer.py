@@ -76,15 +76,25 @@ class Writer:
     def result(self, call: int) -> Any:
         """Wait for an answered call's value (or raise its error)."""
         while call not in self._replies:
-            try:
-                number, ok, value = _get(self._conn)
-            except (EOFError, OSError) as error:
-                raise WriterError("the tracking process died") from error
-            self._replies[number] = (ok, value)
+            self._receive()
         ok, value = self._replies.pop(call)
         if not ok:
             raise WriterError(value)
         return value
+
+    def answered(self, call: int) -> bool:
+        """Whether an answered call's reply has come (``result`` then returns at once);
+        never waits."""
+        while call not in self._replies and self._conn.poll():
+            self._receive()
+        return call in self._replies
+
+    def _receive(self) -> None:
+        try:
+            number, ok, value = _get(self._conn)
+        except (EOFError, OSError) as error:
+            raise WriterError("the tracking process died") from error
+        self._replies[number] = (ok, value)
 
     def call(self, method: str, *args: Any) -> Any:
         return self.result(self.send(method, *args, reply=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -264,6 +265,45 @@ def test_a_tracking_process_that_cannot_start_answers_with_the_reason(tmp_path):
         assert writer.alive
     finally:
         writer.close()
+
+
+def test_runs_named_by_the_job_fail_it_once_the_store_says_they_could_not_start(tmp_path):
+    """On a SQL store the job names its runs, so their ids need no wait; a start the store
+    refuses still stops the job: ``check`` (every epoch) raises the reason once it has come,
+    and from then on so do the ids, without waiting again."""
+    from src import tracking
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    uri = f"sqlite:///{blocker}/mlflow.db"
+    try:
+        runs = tracking.RunSet.start(uri, "losslab", ["a", "b"], [{}, {}], [{}, {}])
+        named = runs.run_ids
+        assert len(named) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in named)
+        deadline = time.monotonic() + 120  # a hang, not slowness
+        with pytest.raises(tracking.TrackingError, match=r"NotADirectoryError|FileExistsError"):
+            while time.monotonic() < deadline:
+                runs.check()
+                time.sleep(0.01)
+        with pytest.raises(tracking.TrackingError, match=r"NotADirectoryError|FileExistsError"):
+            runs.run_ids  # noqa: B018
+    finally:
+        tracking.writer(uri).close()
+
+
+def test_runs_named_by_the_job_are_the_stores_runs(tmp_path, store_uri, client):
+    """The ids a job gives its runs on a SQL store are the ids the store holds (a server
+    names its runs itself: the job waits for those)."""
+    from src import tracking
+
+    runs = tracking.RunSet.start(store_uri, "losslab", ["a", "b"], [{}, {}], [{"p": 1}] * 2)
+    named = list(runs.run_ids)
+    runs.end(["FINISHED", "FINISHED"])
+    runs.wait()
+    assert [client.get_run(i).data.params for i in named] == [{"p": "1"}] * 2
+    assert [client.get_run(i).info.status for i in named] == ["FINISHED"] * 2
+    assert tracking.store.is_sql(store_uri) and tracking.store.is_sql("postgresql+psycopg2://h/d")
+    assert not tracking.store.is_sql("http://127.0.0.1:5000")
 
 
 class Prepared:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -368,8 +369,9 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
     tmp_path: Path,
 ) -> None:
     """A job's runs through bulk_writes.create_runs and through MlflowClient.create_run and
-    log_batch: the same rows in runs, tags and params, but for the store's own ids and start
-    times; on a deleted experiment both refuse, and bulk_writes creates nothing."""
+    log_batch: the same rows in runs, tags and params, but for the ids (the job's own, or the
+    store's) and start times; on a deleted experiment both refuse, and bulk_writes creates
+    nothing."""
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
@@ -385,8 +387,10 @@ def test_runs_created_in_one_transaction_are_the_rows_mlflow_create_run_writes(
         db = tmp_path / way / "mlflow.db"
         client = tracking.get_client(f"sqlite:///{db}")
         experiment = tracking.ensure_experiment(client, "losslab")
-        if way == "bulk":
-            created = list(bulk_writes.create_runs(client, experiment, new))
+        if way == "bulk":  # the ids a job names its runs with
+            named = [uuid.uuid4().hex for _ in new]
+            created = list(bulk_writes.create_runs(client, experiment, new, named))
+            assert [run for run, _ in created] == named
         else:
             infos = [client.create_run(experiment, run_name=n, tags=t).info for n, t, _ in new]
             created = [(info.run_id, info.artifact_uri) for info in infos]
