@@ -77,10 +77,11 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # glob()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     if "batch_seeds" in cfg.hydra.sweeper:  # losslab's sweeper: folds, seeds and losses
-        from hydra_plugins.losslab.sweeper import plan_jobs
+        from hydra_plugins.losslab.sweeper import expand_folds, plan_jobs
 
         sweeper = cfg.hydra.sweeper
-        jobs = plan_jobs(jobs, loader, cfg, sweeper.batch_seeds, sweeper.get("batch_losses", True))
+        losses = sweeper.get("batch_losses", True)
+        jobs = plan_jobs(expand_folds(jobs), loader, cfg, sweeper.batch_seeds, losses)
     configs = []
     for job in jobs:
         composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does
@@ -128,13 +129,16 @@ def _checked(config: DictConfig, grid: bool) -> list[Any]:
     return [validate(job) for job in (_sweep_configs(config) if grid else [config])]
 
 
-def _checked_jobs(config: DictConfig, composed: Composed) -> tuple[list[Any], list[tuple]]:
-    """Every job of a grid sweep, composed and validated (``_checked``), and the compositions
-    made from ``config``, for a launcher in this process to reuse: as ``(key, job config)``,
-    so they can come back from a forked copy of this process."""
+def _checked_jobs(config: DictConfig, composed: Composed) -> tuple[list[Any], list[tuple], dict]:
+    """Every job of a grid sweep, composed and validated (``_checked``); the compositions
+    made from ``config``, for a launcher in this process to reuse, as ``(key, job config)``;
+    and the sweeper's plans (``PLANS``): so they can come back from a forked copy of this
+    process."""
+    from hydra_plugins.losslab.sweeper import PLANS
+
     checked = _checked(config, grid=True)
     made = [(key, job) for key, (master, job) in composed.items() if master is config]
-    return checked, made
+    return checked, made, dict(PLANS)
 
 
 def _import_experiment() -> None:
@@ -245,8 +249,11 @@ class LosslabCallback(Callback):
             # anything is created, without waiting for the imports.
             jobs = overlap.Forked(lambda: _checked_jobs(config, composed))
             imports = overlap.Threaded(_import_experiment)
-            checked, made = jobs.result()
+            from hydra_plugins.losslab.sweeper import PLANS
+
+            checked, made, plans = jobs.result()
             composed.update({key: (config, job) for key, job in made})
+            PLANS.update(plans)
         else:
             checked = _checked(config, grid)
         typed = checked[0]
