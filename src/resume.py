@@ -60,7 +60,10 @@ def locate(target: str, uri: str, cfg: DictConfig) -> Resume:
     if not tracked:
         raise ConfigError(f"resume: {checkpoint} is not a losslab checkpoint")
     run_ids = tracked["run_ids"]
-    runs = [_run(client, run_id, uri) for run_id in run_ids]
+    # A job names its runs on a SQL store and checkpoints before the store has created them
+    # (RunSet.start): a job stopped in that moment left a checkpoint of runs that never were.
+    never = "its job stopped before the store created it (start it again instead), or"
+    runs = [_run(client, run_id, uri, never) for run_id in run_ids]
     for run in runs:
         if run.info.status == "FINISHED":
             raise ConfigError(f"resume: run {run.info.run_id} already FINISHED; nothing to resume")
@@ -74,12 +77,14 @@ def locate(target: str, uri: str, cfg: DictConfig) -> Resume:
     )
 
 
-def _run(client: Any, run_id: str, uri: str) -> Any:
+def _run(client: Any, run_id: str, uri: str, or_else: str = "") -> Any:
+    """The run, or one line that says why it is not there (``or_else``: a likelier reason)."""
     try:
         return client.get_run(run_id)
     except MlflowException:
+        fix = f"{or_else} set" if or_else else "set"
         raise ConfigError(
-            f"resume: no run {run_id} in the MLflow store {store.redact(uri)}; set "
+            f"resume: no run {run_id} in the MLflow store {store.redact(uri)}; {fix} "
             "MLFLOW_TRACKING_URI to the store the run was tracked in"
         ) from None
 

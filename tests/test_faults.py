@@ -65,6 +65,16 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
         time.sleep(0.002)
 
 
+def wait_for_run(client, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Block until the store holds the job's run: a job checkpoints before its tracking
+    process has created its runs (it names them itself), so a checkpoint does not say so."""
+    deadline = time.monotonic() + hang(timeout)
+    while not runs_of(client):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run was never created"
+        time.sleep(0.05)
+
+
 def history(client, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
@@ -139,6 +149,26 @@ def test_kill_keeps_metrics_and_checkpoint_then_resume_matches_uninterrupted(
     assert finals == pytest.approx({k: uninterrupted.data.metrics[k] for k in finals}, abs=1e-6)
 
 
+def test_a_checkpoint_of_runs_the_store_never_created_is_refused_in_one_line(
+    tmp_path, store_uri, client, run_cli
+):
+    """A job stopped between its first checkpoint and its runs' creation leaves a checkpoint
+    of runs that never were: resume says so, in one line, and starts nothing."""
+    import torch
+
+    from src.callbacks import TRACKING_KEY
+
+    client.create_experiment("losslab")  # the store exists, without that run
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({TRACKING_KEY: {"run_ids": ["ab" * 16], "epochs": 10}}, checkpoint)
+    result = run_cli("loss=bce", f"resume={checkpoint}")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert f"resume: no run {'ab' * 16} in the MLflow store" in line
+    assert "its job stopped before the store created it (start it again instead), or" in line
+    assert runs_of(client) == [] and not (tmp_path / "outputs").exists()
+
+
 def test_a_killed_job_is_closed_by_its_tracking_process(tmp_path, store_uri, client):
     """SIGKILL runs no handler in the job; its tracking process sees it gone and closes the
     run KILLED, keeping what had been sent (here every 5 epochs)."""
@@ -178,6 +208,7 @@ def test_runs_whose_process_is_gone_are_closed_at_the_next_start(
     args = [a.replace("max_epochs=20", "max_epochs=400") for a in SLOW_BCE]  # still training
     process = start_cli(tmp_path, store_uri, *args, "logger.flush_every_n_epochs=5")
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
+    wait_for_run(client, process)
     time.sleep(1)  # the tracking process writes epochs 1-5
     for tracker in children_of(process.pid):
         os.kill(tracker, signal.SIGKILL)
@@ -786,6 +817,7 @@ def test_a_store_locked_mid_run_loses_no_epoch(tmp_path, store_uri, client):
         "callbacks.model_checkpoint.every_n_epochs=5",
     )
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
+    wait_for_run(client, process)  # locked mid-run, not while its run is created
     connection = sqlite3.connect(store_uri.removeprefix("sqlite:///"), timeout=30)
     connection.execute("BEGIN EXCLUSIVE")
     time.sleep(25)
