@@ -129,16 +129,19 @@ def _checked(config: DictConfig, grid: bool) -> list[Any]:
     return [validate(job) for job in (_sweep_configs(config) if grid else [config])]
 
 
-def _checked_jobs(config: DictConfig, composed: Composed) -> tuple[list[Any], list[tuple], dict]:
+def _checked_jobs(
+    config: DictConfig, composed: Composed
+) -> tuple[list[Any], list[tuple], list[tuple]]:
     """Every job of a grid sweep, composed and validated (``_checked``); the compositions
     made from ``config``, for a launcher in this process to reuse, as ``(key, job config)``;
-    and the sweeper's plans (``PLANS``): so they can come back from a forked copy of this
-    process."""
+    and the sweeper's plans for it, as ``(key, plan)`` (``PLANS``): so they can come back from
+    a forked copy of this process."""
     from hydra_plugins.losslab.sweeper import PLANS
 
     checked = _checked(config, grid=True)
     made = [(key, job) for key, (master, job) in composed.items() if master is config]
-    return checked, made, dict(PLANS)
+    plans = [(key, plan) for key, (master, plan) in PLANS.items() if master is config]
+    return checked, made, plans
 
 
 def _import_experiment() -> None:
@@ -253,7 +256,7 @@ class LosslabCallback(Callback):
 
             checked, made, plans = jobs.result()
             composed.update({key: (config, job) for key, job in made})
-            PLANS.update(plans)
+            PLANS.update({key: (config, plan) for key, plan in plans})
         else:
             checked = _checked(config, grid)
         typed = checked[0]

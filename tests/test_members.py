@@ -249,6 +249,41 @@ def test_losses_of_one_task_train_as_one_job_and_other_tasks_apart() -> None:
     assert _planned("loss=mse,msle", losses=False) == [["loss=mse"], ["loss=msle"]]
 
 
+def test_a_sweep_is_planned_once_and_the_plan_handed_out_as_copies() -> None:
+    """The sweep's up-front check plans its jobs (in a forked copy, which sends the plan
+    back); the sweeper then takes that plan for the same master config and grid: no job is
+    composed again, and changing a job handed out changes no kept plan."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from hydra_plugins.losslab.sweeper import PLANS, plan_jobs
+    from src import config
+
+    config.register()
+    overrides = ["loss=mse,msle,bce", "seed=0,1"]
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides, RunMode.MULTIRUN)
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        composed = []
+        compose = loader.load_sweep_config
+        loader.load_sweep_config = lambda m, o: composed.append(o) or compose(m, o)
+        first = plan_jobs(jobs, loader, master, seeds=True, losses=True)
+        made = len(composed)
+        first[0].append("seed=7")
+        again = plan_jobs(jobs, loader, master, seeds=True, losses=True)
+    assert made >= 3 and len(composed) == made  # nothing composed the second time
+    assert again == [
+        ["loss=mse", "seed=0", "members=2", "+loss@member_losses.msle=msle"],
+        ["loss=bce", "seed=0", "members=2"],
+    ]
+    PLANS.clear()
+
+
 def test_losses_are_merged_only_where_the_merged_job_is_each_losss_own() -> None:
     """An override of the loss node reaches the job's own loss, not the ones added beside it:
     with per-epoch mse curves asked of every loss, the merged job would differ from msle's,

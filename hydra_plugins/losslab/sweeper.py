@@ -245,12 +245,12 @@ def loss_shape(compose: Callable[[Sequence[str]], DictConfig]) -> Callable[[Sequ
     return shape
 
 
-# Plans made so far: (id of the master config, the grid's jobs, seeds, losses) -> the jobs as
-# launched. The sweep's up-front check (src/hydra_callbacks.py) plans in a forked copy of this
-# process and sends its plans back, so the sweeper takes the plan instead of making it again
-# (0.18 s of a 50-run sweep's start, measured: each job's loss checked and merged jobs
-# validated, on the path to the first job).
-PLANS: dict[tuple, list[list[str]]] = {}
+# Plans made so far: (id of the master config, the grid's jobs, seeds, losses) -> (the master,
+# kept so that its id is not reused; the jobs as launched). The sweep's up-front check
+# (src/hydra_callbacks.py) plans in a forked copy of this process and sends its plans back,
+# so the sweeper takes the plan instead of making it again (0.18 s of a 50-run sweep's start,
+# measured: each job's loss checked and merged jobs validated, on the path to the first job).
+PLANS: dict[tuple, tuple[DictConfig, list[list[str]]]] = {}
 
 
 def plan_jobs(
@@ -267,8 +267,8 @@ def plan_jobs(
         if losses:
             compose = _composer(loader, config)
             planned = batch_losses(planned, loss_shape(compose), losses_mergeable(compose))
-        PLANS[key] = planned
-    return [list(job) for job in PLANS[key]]
+        PLANS[key] = (config, planned)
+    return [list(job) for job in PLANS[key][1]]
 
 
 class LosslabSweeper(BasicSweeper):
