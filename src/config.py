@@ -800,11 +800,12 @@ class LosslabConfig:
         """Every metric a loss or the report names exists and fits the loss; each task has
         one primary metric with a per-epoch function (the learning curves)."""
         names = sorted(self.metrics)
-        for name in filter(None, [self.report.metric]):
+        losses = self.job_losses()
+        named = [name for loss in losses.values() for name in loss.metrics]
+        for name in [*named, *filter(None, [self.report.metric])]:
             _require(name in self.metrics, f"unknown metric '{name}'; choose one of: {names}")
-        for where, loss in self.job_losses().items():
+        for where, loss in losses.items():
             for name in loss.metrics:
-                _require(name in self.metrics, f"unknown metric '{name}'; choose one of: {names}")
                 spec = self.metrics[name]
                 _require(
                     spec.fits(loss.task, loss.output) and spec.epoch is not None,

@@ -77,11 +77,10 @@ def _sweep_configs(cfg: DictConfig) -> list[DictConfig]:
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # glob()
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     if "batch_seeds" in cfg.hydra.sweeper:  # losslab's sweeper: folds, seeds and losses
-        from hydra_plugins.losslab.sweeper import expand_folds, plan_jobs
+        from hydra_plugins.losslab.sweeper import plan_jobs
 
         sweeper = cfg.hydra.sweeper
-        losses = sweeper.get("batch_losses", True)
-        jobs = plan_jobs(expand_folds(jobs), loader, cfg, sweeper.batch_seeds, losses)
+        jobs = plan_jobs(jobs, loader, cfg, sweeper.batch_seeds, sweeper.get("batch_losses", True))
     configs = []
     for job in jobs:
         composed = loader.load_sweep_config(cfg, list(job))  # as the launcher does

@@ -245,7 +245,8 @@ def loss_shape(compose: Callable[[Sequence[str]], DictConfig]) -> Callable[[Sequ
     return shape
 
 
-# Plans made so far: (id of the master config, the grid's jobs, seeds, losses) -> (the master,
+# Plans made so far: (id of the master config, the grid's jobs one per fold, seeds, losses) ->
+# (the master,
 # kept so that its id is not reused; the jobs as launched). The sweep's up-front check
 # (src/hydra_callbacks.py) plans in a forked copy of this process and sends its plans back,
 # so the sweeper takes the plan instead of making it again (0.18 s of a 50-run sweep's start,
@@ -259,9 +260,9 @@ def plan_jobs(
     """A grid's jobs as launched: one per fold, seeds as members (``seeds``), then losses of
     one shape (task) as members (``losses``). The sweeper and the sweep's up-front check
     (src/hydra_callbacks.py) both plan with it, so they see the same jobs."""
-    key = (id(config), tuple(map(tuple, jobs)), seeds, losses)
+    planned = expand_folds(jobs)  # the key: a grid expanded before or here plans alike
+    key = (id(config), tuple(map(tuple, planned)), seeds, losses)
     if key not in PLANS:
-        planned = expand_folds(jobs)
         if seeds:
             planned = batch_seeds(planned, members_independent(loader, config))
         if losses:
