@@ -17,6 +17,8 @@ from sklearn.datasets import make_circles, make_regression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+import bench
+
 EPS = 1e-7  # Keras' epsilon, for MSLE's clipping
 
 
@@ -173,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.command(main)

@@ -48,6 +48,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import bench
+
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("mse", "msle", "mae", "bce", "hinge")
 PARTS = ("commands", "single", "sweep", "members", "lightning", "launchers", "startup", "scaling")
@@ -159,6 +161,10 @@ class Losslab:
         self.experiment.run(cfg, typed, job)
         total = time.perf_counter() - started
         return {"fit": self.fit.take(), "blocked": self.blocked.take(), "total": total}
+
+    def close(self) -> None:
+        """Wait for the tracking process's last writes, and stop it."""
+        self.tracking.writer(self.uri).close()
 
     def background(self) -> dict[str, float]:
         """The tracking process's seconds per kind of work since the last ask (waits for it)."""
@@ -334,6 +340,10 @@ def part_members(lab: Losslab, repeats: int, epochs: int | None, members: int) -
 
 
 # ---------------------------------------------------------------------------- subprocesses
+# A busy process; Ctrl-C ends it by the signal, without a KeyboardInterrupt traceback.
+SPIN = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\nwhile True: pass"
+
+
 @contextlib.contextmanager
 def busy(count: int, apart: bool) -> Iterator[None]:
     """``count`` CPU-bound processes running beside everything measured (``--beside``): a
@@ -342,7 +352,7 @@ def busy(count: int, apart: bool) -> Iterator[None]:
     service); else in the bench's, as jobs started from the same shell. Where the kernel
     shares CPU time out by session (Linux's autogroup) the two differ: README, Speed."""
     spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=apart)
+        subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=apart)
         for _ in range(count)
     ]
     try:
@@ -568,7 +578,10 @@ def _slurm_jobs(sweep_dir: Path) -> list[dict[str, float]]:
     """Queue wait and run time of each job of a SLURM sweep, from sacct (its .submitit ids)."""
     from datetime import datetime
 
-    ids = sorted({p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name})
+    # an array job's folders (<id>_<index>), not submitit's .submission_file_<hash>.sh
+    ids = sorted(
+        p.name for p in (sweep_dir / ".submitit").iterdir() if re.match(r"\d+_\d+$", p.name)
+    )
     deadline = time.monotonic() + 60
     while True:  # slurmctld hands finished jobs to the accounting database a little later
         listed = subprocess.run(
@@ -790,13 +803,16 @@ def main() -> None:
             part_commands(store, repeats, env, commands, args.pause)
         if {"single", "members", "lightning"} & set(parts):
             lab = Losslab(store)
-            if "single" in parts:
-                part_single(lab, repeats, epochs, args.callbacks)
-                part_held(lab, repeats, epochs)
-            if "members" in parts:
-                part_members(lab, repeats, epochs, args.members)
-            if "lightning" in parts:
-                part_lightning(lab, repeats, epochs)
+            try:
+                if "single" in parts:
+                    part_single(lab, repeats, epochs, args.callbacks)
+                    part_held(lab, repeats, epochs)
+                if "members" in parts:
+                    part_members(lab, repeats, epochs, args.members)
+                if "lightning" in parts:
+                    part_lightning(lab, repeats, epochs)
+            finally:  # its last writes (a run stopped by Ctrl-C: KILLED) before the store goes
+                lab.close()
         if "sweep" in parts:
             part_sweep(store, repeats, env, epochs)
         if "members" in parts and args.e2e:
@@ -810,4 +826,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.command(main)

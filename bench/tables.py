@@ -3,7 +3,7 @@ categories, 1% missing cells) through a five-loss sweep, run as a user runs it, 
 
     python -m bench.tables [--rows 100000] [--columns 50] [--epochs 2]
 
-Prints the command's wall time, the time from launch to each job's first epoch (read back
+Prints the command's wall time, the time from launch to each loss's first epoch (read back
 from the first ``train/loss`` timestamp MLflow holds for it), and the launching process's peak
 memory (with the default launcher the jobs train in it; the tracking process is apart).
 """
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.datasets import make_regression
+
+import bench
 
 LOSSES = "mse,msle,mae,huber,log_cosh"
 
@@ -80,16 +82,20 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         client = MlflowClient(store)
         experiment = client.get_experiment_by_name("losslab")
-        firsts = []
+        firsts, jobs = [], set()
         for run in client.search_runs([experiment.experiment_id], "tags.loss != ''"):
+            jobs.add(run.data.tags["job"])  # the losses of one task train as one job
             history = client.get_metric_history(run.info.run_id, "train/loss")
             first = min(m.timestamp for m in history if m.step == 1) / 1000
             firsts.append((first - launched, run.data.tags["loss"]))
-        print(f"sweep of {len(firsts)} jobs, {args.epochs} epochs each: {wall:.1f} s wall")
+        print(
+            f"sweep of {len(firsts)} losses in {len(jobs)} job(s), {args.epochs} epochs each: "
+            f"{wall:.1f} s wall"
+        )
         for seconds, loss in sorted(firsts):
             print(f"  {loss:9s} first epoch done {seconds:6.1f} s after launch")
         print(f"peak memory of the launching (training) process: {peak:.0f} MB")
 
 
 if __name__ == "__main__":
-    main()
+    bench.command(main)

@@ -261,8 +261,19 @@ def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
         block = block.reshape(len(block), -1)
         names = [name] if block.shape[1] == 1 else [f"{name}{i}" for i in range(block.shape[1])]
         parts.update(zip(names, block.T))
+    write_table(pd.DataFrame(parts), path)
+
+
+def write_table(frame: Any, path: Path) -> None:
+    """The whole CSV or none: written beside ``path``, then renamed over it, so a Ctrl-C or a
+    full disk mid-write leaves no half file (nor a half-overwritten earlier one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(parts).to_csv(path, index=False)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        frame.to_csv(partial, index=False)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def output_path(args: dict[str, str]) -> Path:
@@ -307,8 +318,7 @@ def main(argv: list[str]) -> None:
         if pre is not None:
             activation = run.data.params.get("loss.output", "")
             result = predict_table(model, pre, _read(source), activation, source)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            result.to_csv(output, index=False)
+            write_table(result, output)
         else:
             signature = mlflow.models.get_model_info(model_uri(run)).signature
             x = read_inputs(source, signature.inputs.inputs[0].shape[-1])
@@ -330,4 +340,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    quick_exit.run(cli)
+    quick_exit.run(cli, interrupted="interrupted; no predictions written")

@@ -9,6 +9,9 @@ the interpreter would run them (threads' exit hooks, then ``atexit``); only the 
 which writes nothing, is skipped. Both calls are CPython's own exit steps (private names).
 
 Only for ``__main__`` blocks: a test calling ``cli()`` in its own process must get SystemExit.
+
+Ctrl-C ends a command the same way: one line and exit 130 (the shell's code for it), never a
+traceback, whether it comes while the command loads its modules or while it works.
 """
 
 from __future__ import annotations
@@ -17,20 +20,43 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
 from typing import NoReturn
 
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 
-def run(main: Callable[[], object]) -> NoReturn:
-    """``main()``, then exit with its SystemExit code (0 when it returns). An exception other
-    than SystemExit (a bug) propagates, for Python to print its traceback as usual."""
+
+def quiet_while_loading() -> None:
+    """Ctrl-C while a command still loads its modules: one line and exit 130, not the
+    traceback of whichever import it hit; nothing exists yet. ``run`` hands Ctrl-C back to
+    the command. A command started with Ctrl-C ignored (``nohup``, a script's ``&``) keeps
+    ignoring it."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    print("losslab: interrupted", file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED)
+
+
+def run(main: Callable[[], object], interrupted: str = "interrupted") -> NoReturn:
+    """``main()``, then exit with its SystemExit code (0 when it returns); on Ctrl-C, the line
+    ``losslab: <interrupted>`` (what the command leaves behind) and exit 130. An exception
+    other than these (a bug) propagates, for Python to print its traceback as usual."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
         code: object = 0
     except SystemExit as stop:
         code = stop.code
+    except KeyboardInterrupt:
+        print(f"losslab: {interrupted}", file=sys.stderr)
+        code = INTERRUPTED
     leave(code)
 
 

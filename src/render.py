@@ -11,6 +11,7 @@ at once, as before.
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,14 @@ class Saving:
             warnings.simplefilter("ignore", DeprecationWarning)  # child only draws and exits
             pid = os.fork()
         if pid == 0:  # the child: save, say why not, and leave without any exit handler
-            os.close(read)
-            self._save(figure, options)
-            if self.error:
-                os.write(write, self.error.encode()[:4000])
-            os._exit(1 if self.error else 0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: it just stops
+            try:  # never back into the parent's code, whatever happens here
+                os.close(read)
+                self._save(figure, options)
+                if self.error:
+                    os.write(write, self.error.encode()[:4000])
+            finally:
+                os._exit(1 if self.error else 0)
         os.close(write)
         self._pid, self._errors = pid, read
         _running.append(self)

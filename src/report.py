@@ -773,4 +773,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    quick_exit.run(lambda: sys.exit(main(sys.argv[1:])))
+    quick_exit.run(
+        lambda: sys.exit(main(sys.argv[1:])),
+        interrupted="interrupted; the report may be part old, part new: run the command again",
+    )

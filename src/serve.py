@@ -1,7 +1,8 @@
 """``make ui`` / ``make server``: the MLflow UI and tracking server on a losslab store.
 
 Checks first, so a mistake costs one line instead of a uvicorn traceback: the port must be free
-and the store usable. Then this process becomes ``mlflow server`` (``mlflow ui`` is its alias).
+and the store usable. Then this process runs ``mlflow server`` (``mlflow ui`` is its alias) in
+a process group of its own and stops it on Ctrl-C (``supervise``).
 
 Artifacts, by mode:
 - local (``make ui``): runs logged straight to the sqlite store have ``file://`` artifact
@@ -18,13 +19,16 @@ Options this script does not know are passed to ``mlflow server`` unchanged
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from src import store, ui_view
@@ -72,18 +76,23 @@ def runs_link(
     return f"{base_url}/#/experiments/{row[0]}/runs?{view}"
 
 
-def when_up(store_uri: str, base_url: str, server_pid: int, reap: bool) -> None:
+def when_up(store_uri: str, base_url: str, reap: bool) -> None:
     """Run beside the server (``after_start``): close runs left RUNNING by processes that are
     gone (src/tracking.py ``reap``), then print the runs link once the server answers (it
-    takes tens of seconds to start; a link printed before that leads nowhere)."""
+    takes seconds to start; a link printed before that leads nowhere)."""
     code = (
         "from src.serve import after_start; "
-        f"after_start({store_uri!r}, {base_url!r}, {server_pid}, {reap})"
+        f"after_start({store_uri!r}, {base_url!r}, {os.getpid()}, {reap})"
     )
-    subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+    # A session of its own: Ctrl-C is for the server; this helper ends when the server has.
+    subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
+    )
 
 
-def after_start(store_uri: str, base_url: str, server_pid: int, reap: bool) -> None:
+def after_start(store_uri: str, base_url: str, serve_pid: int, reap: bool) -> None:
     import urllib.request
 
     if reap:
@@ -92,9 +101,7 @@ def after_start(store_uri: str, base_url: str, server_pid: int, reap: bool) -> N
         reap_store(store_uri)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        try:
-            os.kill(server_pid, 0)  # the server is gone: nothing to announce
-        except ProcessLookupError:
+        if os.getppid() != serve_pid:  # the server (run by its parent) is gone: say nothing
             return
         try:
             with urllib.request.urlopen(f"{base_url}/health", timeout=2):
@@ -199,15 +206,70 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("losslab: starting; the link follows when the server answers", flush=True)
     exists = not args.store.startswith("sqlite:///") or store.sqlite_path(args.store).is_file()
-    when_up(args.store, base_url, os.getpid(), reap=exists)  # this pid becomes the server's
     # MLflow's and Starlette's deprecation notices are for MLflow's developers, not its users.
     quiet = "ignore::DeprecationWarning,ignore::FutureWarning,ignore:starlette.middleware.wsgi is"
     os.environ.setdefault("PYTHONWARNINGS", quiet)
     # The job runner serves GenAI features (judges, trace roll-ups) losslab does not use: two
     # worker pools fewer on a small machine. Set it to true in the environment to keep it.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    command = server_command(args, extra)
-    os.execv(command[0], command)
+    sys.exit(supervise(server_command(args, extra), lambda: when_up(args.store, base_url, exists)))
+
+
+STOP_SECONDS = 30  # how long a stopping server may take before it is killed
+
+
+def supervise(command: list[str], started: Callable[[], None]) -> int:
+    """Run the server (``command``), then ``started()``; return its exit code. Ctrl-C, SIGTERM
+    or a closed terminal stop it: SIGTERM to its process group (MLflow's CLI, uvicorn and its
+    workers), which uvicorn takes as a graceful shutdown and a process still loading as a
+    quiet end, where a Ctrl-C mid-import would print that import's traceback (the server
+    loads for seconds, in three processes one after the other). Then one line, and 128 + the
+    signal. A second signal, or STOP_SECONDS without an end, kills the group."""
+    received: list[int] = []
+    group: list[int] = []  # the server's process group, once it runs
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group[0], signal.SIGKILL if len(received) > 1 else signal.SIGTERM)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's stays ignored
+            signal.signal(signum, stop)
+    server = subprocess.Popen(command, process_group=0)
+    group.append(server.pid)
+    if received:  # came while it was being started
+        os.killpg(server.pid, signal.SIGTERM)
+    else:
+        started()
+    deadline = None
+    while True:
+        try:
+            code = server.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if received and deadline is None:
+                deadline = time.monotonic() + STOP_SECONDS
+            if deadline is not None and time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGKILL)
+    if not received:
+        return code
+    # MLflow's CLI ends at once on SIGTERM; uvicorn and its workers take a moment longer.
+    deadline = time.monotonic() + STOP_SECONDS
+    while _group_alive(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("losslab: server stopped", file=sys.stderr, flush=True)
+    return 128 + received[0]
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

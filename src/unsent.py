@@ -227,4 +227,7 @@ def main(argv: Sequence[str]) -> int:
 if __name__ == "__main__":
     from src import quick_exit
 
-    quick_exit.run(lambda: sys.exit(main(sys.argv[1:])))
+    quick_exit.run(
+        lambda: sys.exit(main(sys.argv[1:])),
+        interrupted="interrupted; what was not sent stays in its files: run the command again",
+    )

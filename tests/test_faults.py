@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import (
@@ -27,6 +28,7 @@ from tests.conftest import (
     closed_port,
     compose_cfg,
     hang,
+    invoke,
     one_error_line,
     runs_of,
     sigint_default,
@@ -167,6 +169,87 @@ def test_a_checkpoint_of_runs_the_store_never_created_is_refused_in_one_line(
     assert f"resume: no run {'ab' * 16} in the MLflow store" in line
     assert "its job stopped before the store created it (start it again instead), or" in line
     assert runs_of(client) == [] and not (tmp_path / "outputs").exists()
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """A two-run sweep to point the other commands at: its store, its folder, and the mse
+    run's id."""
+    folder = tmp_path_factory.mktemp("small_sweep")
+    store_uri = f"sqlite:///{folder / 'mlflow.db'}"
+    done = invoke(folder, store_uri, "-m", "loss=mse,bce", "trainer.max_epochs=2")
+    assert done.returncode == 0, done.stderr
+    (mse,) = [run for run in runs_of(store_client(store_uri)) if run.data.tags.get("loss") == "mse"]
+    return store_uri, folder / "multirun", mse.info.run_id
+
+
+def store_client(store_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(store_uri)
+
+
+def ctrl_c(command: list[str], env: dict[str, str], after: float) -> tuple[int, str]:
+    """A terminal's Ctrl-C ``after`` seconds into ``command``: SIGINT to its whole process
+    group. Its exit code and standard error."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=sigint_default,
+    )
+    time.sleep(after)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=hang(120))
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("after", [0.05, 1.0], ids=["while loading", "while working"])
+@pytest.mark.parametrize("command", ["train", "predict", "report"])
+def test_ctrl_c_ends_a_command_in_one_line_wherever_it_lands(
+    tmp_path, small_sweep, command, after
+) -> None:
+    """No traceback of whatever import or call Ctrl-C cut short: one line, exit 130, and no
+    half output (a command's first 0.1 s are its imports, before any of its own code)."""
+    store_uri, sweep_dir, run_id = small_sweep
+    output = tmp_path / "predictions.csv"
+    args = {
+        "train": cli_command(tmp_path, "loss=mse", "trainer.max_epochs=500")[1:],
+        "predict": ["-m", "src.predict", f"run_id={run_id}", "split=test", f"output={output}"],
+        "report": ["-m", "src.report", str(sweep_dir)],
+    }[command]
+    code, stderr = ctrl_c([sys.executable, *args], cli_env(store_uri), after)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert any(line.startswith("losslab: interrupted") for line in lines), stderr
+    assert all(line.startswith("losslab: ") for line in lines), stderr
+    assert not output.exists() and not list(tmp_path.glob(".*.partial"))
+    assert not any(run.info.status == "RUNNING" for run in runs_of(store_client(store_uri)))
+
+
+def test_predictions_are_written_whole_or_not_at_all(tmp_path) -> None:
+    """A write cut short (Ctrl-C, a full disk) leaves neither a half file nor a half-overwritten
+    earlier one."""
+    from src.predict import write_table
+
+    class CutShort:
+        def to_csv(self, path: Path, index: bool) -> None:
+            Path(path).write_text("x,prediction\n1,")
+            raise KeyboardInterrupt
+
+    earlier = tmp_path / "predictions.csv"
+    earlier.write_text("x,prediction\n1,2\n")
+    with pytest.raises(KeyboardInterrupt):
+        write_table(CutShort(), earlier)
+    assert earlier.read_text() == "x,prediction\n1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+    write_table(pd.DataFrame({"x": [1], "prediction": [3]}), tmp_path / "new" / "out.csv")
+    assert (tmp_path / "new" / "out.csv").read_text() == "x,prediction\n1,3\n"
 
 
 def test_a_killed_job_is_closed_by_its_tracking_process(tmp_path, store_uri, client):

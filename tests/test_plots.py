@@ -4,6 +4,11 @@ and the legend outside the data, regression data against its most informative fe
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
@@ -128,3 +133,26 @@ def test_a_figure_saved_by_a_child_is_the_file_the_parent_would_write(tmp_path) 
     with pytest.raises(RuntimeError, match=r"could not draw broken\.png: OSError: No space left"):
         failed.wait()
     assert render._running == [] and not (tmp_path / "broken.png").exists()
+
+
+def test_a_figure_stopped_by_ctrl_c_is_an_error_and_its_process_ends_there(tmp_path) -> None:
+    """The child that saves a figure is a copy of this process: Ctrl-C must end it, not send it
+    back into this process's code (here: the rest of the test session)."""
+
+    class Slow:
+        def savefig(self, path: Path, **options: object) -> None:
+            (tmp_path / "pid").write_text(str(os.getpid()))
+            time.sleep(60)
+
+    saving = render.Saving(Slow(), tmp_path / "slow.png")
+    started = time.monotonic()
+    while not (tmp_path / "pid").exists():
+        assert time.monotonic() - started < 30
+        time.sleep(0.01)
+    child = int((tmp_path / "pid").read_text())
+    assert child != os.getpid()
+    os.kill(child, signal.SIGINT)
+    with pytest.raises(RuntimeError, match=r"could not draw slow\.png: its process ended"):
+        saving.wait()
+    assert time.monotonic() - started < 30  # ended by the signal, not after its minute
+    assert not (tmp_path / "slow.png").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, hang, runs_of
+from conftest import ROOT, hang, runs_of, sigint_default
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -148,6 +148,50 @@ def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
     )
     assert "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was created
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("when", ["starting", "answering"])
+def test_ctrl_c_stops_the_server_in_one_line_and_leaves_nothing(tmp_path: Path, when: str) -> None:
+    """A terminal's Ctrl-C (SIGINT to the command's process group) while MLflow's command still
+    loads, or once it answers: no process of the server prints a traceback or stays behind."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--port", str(port), "--workers", "1", "--store", store, "--artifacts", str(tmp_path)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "src.serve", *args],
+        cwd=ROOT,
+        env={**os.environ, **QUIET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=sigint_default,
+    )
+    if when == "starting":
+        time.sleep(1.0)  # the checks are done; MLflow's command is loading
+        assert not answers(url)
+    else:
+        deadline = time.monotonic() + hang(90)
+        while not answers(url):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=hang(60))
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stdout + stderr
+    assert stderr.strip().splitlines()[-1] == "losslab: server stopped"
+    assert not answers(url)
+    left = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True)
+    assert left.stdout == ""
 
 
 @pytest.mark.parametrize(
