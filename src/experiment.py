@@ -195,7 +195,7 @@ def run(cfg: DictConfig, typed: LosslabConfig, job: JobContext) -> float:
                 again = " ".join([*kept, f"resume={runs.run_ids[0]}"])
                 hint = store.redact(f"python -m src.train {again}")
                 print(f"losslab: continue it with: {hint}", file=sys.stderr)
-            raise KeyboardInterrupt from error
+            raise tracking.RunsKilled from error
         raise
     elapsed = time.perf_counter() - started
     prefix = f"#{job.job_num} " if job.job_num is not None else ""

@@ -331,15 +331,16 @@ def report() -> None:
         SWEEP.summary += f"; best trial tagged best_trial=true ({built['best']} run(s))"
 
 
-def close_sweep(status: str) -> None:
-    """Close the open parent run (if any) with ``status``; safe to call more than once.
+def close_sweep(status: str) -> bool:
+    """Close the open parent run (if any) with ``status``; safe to call more than once. True
+    when there was one.
 
     A sweep that ends on an error or Ctrl-C (Hydra then skips ``on_multirun_end``) first closes
     child runs its dead local workers left RUNNING, then writes the report, so every run ends
     with a true status.
     """
     if SWEEP.parent_run_id is None:
-        return
+        return False
     writer = tracking.writer(SWEEP.uri)
     try:
         if status != "FINISHED" and SWEEP.local:
@@ -353,3 +354,4 @@ def close_sweep(status: str) -> None:
     except WriterError as error:
         print(f"losslab: could not close the sweep's MLflow run: {error}", file=sys.stderr)
     SWEEP.parent_run_id = None
+    return True

@@ -63,6 +63,12 @@ class TrackingError(RuntimeError):
     """MLflow could not record something; the runs concerned are marked FAILED."""
 
 
+class RunsKilled(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a job whose runs are now marked KILLED. A plain
+    KeyboardInterrupt came when no run was open (before the first, or after the last ended),
+    and the command says only that it was interrupted."""
+
+
 @functools.cache
 def git_version() -> str:
     """The code version: commit hash, with +dirty when the work tree has changes. Read once

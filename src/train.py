@@ -107,9 +107,10 @@ def cli() -> None:
             tracking.prestart()
         hydra_callbacks.compose_primary_once()
         main()
-    except KeyboardInterrupt:
-        hydra_callbacks.close_sweep("KILLED")
-        print("losslab: interrupted; runs are marked KILLED in MLflow", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        killed = hydra_callbacks.close_sweep("KILLED") or isinstance(stop, tracking.RunsKilled)
+        said = "; runs are marked KILLED in MLflow" if killed else ""  # none began, or all ended
+        print(f"losslab: interrupted{said}", file=sys.stderr)
         sys.exit(130)
     except (Exception, hydra_callbacks.Abort) as caught:
         hydra_callbacks.close_sweep("FAILED")

@@ -176,8 +176,9 @@ def test_ctrl_c_stops_the_server_in_one_line_and_leaves_nothing(tmp_path: Path, 
         start_new_session=True,
         preexec_fn=sigint_default,
     )
-    if when == "starting":
-        time.sleep(1.0)  # the checks are done; MLflow's command is loading
+    if when == "starting":  # its checks are done; then MLflow's command loads, for seconds
+        assert "losslab: starting" in process.stdout.readline() + process.stdout.readline()
+        time.sleep(0.5)
         assert not answers(url)
     else:
         deadline = time.monotonic() + hang(90)
