@@ -22,6 +22,10 @@ from pandas.api import types
 from src.config import ConfigError, DatasetConfig, DataTask, Missing, SplitKind, Task
 
 MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are classes
+# A categorical feature with more distinct values than this share of the rows (and more than
+# MAX_CLASSES) is most likely an id, a date or free text: one-hot, each value is a feature
+# that only its own few rows have, which the split's test rows mostly lack.
+ID_LIKE_SHARE = 0.5
 SHOWN_COLUMNS = 20  # an error lists at most this many column names
 
 
@@ -163,6 +167,13 @@ def _kinds(frame: pd.DataFrame, features: list[str], where: str) -> tuple[list[s
     return numeric, categorical
 
 
+def _id_like(frame: pd.DataFrame, categorical: list[str]) -> dict[str, int]:
+    """The categorical columns with a value for (nearly) every row, and their counts."""
+    floor = max(MAX_CLASSES, ID_LIKE_SHARE * len(frame))
+    counts = {name: int(frame[name].nunique()) for name in categorical}
+    return {name: n for name, n in counts.items() if n > floor}
+
+
 def _infer(values: pd.Series) -> tuple[Task, str]:
     """The task a target column asks for, and why, in words for the start-up line."""
     distinct = values.nunique()
@@ -298,6 +309,15 @@ def inspect(cfg: DatasetConfig) -> Table:
             (*key, "missing"),
             f"{where}: {total} missing value(s) in {len(missing)} column(s) will be imputed "
             "(dataset.missing=error refuses them)",
+        )
+    id_like = _id_like(kept, categorical)
+    if id_like:
+        counts = ", ".join(f"'{name}' ({n} distinct)" for name, n in id_like.items())
+        _say(
+            (*key, "id_like"),
+            f"{where}: categorical column(s) {counts} in {len(kept)} rows look like ids, dates "
+            "or free text: one-hot, each value is a feature of its own few rows; leave them "
+            f"out with dataset.drop=[{','.join(id_like)}]",
         )
     return Table(
         frame=kept,

@@ -273,3 +273,40 @@ def test_predict_reads_every_row_of_a_headerless_csv_and_refuses_gaps(tmp_path: 
         output_path({"run_id": "abc", "input": same, "output": same})
     default = output_path({"run_id": "0123456789", "input": same})
     assert default == Path("outputs/predict/01234567-rows.csv")
+
+
+def test_a_categorical_column_with_a_value_per_row_is_named_with_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An id, a date or free text read as a category: one-hot makes a feature per row. Said in
+    one line, with the override that leaves it out; a category of a few values is not."""
+    from src import tables
+
+    rows = 60
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=rows),
+            "city": rng.choice(["a", "b", "c"], rows),
+            "day": pd.date_range("2026-01-01", periods=rows).astype(str),
+            "note": [f"visit {i}" if i % 10 else None for i in range(rows)],  # 54 of 60 distinct
+            "y": rng.normal(size=rows),
+        }
+    )
+    path = tmp_path / "visits.csv"
+    frame.to_csv(path, index=False)
+    base = ("loss=mse", "dataset=csv", f"dataset.path={path}", "dataset.target=y")
+    table = tables.inspect(config.validate(compose_cfg(*base)).dataset)
+    assert table.categorical == ["city", "day", "note"]  # still trained on, as asked
+    said = [line for line in capsys.readouterr().out.splitlines() if "look like ids" in line]
+    assert said == [
+        "losslab: visits.csv: categorical column(s) 'day' (60 distinct), 'note' (54 distinct) "
+        "in 60 rows look like ids, dates or free text: one-hot, each value is a feature of its "
+        "own few rows; leave them out with dataset.drop=[day,note]"
+    ]
+    again = tmp_path / "visits_again.csv"  # a line is said once per file and process
+    again.write_bytes(path.read_bytes())
+    dropped = [*base[:2], f"dataset.path={again}", base[3], "dataset.drop=[day,note]"]
+    assert tables.inspect(config.validate(compose_cfg(*dropped)).dataset).categorical == ["city"]
+    out = capsys.readouterr().out
+    assert "visits_again.csv: regression" in out and "look like ids" not in out
