@@ -37,6 +37,7 @@ class RunFailed(ConfigError):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    quick_exit.raise_if_interrupted()
     typed = config.validate(cfg)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
