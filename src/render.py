@@ -39,13 +39,16 @@ class Saving:
             pid = os.fork()
         if pid == 0:  # the child: save, say why not, and leave without any exit handler
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: it just stops
+            status = 1  # unless it got to its end: the parent then says its process ended
             try:  # never back into the parent's code, whatever happens here
                 os.close(read)
                 self._save(figure, options)
                 if self.error:
                     os.write(write, self.error.encode()[:4000])
+                else:
+                    status = 0
             finally:
-                os._exit(1 if self.error else 0)
+                os._exit(status)
         os.close(write)
         self._pid, self._errors = pid, read
         _running.append(self)
