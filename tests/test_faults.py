@@ -301,7 +301,11 @@ def test_runs_whose_process_is_gone_are_closed_at_the_next_start(
     process = start_cli(tmp_path, store_uri, *args, "logger.flush_every_n_epochs=5")
     wait_for(tmp_path / "outputs/run/checkpoints/last.ckpt", process)
     wait_for_run(client, process)
-    time.sleep(1)  # the tracking process writes epochs 1-5
+    (run,) = runs_of(client)
+    deadline = time.monotonic() + hang(60)
+    while not history(client, run.info.run_id):  # the tracking process writes epochs 1-5
+        assert process.poll() is None and time.monotonic() < deadline, "no epoch was written"
+        time.sleep(0.1)
     for tracker in children_of(process.pid):
         os.kill(tracker, signal.SIGKILL)
     process.kill()
@@ -437,6 +441,7 @@ class Prepared:
     @classmethod
     def prepare(cls) -> None:
         cls.prepared_at = time.time()
+        Path(os.environ["PREPARED_MARK"]).touch()  # the test sends the arguments after this
 
     def __init__(self, name: str) -> None:
         self.name, self.built_at = name, time.time()
@@ -445,21 +450,24 @@ class Prepared:
         return self.name, self.prepared_at, self.built_at
 
 
-def test_a_helper_started_early_prepares_then_is_taken_over_or_killed_unused():
+def test_a_helper_started_early_prepares_then_is_taken_over_or_killed_unused(tmp_path, monkeypatch):
     """``Writer.prestart``: the helper runs its factory's ``prepare`` before the arguments
     exist, the next Writer of that factory takes it over; one never taken is killed at exit
     (a command that stopped at a config mistake)."""
     from src import writer
 
+    mark = tmp_path / "prepared"
+    monkeypatch.setenv("PREPARED_MARK", str(mark))
     writer.Writer.prestart(Prepared)
     spare = writer._SPARES[Prepared][0]
-    time.sleep(1.0)  # the caller works out the arguments meanwhile
+    wait_for(mark, spare, timeout=60)  # it prepares without its arguments
+    sent_at = time.time()
     helper = writer.Writer(Prepared, "taken")
     try:
         assert helper.process is spare
         name, prepared_at, built_at = helper.call("times")
         assert name == "taken" and prepared_at is not None
-        assert built_at - prepared_at > 0.5  # prepared before the arguments were sent
+        assert prepared_at <= sent_at <= built_at  # prepared before the arguments were sent
     finally:
         helper.close()
     assert spare.returncode == 0
