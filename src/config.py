@@ -52,6 +52,24 @@ class TableFormat(Enum):
     parquet = "parquet"
 
 
+class Separator(Enum):
+    """The field separator of a CSV file; ``auto`` reads it from the file's first lines."""
+
+    auto = "auto"
+    comma = ","
+    semicolon = ";"
+    tab = "\t"
+    pipe = "|"
+
+
+class DecimalMark(Enum):
+    """How a CSV file writes 1.5; ``auto``: ``1,5`` in a file not separated by commas."""
+
+    auto = "auto"
+    point = "."
+    comma = ","
+
+
 class SplitKind(Enum):
     """How rows are divided into train and test."""
 
@@ -187,6 +205,14 @@ def _require_memory(n_samples: int, n_features: Any) -> None:
     )
 
 
+def is_text_encoding(name: str) -> bool:
+    try:
+        "".encode(name)  # LookupError for an unknown name and for bytes codecs (base64)
+    except LookupError:
+        return False
+    return True
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -229,6 +255,9 @@ class DatasetConfig:
     # Table data: a file (format csv or parquet) or a generator's DataFrame, and its columns.
     format: TableFormat | None = None
     path: str | None = None
+    sep: Separator = Separator.auto  # CSV only
+    decimal: DecimalMark = DecimalMark.auto  # CSV only
+    encoding: str = "utf-8"  # CSV only; any of Python's codecs (cp1252, latin-1, utf-16, ...)
     target: str | None = None
     features: list[str] | None = None  # null: every column but the target and `drop`
     drop: list[str] = field(default_factory=list)
@@ -341,6 +370,23 @@ class DatasetConfig:
             _require(
                 "_target_" not in self.generator,
                 f"{where} reads dataset.path; drop dataset.generator",
+            )
+            _require(
+                self.format == TableFormat.csv
+                or (self.sep, self.decimal, self.encoding)
+                == (Separator.auto, DecimalMark.auto, "utf-8"),
+                f"dataset.sep, decimal and encoding are for CSV files; {where} is "
+                f"{self.format.value}: drop them",
+            )
+            _require(
+                is_text_encoding(self.encoding),
+                f"dataset.encoding={self.encoding!r} is not a text encoding Python knows "
+                "(e.g. utf-8, cp1252, latin-1, utf-16)",
+            )
+            _require(
+                (self.sep, self.decimal) != (Separator.comma, DecimalMark.comma),
+                "dataset.decimal=comma needs another separator than commas "
+                "(dataset.sep=semicolon, tab or pipe)",
             )
         else:
             _require(

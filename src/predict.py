@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from src import quick_exit, store, tracking
-from src.config import ConfigError, LosslabConfig
+from src.config import ConfigError, LosslabConfig, is_text_encoding
 from src.frozen_imports import frozen_imports
 
 if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to be good
@@ -33,8 +33,12 @@ if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to 
     from mlflow.tracking import MlflowClient
 
     from src.preprocess import Preprocessing
+    from src.tables import Dialect
 
-USAGE = "usage: python -m src.predict run_id=<id> (input=<csv> | split=test) [output=<csv>]"
+USAGE = (
+    "usage: python -m src.predict run_id=<id> (input=<csv> | split=test) [output=<csv>] "
+    "[encoding=<name>]"
+)
 HELP = f"""{USAGE}
 
 Predict with a logged model (store: $MLFLOW_TRACKING_URI, else ./mlflow.db).
@@ -47,8 +51,10 @@ Predict with a logged model (store: $MLFLOW_TRACKING_URI, else ./mlflow.db).
                   metrics the run logged
   output=<csv>    where to write (default: outputs/predict/<run id>-<input name>.csv); never
                   the input file
+  encoding=<name> the input CSV's text encoding (default: the run's dataset.encoding, else
+                  utf-8); its separator and decimal mark are read from the file
 """
-KEYS = ("run_id", "input", "split", "output")
+KEYS = ("run_id", "input", "split", "output", "encoding")
 PREDICTIONS = Path("outputs") / "predict"
 
 
@@ -77,6 +83,8 @@ def parse(argv: list[str]) -> dict[str, str]:
         raise ConfigError(USAGE)
     if args.get("split", "test") != "test":
         raise ConfigError(f"split={args['split']} is not known; only split=test is")
+    if not is_text_encoding(args.get("encoding", "utf-8")):
+        raise ConfigError(f"encoding={args['encoding']} is not a text encoding Python knows")
     return args
 
 
@@ -163,7 +171,7 @@ def read_inputs(path: Path, n_inputs: int) -> np.ndarray:
     is data when every value in it is a number)."""
     import pandas as pd
 
-    frame = _read(path, header=None)
+    frame, _ = _read(path, header=None)
     first = pd.to_numeric(frame.iloc[0], errors="coerce")
     if first.isna().any():  # a header row: names, not numbers
         frame = frame.iloc[1:]
@@ -187,18 +195,29 @@ def read_inputs(path: Path, n_inputs: int) -> np.ndarray:
     return x
 
 
-def _read(path: Path, header: int | None = 0) -> Any:
-    """A CSV or Parquet file as a DataFrame, or one line saying why not."""
+def _read(
+    path: Path, header: int | None = 0, encoding: str = "utf-8"
+) -> tuple[Any, Dialect | None]:
+    """A CSV (any separator, src.tables.dialect) or Parquet file as a DataFrame and the CSV's
+    dialect (None: Parquet), or one line saying why not."""
     import pandas as pd
+
+    from src import tables
 
     if not path.is_file():
         raise ConfigError(f"input file {path} does not exist")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, header=header)
+            return pd.read_parquet(path), None
+        how = tables.dialect(path, encoding=encoding)
+        return pd.read_csv(path, header=header, **how.options), how
     except pd.errors.EmptyDataError:
         raise ConfigError(f"{path} is empty") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not {encoding} text ({error.reason}); set encoding= to the file's "
+            "(e.g. cp1252, latin-1)"
+        ) from None
     except Exception as error:
         reason = " ".join(str(error).split())[:200]
         raise ConfigError(f"{path} cannot be read ({type(error).__name__}: {reason})") from None
@@ -264,13 +283,14 @@ def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
     write_table(pd.DataFrame(parts), path)
 
 
-def write_table(frame: Any, path: Path) -> None:
+def write_table(frame: Any, path: Path, how: Dialect | None = None) -> None:
     """The whole CSV or none: written beside ``path``, then renamed over it, so a Ctrl-C or a
-    full disk mid-write leaves no half file (nor a half-overwritten earlier one)."""
+    full disk mid-write leaves no half file (nor a half-overwritten earlier one). Written in
+    the input CSV's dialect (``how``), so a spreadsheet that wrote it reads the result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        frame.to_csv(partial, index=False)
+        frame.to_csv(partial, index=False, **(how.options if how else {}))
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -317,8 +337,10 @@ def main(argv: list[str]) -> None:
         pre = load_preprocessing(client, run_id)
         if pre is not None:
             activation = run.data.params.get("loss.output", "")
-            result = predict_table(model, pre, _read(source), activation, source)
-            write_table(result, output)
+            encoding = args.get("encoding") or run.data.params.get("dataset.encoding", "utf-8")
+            frame, how = _read(source, encoding=encoding)
+            result = predict_table(model, pre, frame, activation, source)
+            write_table(result, output, how)
         else:
             signature = mlflow.models.get_model_info(model_uri(run)).signature
             x = read_inputs(source, signature.inputs.inputs[0].shape[-1])

@@ -7,11 +7,17 @@ that turns the table into model inputs is src/preprocess.py's.
 
 from __future__ import annotations
 
+import bz2
+import csv
 import difflib
 import functools
+import gzip
 import hashlib
+import io
 import json
+import lzma
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,17 @@ from typing import Any
 import pandas as pd
 from pandas.api import types
 
-from src.config import ConfigError, DatasetConfig, DataTask, Missing, SplitKind, Task
+from src.config import (
+    ConfigError,
+    DatasetConfig,
+    DataTask,
+    DecimalMark,
+    Missing,
+    Separator,
+    SplitKind,
+    TableFormat,
+    Task,
+)
 
 MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are classes
 # A categorical feature with more distinct values than this share of the rows (and more than
@@ -27,6 +43,10 @@ MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are
 # that only its own few rows have, which the split's test rows mostly lack.
 ID_LIKE_SHARE = 0.5
 SHOWN_COLUMNS = 20  # an error lists at most this many column names
+SNIFF_CHARS = 1 << 16  # a CSV file's separator and decimal mark are read from its first lines
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # compressed CSV files
+_POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
+_COMMA_NUMBER = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -63,24 +83,110 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """How a CSV file writes its fields and numbers. pandas reads commas and decimal points
+    unless told; a semicolon file (a spreadsheet's export in much of Europe) would otherwise
+    be one text column, and its ``1,5`` text."""
+
+    sep: Separator = Separator.comma
+    decimal: DecimalMark = DecimalMark.point
+    encoding: str = "utf-8"
+
+    @property
+    def options(self) -> dict[str, str]:
+        """pandas' ``read_csv`` and ``to_csv`` keywords for this dialect."""
+        return {"sep": self.sep.value, "decimal": self.decimal.value, "encoding": self.encoding}
+
+    def __str__(self) -> str:
+        """Words for the start-up line, when it is not the plain comma-and-point CSV."""
+        words = {Separator.semicolon: "semicolons", Separator.tab: "tabs", Separator.pipe: "pipes"}
+        said = [f"fields separated by {words[self.sep]}"] if self.sep in words else []
+        return ", ".join([*said, "decimal commas"] if self.decimal == DecimalMark.comma else said)
+
+
+def dialect(
+    file: Path,
+    sep: Separator = Separator.auto,
+    decimal: DecimalMark = DecimalMark.auto,
+    encoding: str = "utf-8",
+) -> Dialect:
+    """The file's separator and decimal mark: as asked, or read from its first lines. A
+    separator is the one that splits every sampled row into the same number (> 1) of fields,
+    the most fields winning and comma first among equals; the decimal mark is a comma when
+    numbers are written ``1,5`` and never ``1.5``, which only a non-comma file can do. Our
+    own reading, not ``pandas.read_csv(sep=None)``: that one parses the whole file with the
+    Python engine, many times slower than the C engine on large files."""
+    if sep != Separator.auto and decimal != DecimalMark.auto:
+        return Dialect(sep, decimal, encoding)
+    suffixes = [suffix.lower() for suffix in file.suffixes]
+    opener = _OPENERS.get(suffixes[-1] if suffixes else "", open)  # pandas infers the same
+    try:
+        with opener(file, "rt", encoding=encoding, errors="replace", newline="") as handle:
+            sample = handle.read(SNIFF_CHARS)
+        if len(sample) == SNIFF_CHARS:  # the last line may be cut: leave it out
+            sample = sample[: sample.rfind("\n") + 1] or sample
+        if sep == Separator.auto:
+            sep = _sniff_separator(sample, tab_first=bool({".tsv", ".tab"} & set(suffixes)))
+        if decimal == DecimalMark.auto:
+            fields = [] if sep == Separator.comma else _rows(sample, sep)[1:]  # not the header
+            cells = [cell.strip() for row in fields for cell in row]
+            comma = any(_COMMA_NUMBER.fullmatch(c) for c in cells)
+            point = any(_POINT_NUMBER.fullmatch(c) for c in cells)
+            decimal = DecimalMark.comma if comma and not point else DecimalMark.point
+    except (csv.Error, OSError, EOFError, lzma.LZMAError):  # NUL bytes, a damaged archive:
+        # pandas then says what is wrong with the file
+        sep = Separator.comma if sep == Separator.auto else sep
+        decimal = DecimalMark.point if decimal == DecimalMark.auto else decimal
+    return Dialect(sep, decimal, encoding)
+
+
+def _rows(sample: str, sep: Separator) -> list[list[str]]:
+    return [row for row in csv.reader(io.StringIO(sample), delimiter=sep.value) if row]
+
+
+def _sniff_separator(sample: str, tab_first: bool) -> Separator:
+    candidates = [s for s in Separator if s != Separator.auto]
+    if tab_first:  # a .tsv file: tabs win a tie
+        candidates.sort(key=lambda s: s != Separator.tab)
+    best, most = Separator.comma, 1
+    for candidate in candidates:
+        widths = {len(row) for row in _rows(sample, candidate)}
+        if len(widths) == 1 and (width := widths.pop()) > most:
+            best, most = candidate, width
+    return best
+
+
 @functools.lru_cache(maxsize=4)
-def _read_file(path: str, fmt: str, size: int, mtime_ns: int) -> tuple[pd.DataFrame, str]:
+def _read_file(
+    path: str, how: Dialect | None, size: int, mtime_ns: int
+) -> tuple[pd.DataFrame, str]:
     """The file's rows and sha256, read once per process while the file is unchanged (the
-    start-up check and the job share them)."""
+    start-up check and the job share them). ``how`` is a CSV file's dialect; None: Parquet."""
     file = Path(path)
     try:
-        read_table = pd.read_csv if fmt == "csv" else pd.read_parquet
-        frame = read_table(file)
+        frame = pd.read_csv(file, **how.options) if how else pd.read_parquet(file)
     except pd.errors.EmptyDataError:
         _fail(f"dataset.path={path} is empty; it needs a header row and data rows")
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        _fail(
+            f"dataset.path={path} is not {how.encoding} text ({error.reason}); set "
+            "dataset.encoding to the file's (e.g. cp1252, latin-1)"
+        )
+    except pd.errors.ParserError as error:
         reason = " ".join(str(error).split())
-        _fail(f"dataset.path={path} is not a readable CSV file ({reason})")
+        _fail(
+            f"dataset.path={path} is not a readable CSV file ({reason}); read with "
+            f"dataset.sep={how.sep.name if how else 'comma'}: if its fields are separated "
+            "otherwise, set dataset.sep=comma, semicolon, tab or pipe"
+        )
     except PermissionError:
         _fail(f"dataset.path={path} cannot be read (permission denied)")
     except Exception as error:  # pyarrow's errors for a file that is not Parquet, among others
         reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
-        _fail(f"dataset.path={path} is not a readable {fmt} file ({reason})")
+        _fail(
+            f"dataset.path={path} is not a readable {'csv' if how else 'parquet'} file ({reason})"
+        )
     return frame, _sha256(file)
 
 
@@ -113,7 +219,11 @@ def read(cfg: DatasetConfig) -> tuple[pd.DataFrame, str | None, str]:
         _fail(f"dataset.path={cfg.path} cannot be read (permission denied)")
     stat = file.stat()
     absolute = str(file.resolve())
-    frame, sha256 = _read_file(absolute, cfg.format.value, stat.st_size, stat.st_mtime_ns)
+    csv_file = cfg.format == TableFormat.csv
+    how = dialect(file, cfg.sep, cfg.decimal, cfg.encoding) if csv_file else None
+    frame, sha256 = _read_file(absolute, how, stat.st_size, stat.st_mtime_ns)
+    if how and str(how):
+        _say((absolute, "dialect"), f"{file.name}: {how}")
     if frame.shape[1] == 0 or len(frame) == 0:
         _fail(f"dataset.path={cfg.path} has a header but no data rows")
     return frame, sha256, absolute

@@ -258,6 +258,10 @@ def write_tables(folder: Path) -> dict[str, Path]:
     save("all_nan.csv", diabetes.assign(bmi=np.nan))
     save("small.csv", diabetes.iloc[:12])
     save("rare_class.csv", pd.concat([cancer, cancer.iloc[:1].assign(diagnosis="unsure")]))
+    regions = {"north": "Nord", "south": "Süd", "east": "Öst"}  # text a spreadsheet writes
+    europe = diabetes.assign(region=diabetes["region"].map(regions))
+    europe.to_csv(folder / "cp1252.csv", index=False, sep=";", decimal=",", encoding="cp1252")
+    files["cp1252.csv"] = folder / "cp1252.csv"
     (folder / "fake.parquet").write_bytes(b"not a parquet file\n" * 10)
     files["fake.parquet"] = folder / "fake.parquet"
     return files

@@ -168,6 +168,34 @@ CATALOGUE = [
         "dataset=parquet dataset.path={data}/fake.parquet dataset.target=y",
         "fake.parquet is not a readable parquet file",
     ),
+    bad(
+        "dataset=csv dataset.path={data}/cp1252.csv dataset.target=progression",
+        "cp1252.csv is not utf-8 text (invalid continuation byte); set dataset.encoding to the",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.encoding=utf-99",
+        "dataset.encoding='utf-99' is not a text encoding Python knows",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.encoding=base64",
+        "dataset.encoding='base64' is not a text encoding Python knows",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression dataset.sep=colon",
+        "Invalid value 'colon', expected one of [auto, comma, semicolon, tab, pipe]",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.sep=comma dataset.decimal=comma",
+        "dataset.decimal=comma needs another separator than commas",
+    ),
+    bad(
+        "dataset=parquet dataset.path={data}/cancer.parquet dataset.target=diagnosis "
+        "dataset.sep=semicolon",
+        "dataset.sep, decimal and encoding are for CSV files; dataset=parquet is parquet",
+    ),
     bad("dataset.task=auto", "dataset.task=auto needs table data"),
     # values found only at run time before, now at validation
     bad("optimizer.weight_decay=inf", "optimizer.weight_decay=inf must be a finite number >= 0"),

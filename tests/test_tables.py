@@ -7,6 +7,7 @@ against scikit-learn on an independently rebuilt split, in the target's own unit
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -310,3 +311,76 @@ def test_a_categorical_column_with_a_value_per_row_is_named_with_the_way_out(
     assert tables.inspect(config.validate(compose_cfg(*dropped)).dataset).categorical == ["city"]
     out = capsys.readouterr().out
     assert "visits_again.csv: regression" in out and "look like ids" not in out
+
+
+@pytest.mark.slow
+def test_a_spreadsheet_export_trains_and_predicts_as_its_comma_twin(
+    files, run_cli, client, store_uri, tmp_path
+) -> None:
+    """The same rows as a European spreadsheet exports them (semicolons, decimal commas,
+    cp1252 text) and as a .tsv file train to the same numbers as the plain CSV, each dialect
+    said in one line; predictions come back in the input's dialect, read with the run's
+    encoding."""
+    europe = files["cp1252.csv"]
+    plain = pd.read_csv(europe, sep=";", decimal=",", encoding="cp1252")
+    plain.to_csv(tmp_path / "plain.csv", index=False)
+    plain.to_csv(tmp_path / "rows.tsv", index=False, sep="\t")
+    said = {
+        "plain.csv": [],
+        "rows.tsv": ["losslab: rows.tsv: fields separated by tabs"],
+        "cp1252.csv": ["losslab: cp1252.csv: fields separated by semicolons, decimal commas"],
+    }
+    finals = {}
+    for name, lines in said.items():
+        path = europe if name == "cp1252.csv" else tmp_path / name
+        encoding = ["dataset.encoding=cp1252"] if name == "cp1252.csv" else []
+        done = run_cli(
+            *("dataset=csv", f"dataset.path={path}", "dataset.target=progression", *encoding),
+            "trainer.max_epochs=3",
+        )
+        assert done.returncode == 0, done.stderr
+        assert [line for line in done.stdout.splitlines() if "separated" in line] == lines
+        assert "regression on target 'progression' (214 distinct integers" in done.stdout
+        assert "25 missing value(s) in 2 column(s) will be imputed" in done.stdout
+        (run,) = [r for r in runs_of(client) if r.data.tags["dataset"] == name]
+        finals[name] = {k: v for k, v in run.data.metrics.items() if k.startswith("final_")}
+    assert finals["rows.tsv"] == finals["plain.csv"] == finals["cp1252.csv"]
+    assert finals["plain.csv"]["final_test_mse"] > 100  # the target's units: 1,5 read as 1.5
+
+    output = tmp_path / "predicted.csv"
+    done = predict_cli(
+        store_uri, f"run_id={run.info.run_id}", f"input={europe}", f"output={output}"
+    )
+    assert done.returncode == 0, done.stderr
+    back = pd.read_csv(output, sep=";", decimal=",", encoding="cp1252")
+    assert list(back.columns) == [*plain.columns, "predicted_progression"]
+    pd.testing.assert_frame_equal(back[plain.columns], plain)  # every value as it was
+    assert set(back["region"].dropna()) == {"Nord", "Süd", "Öst"}
+    assert back["predicted_progression"].between(0, 1000).all()
+
+
+def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path: Path) -> None:
+    """A comma file whose quoted text holds semicolons stays a comma file; a semicolon file
+    that writes 1.5 keeps its decimal points; every row must agree on a separator's count."""
+    from src import tables
+    from src.config import DecimalMark, Separator
+
+    cases = {
+        "quoted.csv": ('a,b,note\n1.5,2,"x; y; z"\n3,4,"p;q"\n', Separator.comma, "."),
+        "points.csv": ("a;b;c\n1.5;2;x\n3.25;4;y\n", Separator.semicolon, "."),
+        "commas.csv": ("a;b;c\n1,5;2;x\n-3,25;4;y\n", Separator.semicolon, ","),
+        "piped.txt": ("a|b\n1|2\n3|4\n", Separator.pipe, "."),
+        "single.csv": ("y\n1\n2\n", Separator.comma, "."),
+        "tabbed.tsv": ("a\tb,c\n1\t2,5\n", Separator.tab, ","),
+    }
+    for name, (text, sep, decimal) in cases.items():
+        (tmp_path / name).write_text(text)
+        how = tables.dialect(tmp_path / name)
+        assert (how.sep, how.decimal) == (sep, DecimalMark(decimal)), name
+    packed = tmp_path / "commas.csv.gz"  # read through its compression, as pandas reads it
+    packed.write_bytes(gzip.compress(cases["commas.csv"][0].encode()))
+    how = tables.dialect(packed)
+    assert (how.sep, how.decimal) == (Separator.semicolon, DecimalMark.comma)
+    assert pd.read_csv(packed, **how.options)["a"].tolist() == [1.5, -3.25]
+    asked = tables.dialect(tmp_path / "commas.csv", Separator.semicolon, DecimalMark.point)
+    assert asked.options == {"sep": ";", "decimal": ".", "encoding": "utf-8"}
