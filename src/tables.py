@@ -8,6 +8,7 @@ that turns the table into model inputs is src/preprocess.py's.
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import difflib
 import functools
@@ -219,6 +220,7 @@ def read(cfg: DatasetConfig) -> tuple[pd.DataFrame, str | None, str]:
         _fail(f"dataset.path={cfg.path} cannot be read (permission denied)")
     stat = file.stat()
     absolute = str(file.resolve())
+    _check_kind(file, cfg)
     csv_file = cfg.format == TableFormat.csv
     how = dialect(file, cfg.sep, cfg.decimal, cfg.encoding) if csv_file else None
     frame, sha256 = _read_file(absolute, how, stat.st_size, stat.st_mtime_ns)
@@ -227,6 +229,34 @@ def read(cfg: DatasetConfig) -> tuple[pd.DataFrame, str | None, str]:
     if frame.shape[1] == 0 or len(frame) == 0:
         _fail(f"dataset.path={cfg.path} has a header but no data rows")
     return frame, sha256, absolute
+
+
+def _check_kind(file: Path, cfg: DatasetConfig) -> None:
+    """A file of another kind than dataset.format is one line naming what it is and the way
+    on; read as the wrong kind, pandas would say only that some byte does not decode."""
+    with file.open("rb") as handle:
+        head = handle.read(SNIFF_CHARS)
+    parquet = head.startswith(b"PAR1")
+    if cfg.format == TableFormat.parquet:
+        if not parquet and b"\0" not in head and file.suffix.lower() in (".csv", ".tsv", ".txt"):
+            _fail(f"dataset.path={cfg.path} looks like a CSV file; use dataset=csv")
+        return
+    if parquet:
+        _fail(f"dataset.path={cfg.path} is a Parquet file; use dataset=parquet")
+    suffix = file.suffix.lower()
+    if head.startswith(b"PK\x03\x04") and suffix != ".zip":  # pandas reads a .zip of one CSV
+        _fail(
+            f"dataset.path={cfg.path} is a zip archive (an Excel workbook is one), not CSV "
+            "text; save the sheet as CSV"
+        )
+    wide = codecs.lookup(cfg.encoding).name.startswith(("utf-16", "utf-32"))  # NULs are text
+    if b"\0" in head and not wide and suffix not in (*_OPENERS, ".zip"):
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            _fail(
+                f"dataset.path={cfg.path} is UTF-16 text (it starts with UTF-16's byte order "
+                "mark, as a spreadsheet's 'Unicode text' export does); set dataset.encoding=utf-16"
+            )
+        _fail(f"dataset.path={cfg.path} holds binary data, not CSV text; give a CSV file")
 
 
 def _nearest(name: str, columns: list[str]) -> str:

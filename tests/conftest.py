@@ -213,6 +213,8 @@ def write_tables(folder: Path) -> dict[str, Path]:
     """Real tables from scikit-learn's bundled data, as a user brings them: a text category
     column, missing values, text class labels; and the broken files the start-up check
     refuses. Returns name -> path."""
+    import zipfile
+
     import numpy as np
     import pandas as pd
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
@@ -262,6 +264,11 @@ def write_tables(folder: Path) -> dict[str, Path]:
     europe = diabetes.assign(region=diabetes["region"].map(regions))
     europe.to_csv(folder / "cp1252.csv", index=False, sep=";", decimal=",", encoding="cp1252")
     files["cp1252.csv"] = folder / "cp1252.csv"
+    save("utf16.csv", diabetes.iloc[:50])
+    files["utf16.csv"].write_text(files["utf16.csv"].read_text(), encoding="utf-16")
+    with zipfile.ZipFile(folder / "book.xlsx", "w") as book:  # an Excel workbook is a zip
+        book.writestr("xl/workbook.xml", "<workbook/>")
+    files["book.xlsx"] = folder / "book.xlsx"
     (folder / "fake.parquet").write_bytes(b"not a parquet file\n" * 10)
     files["fake.parquet"] = folder / "fake.parquet"
     return files

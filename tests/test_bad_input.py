@@ -173,6 +173,22 @@ CATALOGUE = [
         "cp1252.csv is not utf-8 text (invalid continuation byte); set dataset.encoding to the",
     ),
     bad(
+        "dataset=csv dataset.path={data}/cancer.parquet dataset.target=diagnosis",
+        "cancer.parquet is a Parquet file; use dataset=parquet",
+    ),
+    bad(
+        "dataset=parquet dataset.path={data}/cancer.csv dataset.target=diagnosis",
+        "cancer.csv looks like a CSV file; use dataset=csv",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/book.xlsx dataset.target=y",
+        "book.xlsx is a zip archive (an Excel workbook is one), not CSV text; save the sheet",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/utf16.csv dataset.target=progression",
+        "utf16.csv is UTF-16 text (it starts with UTF-16's byte order mark, as a spreadsheet's",
+    ),
+    bad(
         "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
         "dataset.encoding=utf-99",
         "dataset.encoding='utf-99' is not a text encoding Python knows",

@@ -384,3 +384,18 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
     assert pd.read_csv(packed, **how.options)["a"].tolist() == [1.5, -3.25]
     asked = tables.dialect(tmp_path / "commas.csv", Separator.semicolon, DecimalMark.point)
     assert asked.options == {"sep": ";", "decimal": ".", "encoding": "utf-8"}
+
+
+def test_a_utf16_file_reads_once_its_encoding_is_named(files) -> None:
+    """The file the catalogue refuses without dataset.encoding (tests/test_bad_input.py)."""
+    from src import tables
+
+    overrides = ("loss=mse", "dataset=csv", f"dataset.path={files['utf16.csv']}")
+    named = (*overrides, "dataset.target=progression", "dataset.encoding=utf-16")
+    table = tables.inspect(config.validate(compose_cfg(*named)).dataset)
+    expected = pd.read_csv(files["utf16.csv"], encoding="utf-16")
+    assert table.task == config.Task.regression
+    pd.testing.assert_frame_equal(
+        table.frame.reset_index(drop=True),
+        expected.dropna(subset=["progression"]).reset_index(drop=True)[table.frame.columns],
+    )
