@@ -49,6 +49,7 @@ class TableFormat(Enum):
     """How a data file is read (pandas)."""
 
     csv = "csv"
+    excel = "excel"  # an .xlsx workbook's sheet (openpyxl)
     parquet = "parquet"
 
 
@@ -252,12 +253,13 @@ class DatasetConfig:
     task: DataTask = MISSING
     # A scikit-learn generator (or any function returning X, y or a DataFrame), instantiated.
     generator: dict[str, Any] = field(default_factory=dict)
-    # Table data: a file (format csv or parquet) or a generator's DataFrame, and its columns.
+    # Table data: a file (format csv, excel or parquet) or a generator's DataFrame, and its columns.
     format: TableFormat | None = None
     path: str | None = None
     sep: Separator = Separator.auto  # CSV only
     decimal: DecimalMark = DecimalMark.auto  # CSV only
     encoding: str = "utf-8"  # CSV only; any of Python's codecs (cp1252, latin-1, utf-16, ...)
+    sheet: str | None = None  # Excel only; null: the workbook's first sheet
     target: str | None = None
     features: list[str] | None = None  # null: every column but the target and `drop`
     drop: list[str] = field(default_factory=list)
@@ -299,7 +301,8 @@ class DatasetConfig:
         )
         _require(
             self.path is None,
-            "dataset.path needs dataset.target=<column to predict> (and dataset=csv or parquet)",
+            "dataset.path needs dataset.target=<column to predict> (and dataset=csv, excel or "
+            "parquet)",
         )
         gen = self.generator
         _require("_target_" in gen, "dataset.generator needs a _target_ (a data function)")
@@ -379,6 +382,10 @@ class DatasetConfig:
                 f"{self.format.value}: drop them",
             )
             _require(
+                self.format == TableFormat.excel or self.sheet is None,
+                f"dataset.sheet is for Excel workbooks; {where} is {self.format.value}: drop it",
+            )
+            _require(
                 is_text_encoding(self.encoding),
                 f"dataset.encoding={self.encoding!r} is not a text encoding Python knows "
                 "(e.g. utf-8, cp1252, latin-1, utf-16)",
@@ -391,7 +398,7 @@ class DatasetConfig:
         else:
             _require(
                 self.path is None,
-                "dataset.path needs dataset.format (use dataset=csv or dataset=parquet)",
+                "dataset.path needs dataset.format (use dataset=csv, excel or parquet)",
             )
             _require(
                 "_target_" in self.generator,

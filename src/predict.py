@@ -4,9 +4,9 @@ The model is the run's MLflow pytorch model (its tag ``model``: ``models:/<id>``
 network that returns the activated output (a value for regression, a probability for bce, a tanh
 value for hinge). A run on table data (``dataset=csv``, a bundled dataset) also logged its
 fitted preprocessing (``preprocessing/``): then ``input=`` takes raw rows with the original
-columns (any order, extra columns ignored, a CSV or Parquet file) and the predictions come in
-the target's own units and class names. For the study's arrays, the input is the features as the
-run's data produced them (scaled), one column per input.
+columns (any order, extra columns ignored; a CSV, .xlsx or Parquet file) and the predictions
+come in the target's own units and class names. For the study's arrays, the input is the
+features as the run's data produced them (scaled), one column per input.
 
 ``split=test`` instead of ``input=`` rebuilds the run's own test split from its logged config
 (``config/config.yaml``) and scores it, next to the test metrics the run logged: a logged result
@@ -33,28 +33,31 @@ if TYPE_CHECKING:  # MLflow and torch load only once the arguments are known to 
     from mlflow.tracking import MlflowClient
 
     from src.preprocess import Preprocessing
-    from src.tables import Dialect
+    from src.table_files import Dialect
 
 USAGE = (
-    "usage: python -m src.predict run_id=<id> (input=<csv> | split=test) [output=<csv>] "
-    "[encoding=<name>]"
+    "usage: python -m src.predict run_id=<id> (input=<file> | split=test) [output=<csv>] "
+    "[encoding=<name>] [sheet=<name>]"
 )
 HELP = f"""{USAGE}
 
 Predict with a logged model (store: $MLFLOW_TRACKING_URI, else ./mlflow.db).
 
   run_id=<id>     the MLflow run whose model to use
-  input=<file>    rows to predict: for a run on table data (dataset=csv, parquet, diabetes,
-                  ...) the raw columns, in any order (a CSV or Parquet file); else one numeric
-                  column per model input, scaled as in training (a header row is optional)
+  input=<file>    rows to predict: for a run on table data (dataset=csv, excel, parquet,
+                  diabetes, ...) the raw columns, in any order (a CSV, .xlsx or Parquet file);
+                  else one numeric column per model input, scaled as in training (a CSV file;
+                  a header row is optional)
   split=test      instead of input=: rebuild the run's test split and score it next to the
                   metrics the run logged
   output=<csv>    where to write (default: outputs/predict/<run id>-<input name>.csv); never
                   the input file
   encoding=<name> the input CSV's text encoding (default: the run's dataset.encoding, else
                   utf-8); its separator and decimal mark are read from the file
+  sheet=<name>    the input workbook's sheet (default: the run's dataset.sheet, else the
+                  first sheet)
 """
-KEYS = ("run_id", "input", "split", "output", "encoding")
+KEYS = ("run_id", "input", "split", "output", "encoding", "sheet")
 PREDICTIONS = Path("outputs") / "predict"
 
 
@@ -196,21 +199,27 @@ def read_inputs(path: Path, n_inputs: int) -> np.ndarray:
 
 
 def _read(
-    path: Path, header: int | None = 0, encoding: str = "utf-8"
+    path: Path, header: int | None = 0, encoding: str = "utf-8", sheet: str | None = None
 ) -> tuple[Any, Dialect | None]:
-    """A CSV (any separator, src.tables.dialect) or Parquet file as a DataFrame and the CSV's
-    dialect (None: Parquet), or one line saying why not."""
+    """A CSV (any dialect, src.table_files), .xlsx or Parquet file as a DataFrame and the
+    CSV's dialect (None for the others), or one line saying why not."""
     import pandas as pd
 
-    from src import tables
+    from src import table_files
 
     if not path.is_file():
         raise ConfigError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        how = table_files.sheet_of(path, sheet, f"input={path}", "sheet")
+    elif suffix in (".parquet", ".pq"):
+        how = table_files.ParquetFile()
+    else:
+        how = table_files.dialect(path, encoding=encoding)
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path), None
-        how = tables.dialect(path, encoding=encoding)
-        return pd.read_csv(path, header=header, **how.options), how
+        if isinstance(how, table_files.Dialect):
+            return how.read(path, header=header), how
+        return how.read(path), None
     except pd.errors.EmptyDataError:
         raise ConfigError(f"{path} is empty") from None
     except UnicodeDecodeError as error:
@@ -337,8 +346,10 @@ def main(argv: list[str]) -> None:
         pre = load_preprocessing(client, run_id)
         if pre is not None:
             activation = run.data.params.get("loss.output", "")
-            encoding = args.get("encoding") or run.data.params.get("dataset.encoding", "utf-8")
-            frame, how = _read(source, encoding=encoding)
+            params = run.data.params
+            encoding = args.get("encoding") or params.get("dataset.encoding", "utf-8")
+            sheet = args.get("sheet") or params.get("dataset.sheet")
+            frame, how = _read(source, encoding=encoding, sheet=None if sheet == "None" else sheet)
             result = predict_table(model, pre, frame, activation, source)
             write_table(result, output, how)
         else:

@@ -1,24 +1,18 @@
-"""User tables: a CSV or Parquet file (or a generator's DataFrame) read once, checked at
-start-up and its task inferred, so a table that cannot be used is one line before any run.
+"""User tables: a CSV, Excel or Parquet file (or a generator's DataFrame) read once, checked
+at start-up and its task inferred, so a table that cannot be used is one line before any run.
 
-Only pandas is imported here (validation runs before torch); the scikit-learn preprocessing
-that turns the table into model inputs is src/preprocess.py's.
+Only pandas is imported here (validation runs before torch). Reading a file in its own format
+is src/table_files.py's; the scikit-learn preprocessing that turns the table into model inputs
+is src/preprocess.py's.
 """
 
 from __future__ import annotations
 
-import bz2
-import codecs
-import csv
 import difflib
 import functools
-import gzip
 import hashlib
-import io
 import json
-import lzma
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +20,9 @@ from typing import Any
 import pandas as pd
 from pandas.api import types
 
-from src.config import (
-    ConfigError,
-    DatasetConfig,
-    DataTask,
-    DecimalMark,
-    Missing,
-    Separator,
-    SplitKind,
-    TableFormat,
-    Task,
-)
+from src import table_files
+from src.config import ConfigError, DatasetConfig, DataTask, Missing, SplitKind, Task
+from src.table_files import Reader
 
 MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are classes
 # A categorical feature with more distinct values than this share of the rows (and more than
@@ -44,10 +30,6 @@ MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are
 # that only its own few rows have, which the split's test rows mostly lack.
 ID_LIKE_SHARE = 0.5
 SHOWN_COLUMNS = 20  # an error lists at most this many column names
-SNIFF_CHARS = 1 << 16  # a CSV file's separator and decimal mark are read from its first lines
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # compressed CSV files
-_POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
-_COMMA_NUMBER = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -84,110 +66,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Dialect:
-    """How a CSV file writes its fields and numbers. pandas reads commas and decimal points
-    unless told; a semicolon file (a spreadsheet's export in much of Europe) would otherwise
-    be one text column, and its ``1,5`` text."""
-
-    sep: Separator = Separator.comma
-    decimal: DecimalMark = DecimalMark.point
-    encoding: str = "utf-8"
-
-    @property
-    def options(self) -> dict[str, str]:
-        """pandas' ``read_csv`` and ``to_csv`` keywords for this dialect."""
-        return {"sep": self.sep.value, "decimal": self.decimal.value, "encoding": self.encoding}
-
-    def __str__(self) -> str:
-        """Words for the start-up line, when it is not the plain comma-and-point CSV."""
-        words = {Separator.semicolon: "semicolons", Separator.tab: "tabs", Separator.pipe: "pipes"}
-        said = [f"fields separated by {words[self.sep]}"] if self.sep in words else []
-        return ", ".join([*said, "decimal commas"] if self.decimal == DecimalMark.comma else said)
-
-
-def dialect(
-    file: Path,
-    sep: Separator = Separator.auto,
-    decimal: DecimalMark = DecimalMark.auto,
-    encoding: str = "utf-8",
-) -> Dialect:
-    """The file's separator and decimal mark: as asked, or read from its first lines. A
-    separator is the one that splits every sampled row into the same number (> 1) of fields,
-    the most fields winning and comma first among equals; the decimal mark is a comma when
-    numbers are written ``1,5`` and never ``1.5``, which only a non-comma file can do. Our
-    own reading, not ``pandas.read_csv(sep=None)``: that one parses the whole file with the
-    Python engine, many times slower than the C engine on large files."""
-    if sep != Separator.auto and decimal != DecimalMark.auto:
-        return Dialect(sep, decimal, encoding)
-    suffixes = [suffix.lower() for suffix in file.suffixes]
-    opener = _OPENERS.get(suffixes[-1] if suffixes else "", open)  # pandas infers the same
-    try:
-        with opener(file, "rt", encoding=encoding, errors="replace", newline="") as handle:
-            sample = handle.read(SNIFF_CHARS)
-        if len(sample) == SNIFF_CHARS:  # the last line may be cut: leave it out
-            sample = sample[: sample.rfind("\n") + 1] or sample
-        if sep == Separator.auto:
-            sep = _sniff_separator(sample, tab_first=bool({".tsv", ".tab"} & set(suffixes)))
-        if decimal == DecimalMark.auto:
-            fields = [] if sep == Separator.comma else _rows(sample, sep)[1:]  # not the header
-            cells = [cell.strip() for row in fields for cell in row]
-            comma = any(_COMMA_NUMBER.fullmatch(c) for c in cells)
-            point = any(_POINT_NUMBER.fullmatch(c) for c in cells)
-            decimal = DecimalMark.comma if comma and not point else DecimalMark.point
-    except (csv.Error, OSError, EOFError, lzma.LZMAError):  # NUL bytes, a damaged archive:
-        # pandas then says what is wrong with the file
-        sep = Separator.comma if sep == Separator.auto else sep
-        decimal = DecimalMark.point if decimal == DecimalMark.auto else decimal
-    return Dialect(sep, decimal, encoding)
-
-
-def _rows(sample: str, sep: Separator) -> list[list[str]]:
-    return [row for row in csv.reader(io.StringIO(sample), delimiter=sep.value) if row]
-
-
-def _sniff_separator(sample: str, tab_first: bool) -> Separator:
-    candidates = [s for s in Separator if s != Separator.auto]
-    if tab_first:  # a .tsv file: tabs win a tie
-        candidates.sort(key=lambda s: s != Separator.tab)
-    best, most = Separator.comma, 1
-    for candidate in candidates:
-        widths = {len(row) for row in _rows(sample, candidate)}
-        if len(widths) == 1 and (width := widths.pop()) > most:
-            best, most = candidate, width
-    return best
-
-
 @functools.lru_cache(maxsize=4)
-def _read_file(
-    path: str, how: Dialect | None, size: int, mtime_ns: int
-) -> tuple[pd.DataFrame, str]:
+def _read_file(path: str, how: Reader, size: int, mtime_ns: int) -> tuple[pd.DataFrame, str]:
     """The file's rows and sha256, read once per process while the file is unchanged (the
-    start-up check and the job share them). ``how`` is a CSV file's dialect; None: Parquet."""
+    start-up check and the job share them)."""
     file = Path(path)
     try:
-        frame = pd.read_csv(file, **how.options) if how else pd.read_parquet(file)
+        frame = how.read(file)
     except pd.errors.EmptyDataError:
         _fail(f"dataset.path={path} is empty; it needs a header row and data rows")
-    except UnicodeDecodeError as error:
+    except UnicodeDecodeError as error:  # a CSV file (Dialect)
         _fail(
             f"dataset.path={path} is not {how.encoding} text ({error.reason}); set "
             "dataset.encoding to the file's (e.g. cp1252, latin-1)"
         )
-    except pd.errors.ParserError as error:
+    except pd.errors.ParserError as error:  # a CSV file (Dialect)
         reason = " ".join(str(error).split())
         _fail(
             f"dataset.path={path} is not a readable CSV file ({reason}); read with "
-            f"dataset.sep={how.sep.name if how else 'comma'}: if its fields are separated "
-            "otherwise, set dataset.sep=comma, semicolon, tab or pipe"
+            f"dataset.sep={how.sep.name}: if its fields are separated otherwise, set "
+            "dataset.sep=comma, semicolon, tab or pipe"
         )
     except PermissionError:
         _fail(f"dataset.path={path} cannot be read (permission denied)")
-    except Exception as error:  # pyarrow's errors for a file that is not Parquet, among others
+    except Exception as error:  # pyarrow's errors for a damaged Parquet file, among others
         reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
-        _fail(
-            f"dataset.path={path} is not a readable {'csv' if how else 'parquet'} file ({reason})"
-        )
+        _fail(f"dataset.path={path} is not a readable {how.label} file ({reason})")
     return frame, _sha256(file)
 
 
@@ -220,43 +124,19 @@ def read(cfg: DatasetConfig) -> tuple[pd.DataFrame, str | None, str]:
         _fail(f"dataset.path={cfg.path} cannot be read (permission denied)")
     stat = file.stat()
     absolute = str(file.resolve())
-    _check_kind(file, cfg)
-    csv_file = cfg.format == TableFormat.csv
-    how = dialect(file, cfg.sep, cfg.decimal, cfg.encoding) if csv_file else None
+    how = table_files.reader(file, cfg)
     frame, sha256 = _read_file(absolute, how, stat.st_size, stat.st_mtime_ns)
-    if how and str(how):
-        _say((absolute, "dialect"), f"{file.name}: {how}")
+    if str(how):
+        _say((absolute, "reading"), f"{file.name}: {how}")
+    if isinstance(how, table_files.Sheet) and len(how.sheets) > 1 and cfg.target not in frame:
+        columns = _columns([str(c) for c in frame.columns])
+        _fail(
+            f"dataset.target='{cfg.target}' is not a column of {how} of {file.name} (columns: "
+            f"{columns}); its sheets: {', '.join(how.sheets)}; name one with dataset.sheet="
+        )
     if frame.shape[1] == 0 or len(frame) == 0:
         _fail(f"dataset.path={cfg.path} has a header but no data rows")
     return frame, sha256, absolute
-
-
-def _check_kind(file: Path, cfg: DatasetConfig) -> None:
-    """A file of another kind than dataset.format is one line naming what it is and the way
-    on; read as the wrong kind, pandas would say only that some byte does not decode."""
-    with file.open("rb") as handle:
-        head = handle.read(SNIFF_CHARS)
-    parquet = head.startswith(b"PAR1")
-    if cfg.format == TableFormat.parquet:
-        if not parquet and b"\0" not in head and file.suffix.lower() in (".csv", ".tsv", ".txt"):
-            _fail(f"dataset.path={cfg.path} looks like a CSV file; use dataset=csv")
-        return
-    if parquet:
-        _fail(f"dataset.path={cfg.path} is a Parquet file; use dataset=parquet")
-    suffix = file.suffix.lower()
-    if head.startswith(b"PK\x03\x04") and suffix != ".zip":  # pandas reads a .zip of one CSV
-        _fail(
-            f"dataset.path={cfg.path} is a zip archive (an Excel workbook is one), not CSV "
-            "text; save the sheet as CSV"
-        )
-    wide = codecs.lookup(cfg.encoding).name.startswith(("utf-16", "utf-32"))  # NULs are text
-    if b"\0" in head and not wide and suffix not in (*_OPENERS, ".zip"):
-        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            _fail(
-                f"dataset.path={cfg.path} is UTF-16 text (it starts with UTF-16's byte order "
-                "mark, as a spreadsheet's 'Unicode text' export does); set dataset.encoding=utf-16"
-            )
-        _fail(f"dataset.path={cfg.path} holds binary data, not CSV text; give a CSV file")
 
 
 def _nearest(name: str, columns: list[str]) -> str:

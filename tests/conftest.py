@@ -266,9 +266,15 @@ def write_tables(folder: Path) -> dict[str, Path]:
     files["cp1252.csv"] = folder / "cp1252.csv"
     save("utf16.csv", diabetes.iloc[:50])
     files["utf16.csv"].write_text(files["utf16.csv"].read_text(), encoding="utf-16")
-    with zipfile.ZipFile(folder / "book.xlsx", "w") as book:  # an Excel workbook is a zip
+    with zipfile.ZipFile(folder / "broken.xlsx", "w") as book:  # a zip, but no workbook
         book.writestr("xl/workbook.xml", "<workbook/>")
-    files["book.xlsx"] = folder / "book.xlsx"
+    files["broken.xlsx"] = folder / "broken.xlsx"
+    files["diabetes.xlsx"] = folder / "diabetes.xlsx"  # the data on its second sheet
+    with pd.ExcelWriter(files["diabetes.xlsx"], engine="openpyxl") as book:
+        pd.DataFrame({"about": ["scikit-learn's diabetes data"]}).to_excel(
+            book, sheet_name="About", index=False
+        )
+        diabetes.to_excel(book, sheet_name="Data", index=False)
     (folder / "fake.parquet").write_bytes(b"not a parquet file\n" * 10)
     files["fake.parquet"] = folder / "fake.parquet"
     return files

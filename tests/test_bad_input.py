@@ -166,7 +166,7 @@ CATALOGUE = [
     ),
     bad(
         "dataset=parquet dataset.path={data}/fake.parquet dataset.target=y",
-        "fake.parquet is not a readable parquet file",
+        "fake.parquet is not a readable Parquet file",
     ),
     bad(
         "dataset=csv dataset.path={data}/cp1252.csv dataset.target=progression",
@@ -181,8 +181,31 @@ CATALOGUE = [
         "cancer.csv looks like a CSV file; use dataset=csv",
     ),
     bad(
-        "dataset=csv dataset.path={data}/book.xlsx dataset.target=y",
-        "book.xlsx is a zip archive (an Excel workbook is one), not CSV text; save the sheet",
+        "dataset=csv dataset.path={data}/diabetes.xlsx dataset.target=progression",
+        "diabetes.xlsx is an Excel workbook; use dataset=excel (dataset.sheet=<name>)",
+    ),
+    bad(
+        "dataset=excel dataset.path={data}/diabetes.csv dataset.target=progression",
+        "diabetes.csv is not an Excel workbook (.xlsx); use dataset=csv",
+    ),
+    bad(
+        "dataset=excel dataset.path={data}/broken.xlsx dataset.target=y",
+        "broken.xlsx is not a readable Excel workbook (KeyError:",
+    ),
+    bad(
+        "dataset=excel dataset.path={data}/diabetes.xlsx dataset.target=progression "
+        "dataset.sheet=Sheet1",
+        "dataset.sheet='Sheet1' is not a sheet of diabetes.xlsx; its sheets: About, Data",
+    ),
+    bad(
+        "dataset=excel dataset.path={data}/diabetes.xlsx dataset.target=progression",
+        "dataset.target='progression' is not a column of sheet 'About' of diabetes.xlsx "
+        "(columns: about); its sheets: About, Data; name one with dataset.sheet=",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.sheet=Data",
+        "dataset.sheet is for Excel workbooks; dataset=csv is csv: drop it",
     ),
     bad(
         "dataset=csv dataset.path={data}/utf16.csv dataset.target=progression",

@@ -314,55 +314,73 @@ def test_a_categorical_column_with_a_value_per_row_is_named_with_the_way_out(
 
 
 @pytest.mark.slow
-def test_a_spreadsheet_export_trains_and_predicts_as_its_comma_twin(
+def test_a_spreadsheets_files_train_and_predict_as_their_comma_twin(
     files, run_cli, client, store_uri, tmp_path
 ) -> None:
     """The same rows as a European spreadsheet exports them (semicolons, decimal commas,
-    cp1252 text) and as a .tsv file train to the same numbers as the plain CSV, each dialect
-    said in one line; predictions come back in the input's dialect, read with the run's
-    encoding."""
-    europe = files["cp1252.csv"]
+    cp1252 text), as a .tsv file and as a workbook's second sheet train to the same numbers
+    as the plain CSV, each said in one line; predictions of a CSV come back in its dialect,
+    read with the run's encoding, and a workbook's from the run's sheet."""
+    europe, book = files["cp1252.csv"], tmp_path / "book.xlsx"
     plain = pd.read_csv(europe, sep=";", decimal=",", encoding="cp1252")
     plain.to_csv(tmp_path / "plain.csv", index=False)
     plain.to_csv(tmp_path / "rows.tsv", index=False, sep="\t")
-    said = {
-        "plain.csv": [],
-        "rows.tsv": ["losslab: rows.tsv: fields separated by tabs"],
-        "cp1252.csv": ["losslab: cp1252.csv: fields separated by semicolons, decimal commas"],
-    }
-    finals = {}
-    for name, lines in said.items():
-        path = europe if name == "cp1252.csv" else tmp_path / name
-        encoding = ["dataset.encoding=cp1252"] if name == "cp1252.csv" else []
-        done = run_cli(
-            *("dataset=csv", f"dataset.path={path}", "dataset.target=progression", *encoding),
-            "trainer.max_epochs=3",
+    with pd.ExcelWriter(book, engine="openpyxl") as sheets:
+        pd.DataFrame({"about": ["the data is on the next sheet"]}).to_excel(
+            sheets, sheet_name="About", index=False
         )
+        plain.to_excel(sheets, sheet_name="Data", index=False)
+    cases = {  # file -> (its overrides, the line that says how it is read)
+        "plain.csv": (("dataset=csv", f"dataset.path={tmp_path / 'plain.csv'}"), []),
+        "rows.tsv": (
+            ("dataset=csv", f"dataset.path={tmp_path / 'rows.tsv'}"),
+            ["fields separated by tabs"],
+        ),
+        "cp1252.csv": (
+            ("dataset=csv", f"dataset.path={europe}", "dataset.encoding=cp1252"),
+            ["fields separated by semicolons, decimal commas"],
+        ),
+        "book.xlsx": (
+            ("dataset=excel", f"dataset.path={book}", "dataset.sheet=Data"),
+            ["sheet 'Data'"],
+        ),
+    }
+    finals, runs = {}, {}
+    for name, (overrides, lines) in cases.items():
+        done = run_cli(*overrides, "dataset.target=progression", "trainer.max_epochs=3")
         assert done.returncode == 0, done.stderr
-        assert [line for line in done.stdout.splitlines() if "separated" in line] == lines
-        assert "regression on target 'progression' (214 distinct integers" in done.stdout
-        assert "25 missing value(s) in 2 column(s) will be imputed" in done.stdout
-        (run,) = [r for r in runs_of(client) if r.data.tags["dataset"] == name]
-        finals[name] = {k: v for k, v in run.data.metrics.items() if k.startswith("final_")}
-    assert finals["rows.tsv"] == finals["plain.csv"] == finals["cp1252.csv"]
+        said = [line for line in done.stdout.splitlines() if line.startswith(f"losslab: {name}")]
+        assert said[: len(lines)] == [f"losslab: {name}: {line}" for line in lines]
+        assert f"{name}: regression on target 'progression' (214 distinct integers" in said[-2]
+        assert "25 missing value(s) in 2 column(s) will be imputed" in said[-1]
+        (runs[name],) = [r for r in runs_of(client) if r.data.tags["dataset"] == name]
+        metrics = runs[name].data.metrics.items()
+        finals[name] = {k: v for k, v in metrics if k.startswith("final_")}
+    assert finals["plain.csv"] == finals["rows.tsv"] == finals["cp1252.csv"]
+    # openpyxl reads some numbers an ulp off the CSV parser's (5.6e-17 here)
+    assert finals["book.xlsx"] == pytest.approx(finals["plain.csv"], rel=1e-5)
     assert finals["plain.csv"]["final_test_mse"] > 100  # the target's units: 1,5 read as 1.5
 
     output = tmp_path / "predicted.csv"
-    done = predict_cli(
-        store_uri, f"run_id={run.info.run_id}", f"input={europe}", f"output={output}"
-    )
+    run_id = runs["cp1252.csv"].info.run_id
+    done = predict_cli(store_uri, f"run_id={run_id}", f"input={europe}", f"output={output}")
     assert done.returncode == 0, done.stderr
     back = pd.read_csv(output, sep=";", decimal=",", encoding="cp1252")
     assert list(back.columns) == [*plain.columns, "predicted_progression"]
     pd.testing.assert_frame_equal(back[plain.columns], plain)  # every value as it was
     assert set(back["region"].dropna()) == {"Nord", "Süd", "Öst"}
     assert back["predicted_progression"].between(0, 1000).all()
+    run_id = runs["book.xlsx"].info.run_id  # its sheet is the run's: Data, not About
+    done = predict_cli(store_uri, f"run_id={run_id}", f"input={book}", f"output={output}")
+    assert done.returncode == 0, done.stderr
+    from_book = pd.read_csv(output)["predicted_progression"]
+    assert from_book.to_numpy() == pytest.approx(back["predicted_progression"].to_numpy())
 
 
 def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path: Path) -> None:
     """A comma file whose quoted text holds semicolons stays a comma file; a semicolon file
     that writes 1.5 keeps its decimal points; every row must agree on a separator's count."""
-    from src import tables
+    from src import table_files
     from src.config import DecimalMark, Separator
 
     cases = {
@@ -375,14 +393,14 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
     }
     for name, (text, sep, decimal) in cases.items():
         (tmp_path / name).write_text(text)
-        how = tables.dialect(tmp_path / name)
+        how = table_files.dialect(tmp_path / name)
         assert (how.sep, how.decimal) == (sep, DecimalMark(decimal)), name
     packed = tmp_path / "commas.csv.gz"  # read through its compression, as pandas reads it
     packed.write_bytes(gzip.compress(cases["commas.csv"][0].encode()))
-    how = tables.dialect(packed)
+    how = table_files.dialect(packed)
     assert (how.sep, how.decimal) == (Separator.semicolon, DecimalMark.comma)
     assert pd.read_csv(packed, **how.options)["a"].tolist() == [1.5, -3.25]
-    asked = tables.dialect(tmp_path / "commas.csv", Separator.semicolon, DecimalMark.point)
+    asked = table_files.dialect(tmp_path / "commas.csv", Separator.semicolon, DecimalMark.point)
     assert asked.options == {"sep": ";", "decimal": ".", "encoding": "utf-8"}
 
 

@@ -1,0 +1,219 @@
+"""A user's table file read as the program that wrote it wrote it: a CSV file's separator,
+decimal mark and text encoding, an Excel workbook's sheet, a Parquet file. A file of another
+kind than dataset.format says is one line naming what it is and the way on.
+
+Only pandas is imported here (openpyxl when a workbook is read); the checks on the rows are
+src/tables.py's.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import gzip
+import io
+import lzma
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from src.config import ConfigError, DatasetConfig, DecimalMark, Separator, TableFormat
+
+SNIFF_CHARS = 1 << 16  # a file's kind, separator and decimal mark come from its first bytes
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers the same
+_POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
+_COMMA_NUMBER = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
+_MAGIC = {  # how a file starts -> what it is
+    b"PAR1": "parquet",
+    b"PK\x03\x04": "zip",  # an .xlsx workbook, or any zip archive
+    b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1": "xls",  # an old binary workbook (OLE2)
+}
+_WORKBOOK_SUFFIXES = (".xlsx", ".xlsm")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a CSV file writes its fields and numbers. pandas reads commas and decimal points
+    unless told; a semicolon file (a spreadsheet's export in much of Europe) would otherwise
+    be one text column, and its ``1,5`` text."""
+
+    label: ClassVar[str] = "CSV"
+    sep: Separator = Separator.comma
+    decimal: DecimalMark = DecimalMark.point
+    encoding: str = "utf-8"
+
+    @property
+    def options(self) -> dict[str, str]:
+        """pandas' ``read_csv`` and ``to_csv`` keywords for this dialect."""
+        return {"sep": self.sep.value, "decimal": self.decimal.value, "encoding": self.encoding}
+
+    def read(self, file: Path, **options: Any) -> pd.DataFrame:
+        return pd.read_csv(file, **self.options, **options)
+
+    def __str__(self) -> str:
+        """Words for the start-up line, when it is not the plain comma-and-point CSV."""
+        words = {Separator.semicolon: "semicolons", Separator.tab: "tabs", Separator.pipe: "pipes"}
+        said = [f"fields separated by {words[self.sep]}"] if self.sep in words else []
+        return ", ".join([*said, "decimal commas"] if self.decimal == DecimalMark.comma else said)
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """One sheet of an Excel workbook (.xlsx), read with openpyxl: its first row names the
+    columns, as a CSV file's header does."""
+
+    label: ClassVar[str] = "Excel"
+    name: str
+    sheets: tuple[str, ...] = ()  # all of the workbook's, for an error that names them
+
+    def read(self, file: Path) -> pd.DataFrame:
+        return pd.read_excel(file, sheet_name=self.name, engine="openpyxl")
+
+    def __str__(self) -> str:
+        return f"sheet '{self.name}'"
+
+
+@dataclass(frozen=True)
+class ParquetFile:
+    label: ClassVar[str] = "Parquet"
+
+    def read(self, file: Path) -> pd.DataFrame:
+        return pd.read_parquet(file)
+
+    def __str__(self) -> str:
+        return ""
+
+
+Reader = Dialect | Sheet | ParquetFile
+
+
+def reader(file: Path, cfg: DatasetConfig) -> Reader:
+    """How to read ``file`` as ``cfg`` says, once its first bytes agree that it is that kind
+    of file; one line otherwise."""
+    _check_kind(file, cfg)
+    if cfg.format == TableFormat.parquet:
+        return ParquetFile()
+    if cfg.format == TableFormat.excel:
+        return sheet_of(file, cfg.sheet, f"dataset.path={cfg.path}", "dataset.sheet")
+    return dialect(file, cfg.sep, cfg.decimal, cfg.encoding)
+
+
+def sheet_of(file: Path, asked: str | None, where: str, setting: str) -> Sheet:
+    """The asked sheet (None: the first), or one line listing the workbook's sheets."""
+    import openpyxl
+
+    try:
+        book = openpyxl.load_workbook(file, read_only=True)
+    except Exception as error:  # a damaged workbook, a zip that is not one
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        raise ConfigError(f"{where} is not a readable Excel workbook ({reason})") from None
+    names = tuple(book.sheetnames)
+    book.close()
+    if asked is not None and asked not in names:
+        raise ConfigError(
+            f"{setting}='{asked}' is not a sheet of {file.name}; its sheets: {', '.join(names)}"
+        )
+    return Sheet(names[0] if asked is None else asked, names)
+
+
+def kind(file: Path) -> str:
+    """What the file's first bytes say it is: parquet, zip, xls, utf-16, binary or text."""
+    with file.open("rb") as handle:
+        head = handle.read(SNIFF_CHARS)
+    found = next((what for magic, what in _MAGIC.items() if head.startswith(magic)), None)
+    if found:
+        return found
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "binary" if b"\0" in head else "text"
+
+
+def _check_kind(file: Path, cfg: DatasetConfig) -> None:
+    """A file of another kind than dataset.format is one line naming what it is and the way
+    on; read as the wrong kind, pandas would say only that some byte does not decode."""
+    where, suffix = f"dataset.path={cfg.path}", file.suffix.lower()
+    found = kind(file)
+    workbook = found == "zip" and suffix in _WORKBOOK_SUFFIXES
+    if found == "parquet" and cfg.format != TableFormat.parquet:
+        raise ConfigError(f"{where} is a Parquet file; use dataset=parquet")
+    if workbook and cfg.format != TableFormat.excel:
+        raise ConfigError(f"{where} is an Excel workbook; use dataset=excel (dataset.sheet=<name>)")
+    if found == "xls":
+        raise ConfigError(
+            f"{where} is an old .xls workbook; save it as .xlsx (dataset=excel) or CSV"
+        )
+    if cfg.format == TableFormat.excel and found != "zip":
+        hint = "use dataset=csv" if found in ("text", "utf-16") else "give an .xlsx workbook"
+        raise ConfigError(f"{where} is not an Excel workbook (.xlsx); {hint}")
+    if cfg.format == TableFormat.parquet:
+        if found in ("text", "utf-16") and suffix in (".csv", ".tsv", ".txt"):
+            raise ConfigError(f"{where} looks like a CSV file; use dataset=csv")
+        return
+    if cfg.format != TableFormat.csv or suffix in (*_OPENERS, ".zip"):  # compressed: pandas
+        return
+    if found == "zip":
+        raise ConfigError(f"{where} is a zip archive, not CSV text; give the CSV file inside")
+    wide = codecs.lookup(cfg.encoding).name.startswith(("utf-16", "utf-32"))  # NULs are text
+    if found == "utf-16" and not wide:
+        raise ConfigError(
+            f"{where} is UTF-16 text (it starts with UTF-16's byte order mark, as a "
+            "spreadsheet's 'Unicode text' export does); set dataset.encoding=utf-16"
+        )
+    if found == "binary" and not wide:
+        raise ConfigError(f"{where} holds binary data, not CSV text; give a CSV file")
+
+
+def dialect(
+    file: Path,
+    sep: Separator = Separator.auto,
+    decimal: DecimalMark = DecimalMark.auto,
+    encoding: str = "utf-8",
+) -> Dialect:
+    """The file's separator and decimal mark: as asked, or read from its first lines. A
+    separator is the one that splits every sampled row into the same number (> 1) of fields,
+    the most fields winning and comma first among equals; the decimal mark is a comma when
+    numbers are written ``1,5`` and never ``1.5``, which only a non-comma file can do. Our
+    own reading, not ``pandas.read_csv(sep=None)``: that one parses the whole file with the
+    Python engine, many times slower than the C engine on large files."""
+    if sep != Separator.auto and decimal != DecimalMark.auto:
+        return Dialect(sep, decimal, encoding)
+    suffixes = [suffix.lower() for suffix in file.suffixes]
+    opener = _OPENERS.get(suffixes[-1] if suffixes else "", open)
+    try:
+        with opener(file, "rt", encoding=encoding, errors="replace", newline="") as handle:
+            sample = handle.read(SNIFF_CHARS)
+        if len(sample) == SNIFF_CHARS:  # the last line may be cut: leave it out
+            sample = sample[: sample.rfind("\n") + 1] or sample
+        if sep == Separator.auto:
+            sep = _sniff_separator(sample, tab_first=bool({".tsv", ".tab"} & set(suffixes)))
+        if decimal == DecimalMark.auto:
+            fields = [] if sep == Separator.comma else _rows(sample, sep)[1:]  # not the header
+            cells = [cell.strip() for row in fields for cell in row]
+            comma = any(_COMMA_NUMBER.fullmatch(c) for c in cells)
+            point = any(_POINT_NUMBER.fullmatch(c) for c in cells)
+            decimal = DecimalMark.comma if comma and not point else DecimalMark.point
+    except (csv.Error, OSError, EOFError, lzma.LZMAError):  # NUL bytes, a damaged archive:
+        # pandas then says what is wrong with the file
+        sep = Separator.comma if sep == Separator.auto else sep
+        decimal = DecimalMark.point if decimal == DecimalMark.auto else decimal
+    return Dialect(sep, decimal, encoding)
+
+
+def _rows(sample: str, sep: Separator) -> list[list[str]]:
+    return [row for row in csv.reader(io.StringIO(sample), delimiter=sep.value) if row]
+
+
+def _sniff_separator(sample: str, tab_first: bool) -> Separator:
+    candidates = [s for s in Separator if s != Separator.auto]
+    if tab_first:  # a .tsv file: tabs win a tie
+        candidates.sort(key=lambda s: s != Separator.tab)
+    best, most = Separator.comma, 1
+    for candidate in candidates:
+        widths = {len(row) for row in _rows(sample, candidate)}
+        if len(widths) == 1 and (width := widths.pop()) > most:
+            best, most = candidate, width
+    return best
