@@ -207,6 +207,7 @@ def _require_memory(n_samples: int, n_features: Any) -> None:
 
 
 def is_text_encoding(name: str) -> bool:
+    """Whether ``name`` is a codec that reads text (a file's encoding), checked at start-up."""
     try:
         "".encode(name)  # LookupError for an unknown name and for bytes codecs (base64)
     except LookupError:

@@ -209,11 +209,13 @@ def _read(
 
     if not path.is_file():
         raise ConfigError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".xlsx", ".xlsm"):
-        how = table_files.sheet_of(path, sheet, f"input={path}", "sheet")
-    elif suffix in (".parquet", ".pq"):
+    found = table_files.kind(path)  # by its first bytes, whatever its name
+    if found == "xls":
+        raise ConfigError(f"{path} is an old .xls workbook; save it as .xlsx or CSV")
+    if found == "parquet":
         how = table_files.ParquetFile()
+    elif found == "xlsx":
+        how = table_files.sheet_of(path, sheet, f"input={path}", "sheet")
     else:
         how = table_files.dialect(path, encoding=encoding)
     try:

@@ -15,6 +15,7 @@ import gzip
 import io
 import lzma
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,10 +30,9 @@ _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
 _COMMA_NUMBER = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
 _MAGIC = {  # how a file starts -> what it is
     b"PAR1": "parquet",
-    b"PK\x03\x04": "zip",  # an .xlsx workbook, or any zip archive
+    b"PK\x03\x04": "zip",  # an .xlsx workbook is one
     b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1": "xls",  # an old binary workbook (OLE2)
 }
-_WORKBOOK_SUFFIXES = (".xlsx", ".xlsm")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ class Sheet:
     sheets: tuple[str, ...] = ()  # all of the workbook's, for an error that names them
 
     def read(self, file: Path) -> pd.DataFrame:
-        return pd.read_excel(file, sheet_name=self.name, engine="openpyxl")
+        with file.open("rb") as handle:  # openpyxl refuses a path not named .xlsx
+            return pd.read_excel(handle, sheet_name=self.name, engine="openpyxl")
 
     def __str__(self) -> str:
         return f"sheet '{self.name}'"
@@ -106,13 +107,14 @@ def sheet_of(file: Path, asked: str | None, where: str, setting: str) -> Sheet:
     """The asked sheet (None: the first), or one line listing the workbook's sheets."""
     import openpyxl
 
-    try:
-        book = openpyxl.load_workbook(file, read_only=True)
-    except Exception as error:  # a damaged workbook, a zip that is not one
-        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
-        raise ConfigError(f"{where} is not a readable Excel workbook ({reason})") from None
-    names = tuple(book.sheetnames)
-    book.close()
+    with file.open("rb") as handle:  # openpyxl refuses a path not named .xlsx
+        try:
+            book = openpyxl.load_workbook(handle, read_only=True)
+        except Exception as error:  # a damaged workbook, a zip that is not one
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+            raise ConfigError(f"{where} is not a readable Excel workbook ({reason})") from None
+        names = tuple(book.sheetnames)
+        book.close()
     if asked is not None and asked not in names:
         raise ConfigError(
             f"{setting}='{asked}' is not a sheet of {file.name}; its sheets: {', '.join(names)}"
@@ -121,10 +123,17 @@ def sheet_of(file: Path, asked: str | None, where: str, setting: str) -> Sheet:
 
 
 def kind(file: Path) -> str:
-    """What the file's first bytes say it is: parquet, zip, xls, utf-16, binary or text."""
+    """What the file's first bytes say it is, whatever its name: parquet, xlsx (a zip holding
+    a workbook), zip, xls, utf-16, binary or text."""
     with file.open("rb") as handle:
         head = handle.read(SNIFF_CHARS)
     found = next((what for magic, what in _MAGIC.items() if head.startswith(magic)), None)
+    if found == "zip":
+        try:
+            with zipfile.ZipFile(file) as archive:
+                return "xlsx" if "xl/workbook.xml" in archive.namelist() else "zip"
+        except zipfile.BadZipFile:
+            return "zip"
     if found:
         return found
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -137,21 +146,20 @@ def _check_kind(file: Path, cfg: DatasetConfig) -> None:
     on; read as the wrong kind, pandas would say only that some byte does not decode."""
     where, suffix = f"dataset.path={cfg.path}", file.suffix.lower()
     found = kind(file)
-    workbook = found == "zip" and suffix in _WORKBOOK_SUFFIXES
     if found == "parquet" and cfg.format != TableFormat.parquet:
         raise ConfigError(f"{where} is a Parquet file; use dataset=parquet")
-    if workbook and cfg.format != TableFormat.excel:
+    if found == "xlsx" and cfg.format != TableFormat.excel:
         raise ConfigError(f"{where} is an Excel workbook; use dataset=excel (dataset.sheet=<name>)")
     if found == "xls":
         raise ConfigError(
             f"{where} is an old .xls workbook; save it as .xlsx (dataset=excel) or CSV"
         )
-    if cfg.format == TableFormat.excel and found != "zip":
+    if cfg.format == TableFormat.excel and found != "xlsx":
         hint = "use dataset=csv" if found in ("text", "utf-16") else "give an .xlsx workbook"
         raise ConfigError(f"{where} is not an Excel workbook (.xlsx); {hint}")
     if cfg.format == TableFormat.parquet:
-        if found in ("text", "utf-16") and suffix in (".csv", ".tsv", ".txt"):
-            raise ConfigError(f"{where} looks like a CSV file; use dataset=csv")
+        if found in ("text", "utf-16"):
+            raise ConfigError(f"{where} is text, not a Parquet file; for CSV use dataset=csv")
         return
     if cfg.format != TableFormat.csv or suffix in (*_OPENERS, ".zip"):  # compressed: pandas
         return

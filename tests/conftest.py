@@ -275,6 +275,6 @@ def write_tables(folder: Path) -> dict[str, Path]:
             book, sheet_name="About", index=False
         )
         diabetes.to_excel(book, sheet_name="Data", index=False)
-    (folder / "fake.parquet").write_bytes(b"not a parquet file\n" * 10)
+    (folder / "fake.parquet").write_bytes(b"PAR1" + bytes(range(256)))  # damaged
     files["fake.parquet"] = folder / "fake.parquet"
     return files

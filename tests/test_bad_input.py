@@ -178,7 +178,7 @@ CATALOGUE = [
     ),
     bad(
         "dataset=parquet dataset.path={data}/cancer.csv dataset.target=diagnosis",
-        "cancer.csv looks like a CSV file; use dataset=csv",
+        "cancer.csv is text, not a Parquet file; for CSV use dataset=csv",
     ),
     bad(
         "dataset=csv dataset.path={data}/diabetes.xlsx dataset.target=progression",

@@ -371,7 +371,9 @@ def test_a_spreadsheets_files_train_and_predict_as_their_comma_twin(
     assert set(back["region"].dropna()) == {"Nord", "Süd", "Öst"}
     assert back["predicted_progression"].between(0, 1000).all()
     run_id = runs["book.xlsx"].info.run_id  # its sheet is the run's: Data, not About
-    done = predict_cli(store_uri, f"run_id={run_id}", f"input={book}", f"output={output}")
+    misnamed = tmp_path / "export.csv"  # a workbook is read as one whatever its name
+    misnamed.write_bytes(book.read_bytes())
+    done = predict_cli(store_uri, f"run_id={run_id}", f"input={misnamed}", f"output={output}")
     assert done.returncode == 0, done.stderr
     from_book = pd.read_csv(output)["predicted_progression"]
     assert from_book.to_numpy() == pytest.approx(back["predicted_progression"].to_numpy())
