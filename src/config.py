@@ -49,7 +49,7 @@ class TableFormat(Enum):
     """How a data file is read (pandas)."""
 
     csv = "csv"
-    excel = "excel"  # an .xlsx workbook's sheet (openpyxl)
+    excel = "excel"  # an .xlsx workbook's sheet
     parquet = "parquet"
 
 

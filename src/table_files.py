@@ -2,8 +2,8 @@
 decimal mark and text encoding, an Excel workbook's sheet, a Parquet file. A file of another
 kind than dataset.format says is one line naming what it is and the way on.
 
-Only pandas is imported here (openpyxl when a workbook is read); the checks on the rows are
-src/tables.py's.
+Only pandas is imported here (and calamine by pandas, when a workbook is read); the checks on
+the rows are src/tables.py's.
 """
 
 from __future__ import annotations
@@ -63,16 +63,17 @@ class Dialect:
 
 @dataclass(frozen=True)
 class Sheet:
-    """One sheet of an Excel workbook (.xlsx), read with openpyxl: its first row names the
-    columns, as a CSV file's header does."""
+    """One sheet of an Excel workbook (.xlsx), its first row the column names as a CSV
+    file's header. Read with calamine, not openpyxl: pandas.read_excel of a 20,000-row,
+    22-column sheet took 0.32-0.34 s against 1.82-1.89 s, to the same values (2026-12-05)."""
 
     label: ClassVar[str] = "Excel"
     name: str
     sheets: tuple[str, ...] = ()  # all of the workbook's, for an error that names them
 
     def read(self, file: Path) -> pd.DataFrame:
-        with file.open("rb") as handle:  # openpyxl refuses a path not named .xlsx
-            return pd.read_excel(handle, sheet_name=self.name, engine="openpyxl")
+        with file.open("rb") as handle:  # by its content, whatever the file's name
+            return pd.read_excel(handle, sheet_name=self.name, engine="calamine")
 
     def __str__(self) -> str:
         return f"sheet '{self.name}'"
@@ -105,16 +106,12 @@ def reader(file: Path, cfg: DatasetConfig) -> Reader:
 
 def sheet_of(file: Path, asked: str | None, where: str, setting: str) -> Sheet:
     """The asked sheet (None: the first), or one line listing the workbook's sheets."""
-    import openpyxl
-
-    with file.open("rb") as handle:  # openpyxl refuses a path not named .xlsx
-        try:
-            book = openpyxl.load_workbook(handle, read_only=True)
-        except Exception as error:  # a damaged workbook, a zip that is not one
-            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
-            raise ConfigError(f"{where} is not a readable Excel workbook ({reason})") from None
-        names = tuple(book.sheetnames)
-        book.close()
+    try:
+        with file.open("rb") as handle, pd.ExcelFile(handle, engine="calamine") as book:
+            names = tuple(book.sheet_names)
+    except Exception as error:  # a damaged workbook
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        raise ConfigError(f"{where} is not a readable Excel workbook ({reason})") from None
     if asked is not None and asked not in names:
         raise ConfigError(
             f"{setting}='{asked}' is not a sheet of {file.name}; its sheets: {', '.join(names)}"

@@ -357,7 +357,7 @@ def test_a_spreadsheets_files_train_and_predict_as_their_comma_twin(
         metrics = runs[name].data.metrics.items()
         finals[name] = {k: v for k, v in metrics if k.startswith("final_")}
     assert finals["plain.csv"] == finals["rows.tsv"] == finals["cp1252.csv"]
-    # openpyxl reads some numbers an ulp off the CSV parser's (5.6e-17 here)
+    # a workbook holds some numbers an ulp off the CSV parser's reading (5.6e-17 here)
     assert finals["book.xlsx"] == pytest.approx(finals["plain.csv"], rel=1e-5)
     assert finals["plain.csv"]["final_test_mse"] > 100  # the target's units: 1,5 read as 1.5
 
