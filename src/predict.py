@@ -4,7 +4,7 @@ The model is the run's MLflow pytorch model (its tag ``model``: ``models:/<id>``
 network that returns the activated output (a value for regression, a probability for bce, a tanh
 value for hinge). A run on table data (``dataset=csv``, a bundled dataset) also logged its
 fitted preprocessing (``preprocessing/``): then ``input=`` takes raw rows with the original
-columns (any order, extra columns ignored; a CSV, .xlsx or Parquet file) and the predictions
+columns (any order, extra columns ignored; a CSV, workbook or Parquet file) and the predictions
 come in the target's own units and class names. For the study's arrays, the input is the
 features as the run's data produced them (scaled), one column per input.
 
@@ -45,7 +45,7 @@ Predict with a logged model (store: $MLFLOW_TRACKING_URI, else ./mlflow.db).
 
   run_id=<id>     the MLflow run whose model to use
   input=<file>    rows to predict: for a run on table data (dataset=csv, excel, parquet,
-                  diabetes, ...) the raw columns, in any order (a CSV, .xlsx or Parquet file);
+                  diabetes, ...) the raw columns, in any order (a CSV, workbook or Parquet file);
                   else one numeric column per model input, scaled as in training (a CSV file;
                   a header row is optional)
   split=test      instead of input=: rebuild the run's test split and score it next to the
@@ -210,11 +210,9 @@ def _read(
     if not path.is_file():
         raise ConfigError(f"input file {path} does not exist")
     found = table_files.kind(path)  # by its first bytes, whatever its name
-    if found == "xls":
-        raise ConfigError(f"{path} is an old .xls workbook; save it as .xlsx or CSV")
     if found == "parquet":
         how = table_files.ParquetFile()
-    elif found == "xlsx":
+    elif found in table_files.WORKBOOKS:
         how = table_files.sheet_of(path, sheet, f"input={path}", "sheet")
     else:
         how = table_files.dialect(path, encoding=encoding)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,12 +211,55 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+def write_ods(path: Path, sheets: dict[str, object]) -> None:
+    """An OpenDocument spreadsheet (.ods) of DataFrames, one sheet each, written by hand: the
+    test environment has no ODS writer. Its first row names the columns; empty cells are
+    missing values."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    def cell(value: object) -> str:
+        if value is None or value != value:  # None or NaN
+            return "<table:table-cell/>"
+        if isinstance(value, numbers.Real):  # numpy's too; repr: every digit, no np.float64()
+            number = repr(float(value))
+            kind, shown = f'"float" office:value="{number}"', number
+        else:
+            kind, shown = '"string"', escape(str(value))
+        paragraph = f"<text:p>{shown}</text:p>"
+        return f"<table:table-cell office:value-type={kind}>{paragraph}</table:table-cell>"
+
+    tables = []
+    for name, frame in sheets.items():
+        rows = [list(frame.columns), *frame.astype(object).itertuples(index=False)]
+        body = "".join(
+            f"<table:table-row>{''.join(map(cell, row))}</table:table-row>" for row in rows
+        )
+        tables.append(f"<table:table table:name={quoteattr(name)}>{body}</table:table>")
+    office = "urn:oasis:names:tc:opendocument:xmlns"
+    content = (
+        f'<?xml version="1.0" encoding="UTF-8"?><office:document-content '
+        f'xmlns:office="{office}:office:1.0" xmlns:table="{office}:table:1.0" '
+        f'xmlns:text="{office}:text:1.0" office:version="1.2"><office:body><office:spreadsheet>'
+        f"{''.join(tables)}</office:spreadsheet></office:body></office:document-content>"
+    )
+    manifest = (
+        f'<?xml version="1.0" encoding="UTF-8"?><manifest:manifest '
+        f'xmlns:manifest="{office}:manifest:1.0" manifest:version="1.2">'
+        '<manifest:file-entry manifest:full-path="/" '
+        'manifest:media-type="application/vnd.oasis.opendocument.spreadsheet"/>'
+        '<manifest:file-entry manifest:full-path="content.xml" manifest:media-type="text/xml"/>'
+        "</manifest:manifest>"
+    )
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet")
+        archive.writestr("META-INF/manifest.xml", manifest)
+        archive.writestr("content.xml", content)
+
+
 def write_tables(folder: Path) -> dict[str, Path]:
     """Real tables from scikit-learn's bundled data, as a user brings them: a text category
     column, missing values, text class labels; and the broken files the start-up check
     refuses. Returns name -> path."""
-    import zipfile
-
     import numpy as np
     import pandas as pd
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
@@ -275,6 +320,11 @@ def write_tables(folder: Path) -> dict[str, Path]:
             book, sheet_name="About", index=False
         )
         diabetes.to_excel(book, sheet_name="Data", index=False)
+    write_ods(folder / "diabetes.ods", {"Data": diabetes})
+    files["diabetes.ods"] = folder / "diabetes.ods"
+    # an Excel 97-2003 workbook's signature (OLE2), and no workbook after it
+    (folder / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    files["old.xls"] = folder / "old.xls"
     (folder / "fake.parquet").write_bytes(b"PAR1" + bytes(range(256)))  # damaged
     files["fake.parquet"] = folder / "fake.parquet"
     return files

@@ -185,12 +185,20 @@ CATALOGUE = [
         "diabetes.xlsx is an Excel workbook; use dataset=excel (dataset.sheet=<name>)",
     ),
     bad(
+        "dataset=csv dataset.path={data}/diabetes.ods dataset.target=progression",
+        "diabetes.ods is an OpenDocument spreadsheet; use dataset=excel (dataset.sheet=<name>)",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/old.xls dataset.target=progression",
+        "old.xls is an Excel 97-2003 workbook; use dataset=excel (dataset.sheet=<name>)",
+    ),
+    bad(
         "dataset=excel dataset.path={data}/diabetes.csv dataset.target=progression",
-        "diabetes.csv is not an Excel workbook (.xlsx); use dataset=csv",
+        "diabetes.csv is not a workbook (.xlsx, .xls or .ods); use dataset=csv",
     ),
     bad(
         "dataset=excel dataset.path={data}/broken.xlsx dataset.target=y",
-        "broken.xlsx is not a readable Excel workbook (",
+        "broken.xlsx is not a readable workbook (",
     ),
     bad(
         "dataset=excel dataset.path={data}/diabetes.xlsx dataset.target=progression "

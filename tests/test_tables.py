@@ -419,3 +419,23 @@ def test_a_utf16_file_reads_once_its_encoding_is_named(files) -> None:
         table.frame.reset_index(drop=True),
         expected.dropna(subset=["progression"]).reset_index(drop=True)[table.frame.columns],
     )
+
+
+def test_an_opendocument_sheet_reads_as_its_csv_twin(files) -> None:
+    """dataset=excel reads what calamine reads: an .ods sheet gives the CSV's rows, and the
+    same start-up facts."""
+    from src import tables
+
+    def inspected(*overrides: str) -> tables.Table:
+        base = ("loss=mse", "dataset.target=progression")
+        return tables.inspect(config.validate(compose_cfg(*base, *overrides)).dataset)
+
+    sheet = inspected("dataset=excel", f"dataset.path={files['diabetes.ods']}")
+    plain = inspected("dataset=csv", f"dataset.path={files['diabetes.csv']}")
+    assert (sheet.task, sheet.numeric, sheet.categorical) == (
+        plain.task,
+        plain.numeric,
+        plain.categorical,
+    )
+    assert sheet.missing == plain.missing == {"region": 5, "bmi": 20}
+    pd.testing.assert_frame_equal(sheet.frame, plain.frame, check_dtype=False)
