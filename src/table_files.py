@@ -1,5 +1,5 @@
 """A user's table file read as the program that wrote it wrote it: a CSV file's separator,
-decimal mark and text encoding, an Excel workbook's sheet, a Parquet file. A file of another
+decimal mark and text encoding, a workbook's sheet, a Parquet file. A file of another
 kind than dataset.format says is one line naming what it is and the way on.
 
 Only pandas is imported here (and calamine by pandas, when a workbook is read); the checks on

@@ -119,7 +119,7 @@ def read(cfg: DatasetConfig) -> tuple[pd.DataFrame, str | None, str]:
     if not file.exists():
         _fail(f"dataset.path={cfg.path}: no such file (the path is relative to {Path.cwd()})")
     if file.is_dir():
-        _fail(f"dataset.path={cfg.path} is a directory; give a {cfg.format.value} file")
+        _fail(f"dataset.path={cfg.path} is a directory; name a file in it")
     if not os.access(file, os.R_OK):
         _fail(f"dataset.path={cfg.path} cannot be read (permission denied)")
     stat = file.stat()

@@ -110,7 +110,7 @@ CATALOGUE = [
     # table data ({data}: the files of conftest.write_tables), checked before any run
     bad("dataset=csv", "dataset=csv needs dataset.path=<file> and dataset.target=<column"),
     bad("dataset=csv dataset.path={data}/nope.csv dataset.target=y", "nope.csv: no such file"),
-    bad("dataset=csv dataset.path={data} dataset.target=y", "is a directory; give a csv file"),
+    bad("dataset=csv dataset.path={data} dataset.target=y", "is a directory; name a file in it"),
     bad("dataset=csv dataset.path={data}/empty.csv dataset.target=y", "empty.csv is empty"),
     bad("dataset=csv dataset.path={data}/header.csv dataset.target=age", "but no data rows"),
     bad(
