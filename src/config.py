@@ -71,6 +71,17 @@ class DecimalMark(Enum):
     comma = ","
 
 
+class Thousands(Enum):
+    """How a CSV file groups a number's thousands (1,234.5 or 1.234,5); ``auto`` reads it
+    from the file's first lines."""
+
+    auto = "auto"
+    none = ""
+    comma = ","
+    point = "."
+    space = " "
+
+
 class SplitKind(Enum):
     """How rows are divided into train and test."""
 
@@ -259,6 +270,7 @@ class DatasetConfig:
     path: str | None = None
     sep: Separator = Separator.auto  # CSV only
     decimal: DecimalMark = DecimalMark.auto  # CSV only
+    thousands: Thousands = Thousands.auto  # CSV only
     encoding: str = "utf-8"  # CSV only; any of Python's codecs (cp1252, latin-1, utf-16, ...)
     sheet: str | None = None  # Excel only; null: the workbook's first sheet
     target: str | None = None
@@ -377,9 +389,9 @@ class DatasetConfig:
             )
             _require(
                 self.format == TableFormat.csv
-                or (self.sep, self.decimal, self.encoding)
-                == (Separator.auto, DecimalMark.auto, "utf-8"),
-                f"dataset.sep, decimal and encoding are for CSV files; {where} is "
+                or (self.sep, self.decimal, self.thousands, self.encoding)
+                == (Separator.auto, DecimalMark.auto, Thousands.auto, "utf-8"),
+                f"dataset.sep, decimal, thousands and encoding are for CSV files; {where} is "
                 f"{self.format.value}: drop them",
             )
             _require(
@@ -390,6 +402,11 @@ class DatasetConfig:
                 is_text_encoding(self.encoding),
                 f"dataset.encoding={self.encoding!r} is not a text encoding Python knows "
                 "(e.g. utf-8, cp1252, latin-1, utf-16)",
+            )
+            _require(
+                self.thousands == Thousands.auto or self.thousands.value != self.decimal.value,
+                f"dataset.thousands={self.thousands.name} is also dataset.decimal; a number's "
+                "thousands and decimals need two different marks",
             )
             _require(
                 (self.sep, self.decimal) != (Separator.comma, DecimalMark.comma),

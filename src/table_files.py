@@ -22,12 +22,26 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from src.config import ConfigError, DatasetConfig, DecimalMark, Separator, TableFormat
+from src.config import (
+    ConfigError,
+    DatasetConfig,
+    DecimalMark,
+    Separator,
+    TableFormat,
+    Thousands,
+)
 
 SNIFF_CHARS = 1 << 16  # a file's kind, separator and decimal mark come from its first bytes
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers the same
 _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
-_COMMA_NUMBER = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
+_COMMA_NUMBER = re.compile(r"[+-]?(\d{1,3}([. ]\d{3})+|\d*),\d+")  # 1,5 1.234,5 1 234,5
+_GROUPED = {  # a number whose thousands are grouped, by decimal mark and grouping
+    DecimalMark.point: {Thousands.comma: re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")},
+    DecimalMark.comma: {
+        Thousands.point: re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?"),
+        Thousands.space: re.compile(r"[+-]?\d{1,3}( \d{3})+(,\d+)?"),
+    },
+}
 _MAGIC = {  # how a file starts -> what it is
     b"PAR1": "parquet",
     b"PK\x03\x04": "zip",  # .xlsx and .ods workbooks are zip archives
@@ -51,6 +65,7 @@ class Dialect:
     sep: Separator = Separator.comma
     decimal: DecimalMark = DecimalMark.point
     encoding: str = "utf-8"
+    thousands: Thousands = Thousands.none
 
     @property
     def options(self) -> dict[str, str]:
@@ -58,13 +73,19 @@ class Dialect:
         return {"sep": self.sep.value, "decimal": self.decimal.value, "encoding": self.encoding}
 
     def read(self, file: Path, **options: Any) -> pd.DataFrame:
-        return pd.read_csv(file, **self.options, **options)
+        grouped = self.thousands.value or None
+        return pd.read_csv(file, **self.options, thousands=grouped, **options)
 
     def __str__(self) -> str:
         """Words for the start-up line, when it is not the plain comma-and-point CSV."""
         words = {Separator.semicolon: "semicolons", Separator.tab: "tabs", Separator.pipe: "pipes"}
+        groups = {Thousands.comma: "1,234", Thousands.point: "1.234", Thousands.space: "1 234"}
         said = [f"fields separated by {words[self.sep]}"] if self.sep in words else []
-        return ", ".join([*said, "decimal commas"] if self.decimal == DecimalMark.comma else said)
+        said += ["decimal commas"] if self.decimal == DecimalMark.comma else []
+        said += (
+            [f"thousands grouped ({groups[self.thousands]})"] if self.thousands in groups else []
+        )
+        return ", ".join(said)
 
 
 @dataclass(frozen=True)
@@ -107,7 +128,7 @@ def reader(file: Path, cfg: DatasetConfig) -> Reader:
         return ParquetFile()
     if cfg.format == TableFormat.excel:
         return sheet_of(file, cfg.sheet, f"dataset.path={cfg.path}", "dataset.sheet")
-    return dialect(file, cfg.sep, cfg.decimal, cfg.encoding)
+    return dialect(file, cfg.sep, cfg.decimal, cfg.encoding, cfg.thousands)
 
 
 def sheet_of(file: Path, asked: str | None, where: str, setting: str) -> Sheet:
@@ -184,15 +205,22 @@ def dialect(
     sep: Separator = Separator.auto,
     decimal: DecimalMark = DecimalMark.auto,
     encoding: str = "utf-8",
+    thousands: Thousands = Thousands.auto,
 ) -> Dialect:
-    """The file's separator and decimal mark: as asked, or read from its first lines. A
-    separator is the one that splits every sampled row into the same number (> 1) of fields,
-    the most fields winning and comma first among equals; the decimal mark is a comma when
-    numbers are written ``1,5`` and never ``1.5``, which only a non-comma file can do. Our
-    own reading, not ``pandas.read_csv(sep=None)``: that one parses the whole file with the
-    Python engine, many times slower than the C engine on large files."""
-    if sep != Separator.auto and decimal != DecimalMark.auto:
-        return Dialect(sep, decimal, encoding)
+    """The file's separator, decimal mark and thousands grouping: as asked, or read from its
+    first lines. A separator is the one that splits every sampled row into the same number
+    (> 1) of fields, the most fields winning and comma first among equals; the decimal mark
+    is a comma when numbers are written ``1,5`` and never ``1.5``, which only a non-comma
+    file can do; thousands are grouped when a number is written so (``"1,234.5"`` quoted in a
+    comma file). Our own reading, not ``pandas.read_csv(sep=None)``: that one parses the
+    whole file with the Python engine, many times slower than the C engine on large files."""
+    asked = (sep, decimal, thousands)
+    if (
+        Separator.auto not in asked
+        and DecimalMark.auto not in asked
+        and Thousands.auto not in asked
+    ):
+        return Dialect(sep, decimal, encoding, thousands)
     suffixes = [suffix.lower() for suffix in file.suffixes]
     opener = _OPENERS.get(suffixes[-1] if suffixes else "", open)
     try:
@@ -202,17 +230,22 @@ def dialect(
             sample = sample[: sample.rfind("\n") + 1] or sample
         if sep == Separator.auto:
             sep = _sniff_separator(sample, tab_first=bool({".tsv", ".tab"} & set(suffixes)))
+        cells = [cell.strip() for row in _rows(sample, sep)[1:] for cell in row]  # no header
         if decimal == DecimalMark.auto:
-            fields = [] if sep == Separator.comma else _rows(sample, sep)[1:]  # not the header
-            cells = [cell.strip() for row in fields for cell in row]
-            comma = any(_COMMA_NUMBER.fullmatch(c) for c in cells)
-            point = any(_POINT_NUMBER.fullmatch(c) for c in cells)
+            comma = sep != Separator.comma and any(_COMMA_NUMBER.fullmatch(c) for c in cells)
+            grouped = _GROUPED[DecimalMark.comma][Thousands.point]  # 1.234: grouped, or 1.234?
+            point = any(_POINT_NUMBER.fullmatch(c) and not grouped.fullmatch(c) for c in cells)
             decimal = DecimalMark.comma if comma and not point else DecimalMark.point
+        if thousands == Thousands.auto:
+            patterns = _GROUPED[decimal].items()
+            found = (t for t, pattern in patterns if any(pattern.fullmatch(c) for c in cells))
+            thousands = next(found, Thousands.none)  # "1,234" in a comma file: quoted
     except (csv.Error, OSError, EOFError, lzma.LZMAError):  # NUL bytes, a damaged archive:
         # pandas then says what is wrong with the file
         sep = Separator.comma if sep == Separator.auto else sep
         decimal = DecimalMark.point if decimal == DecimalMark.auto else decimal
-    return Dialect(sep, decimal, encoding)
+        thousands = Thousands.none if thousands == Thousands.auto else thousands
+    return Dialect(sep, decimal, encoding, thousands)
 
 
 def _rows(sample: str, sep: Separator) -> list[list[str]]:

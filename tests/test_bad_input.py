@@ -239,9 +239,14 @@ CATALOGUE = [
         "dataset.decimal=comma needs another separator than commas",
     ),
     bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.sep=semicolon dataset.decimal=comma dataset.thousands=comma",
+        "dataset.thousands=comma is also dataset.decimal; a number's thousands and decimals",
+    ),
+    bad(
         "dataset=parquet dataset.path={data}/cancer.parquet dataset.target=diagnosis "
         "dataset.sep=semicolon",
-        "dataset.sep, decimal and encoding are for CSV files; dataset=parquet is parquet",
+        "dataset.sep, decimal, thousands and encoding are for CSV files; dataset=parquet is",
     ),
     bad("dataset.task=auto", "dataset.task=auto needs table data"),
     # values found only at run time before, now at validation

@@ -381,29 +381,42 @@ def test_a_spreadsheets_files_train_and_predict_as_their_comma_twin(
 
 def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path: Path) -> None:
     """A comma file whose quoted text holds semicolons stays a comma file; a semicolon file
-    that writes 1.5 keeps its decimal points; every row must agree on a separator's count."""
+    that writes 1.5 keeps its decimal points; every row must agree on a separator's count;
+    grouped thousands are read as numbers, in each decimal convention."""
     from src import table_files
-    from src.config import DecimalMark, Separator
+    from src.config import DecimalMark, Separator, Thousands
 
-    cases = {
-        "quoted.csv": ('a,b,note\n1.5,2,"x; y; z"\n3,4,"p;q"\n', Separator.comma, "."),
-        "points.csv": ("a;b;c\n1.5;2;x\n3.25;4;y\n", Separator.semicolon, "."),
-        "commas.csv": ("a;b;c\n1,5;2;x\n-3,25;4;y\n", Separator.semicolon, ","),
-        "piped.txt": ("a|b\n1|2\n3|4\n", Separator.pipe, "."),
-        "single.csv": ("y\n1\n2\n", Separator.comma, "."),
-        "tabbed.tsv": ("a\tb,c\n1\t2,5\n", Separator.tab, ","),
+    cases = {  # file -> (text, separator, decimal mark, thousands, column b as read)
+        "quoted.csv": ('a,b,n\n1.5,2,"x; y"\n3,4,"p;q"\n', ",", ".", "", [2, 4]),
+        "points.csv": ("a;b;c\n1.5;2.25;x\n3.25;4;y\n", ";", ".", "", [2.25, 4]),
+        "commas.csv": ("a;b;c\n1,5;2;x\n-3,25;4,5;y\n", ";", ",", "", [2, 4.5]),
+        "piped.txt": ("a|b\n1|2\n3|4\n", "|", ".", "", [2, 4]),
+        "single.csv": ("b\n1\n2\n", ",", ".", "", [1, 2]),
+        "tabbed.tsv": ("a\tb,c\n1\t2,5\n", "\t", ",", "", None),  # a tie: tabs for .tsv
+        "dollars.csv": ('a,b\n1,"1,234.50"\n2,"-12,345"\n', ",", ".", ",", [1234.5, -12345]),
+        "euros.csv": ("a;b\n1;1.234,50\n2;12.345\n", ";", ",", ".", [1234.5, 12345]),
+        "francs.csv": ("a;b\n1;1 234,50\n2;12 345\n", ";", ",", " ", [1234.5, 12345]),
     }
-    for name, (text, sep, decimal) in cases.items():
+    for name, (text, sep, decimal, thousands, column) in cases.items():
         (tmp_path / name).write_text(text)
         how = table_files.dialect(tmp_path / name)
-        assert (how.sep, how.decimal) == (sep, DecimalMark(decimal)), name
+        expected = (Separator(sep), DecimalMark(decimal), Thousands(thousands))
+        assert (how.sep, how.decimal, how.thousands) == expected, name
+        if column:
+            assert how.read(tmp_path / name)["b"].tolist() == column, name
+    assert str(table_files.dialect(tmp_path / "euros.csv")) == (
+        "fields separated by semicolons, decimal commas, thousands grouped (1.234)"
+    )
     packed = tmp_path / "commas.csv.gz"  # read through its compression, as pandas reads it
     packed.write_bytes(gzip.compress(cases["commas.csv"][0].encode()))
     how = table_files.dialect(packed)
     assert (how.sep, how.decimal) == (Separator.semicolon, DecimalMark.comma)
-    assert pd.read_csv(packed, **how.options)["a"].tolist() == [1.5, -3.25]
-    asked = table_files.dialect(tmp_path / "commas.csv", Separator.semicolon, DecimalMark.point)
+    assert how.read(packed)["a"].tolist() == [1.5, -3.25]
+    asked = table_files.dialect(
+        tmp_path / "commas.csv", Separator.semicolon, DecimalMark.point, thousands=Thousands.none
+    )
     assert asked.options == {"sep": ";", "decimal": ".", "encoding": "utf-8"}
+    assert asked.read(tmp_path / "commas.csv")["a"].tolist() == ["1,5", "-3,25"]  # as told
 
 
 def test_a_utf16_file_reads_once_its_encoding_is_named(files) -> None:
