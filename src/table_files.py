@@ -108,6 +108,8 @@ class Sheet:
 
 @dataclass(frozen=True)
 class ParquetFile:
+    """A Parquet file (pyarrow): its columns come typed, nothing to read from its lines."""
+
     label: ClassVar[str] = "Parquet"
 
     def read(self, file: Path) -> pd.DataFrame:
