@@ -271,6 +271,7 @@ class DatasetConfig:
     sep: Separator = Separator.auto  # CSV only
     decimal: DecimalMark = DecimalMark.auto  # CSV only
     thousands: Thousands = Thousands.auto  # CSV only
+    skip_lines: int | None = None  # CSV only: lines above the header; null: found in the file
     encoding: str = "utf-8"  # CSV only; any of Python's codecs (cp1252, latin-1, utf-16, ...)
     sheet: str | None = None  # Excel only; null: the workbook's first sheet
     target: str | None = None
@@ -389,14 +390,18 @@ class DatasetConfig:
             )
             _require(
                 self.format == TableFormat.csv
-                or (self.sep, self.decimal, self.thousands, self.encoding)
-                == (Separator.auto, DecimalMark.auto, Thousands.auto, "utf-8"),
-                f"dataset.sep, decimal, thousands and encoding are for CSV files; {where} is "
-                f"{self.format.value}: drop them",
+                or (self.sep, self.decimal, self.thousands, self.encoding, self.skip_lines)
+                == (Separator.auto, DecimalMark.auto, Thousands.auto, "utf-8", None),
+                f"dataset.sep, decimal, thousands, encoding and skip_lines are for CSV files; "
+                f"{where} is {self.format.value}: drop them",
             )
             _require(
                 self.format == TableFormat.excel or self.sheet is None,
                 f"dataset.sheet is for Excel workbooks; {where} is {self.format.value}: drop it",
+            )
+            _require(
+                self.skip_lines is None or self.skip_lines >= 0,
+                f"dataset.skip_lines={self.skip_lines} must be >= 0 (null: found in the file)",
             )
             _require(
                 is_text_encoding(self.encoding),

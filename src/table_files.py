@@ -32,6 +32,7 @@ from src.config import (
 )
 
 SNIFF_CHARS = 1 << 16  # a file's kind, separator and decimal mark come from its first bytes
+MAX_TITLE_LINES = 10  # lines above a CSV table's header that are not rows of it (a title)
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers the same
 _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
 _COMMA_NUMBER = re.compile(r"[+-]?(\d{1,3}([. ]\d{3})+|\d*),\d+")  # 1,5 1.234,5 1 234,5
@@ -66,6 +67,7 @@ class Dialect:
     decimal: DecimalMark = DecimalMark.point
     encoding: str = "utf-8"
     thousands: Thousands = Thousands.none
+    skip: int = 0  # lines above the header: a report's title, a blank line
 
     @property
     def options(self) -> dict[str, str]:
@@ -74,7 +76,7 @@ class Dialect:
 
     def read(self, file: Path, **options: Any) -> pd.DataFrame:
         grouped = self.thousands.value or None
-        return pd.read_csv(file, **self.options, thousands=grouped, **options)
+        return pd.read_csv(file, **self.options, thousands=grouped, skiprows=self.skip, **options)
 
     def __str__(self) -> str:
         """Words for the start-up line, when it is not the plain comma-and-point CSV."""
@@ -85,6 +87,8 @@ class Dialect:
         said += (
             [f"thousands grouped ({groups[self.thousands]})"] if self.thousands in groups else []
         )
+        if self.skip:
+            said.append(f"header on line {self.skip + 1}, the line(s) above it skipped")
         return ", ".join(said)
 
 
@@ -130,7 +134,7 @@ def reader(file: Path, cfg: DatasetConfig) -> Reader:
         return ParquetFile()
     if cfg.format == TableFormat.excel:
         return sheet_of(file, cfg.sheet, f"dataset.path={cfg.path}", "dataset.sheet")
-    return dialect(file, cfg.sep, cfg.decimal, cfg.encoding, cfg.thousands)
+    return dialect(file, cfg.sep, cfg.decimal, cfg.encoding, cfg.thousands, cfg.skip_lines)
 
 
 def sheet_of(file: Path, asked: str | None, where: str, setting: str) -> Sheet:
@@ -208,21 +212,18 @@ def dialect(
     decimal: DecimalMark = DecimalMark.auto,
     encoding: str = "utf-8",
     thousands: Thousands = Thousands.auto,
+    skip: int | None = None,
 ) -> Dialect:
-    """The file's separator, decimal mark and thousands grouping: as asked, or read from its
-    first lines. A separator is the one that splits every sampled row into the same number
-    (> 1) of fields, the most fields winning and comma first among equals; the decimal mark
-    is a comma when numbers are written ``1,5`` and never ``1.5``, which only a non-comma
-    file can do; thousands are grouped when a number is written so (``"1,234.5"`` quoted in a
-    comma file). Our own reading, not ``pandas.read_csv(sep=None)``: that one parses the
-    whole file with the Python engine, many times slower than the C engine on large files."""
-    asked = (sep, decimal, thousands)
-    if (
-        Separator.auto not in asked
-        and DecimalMark.auto not in asked
-        and Thousands.auto not in asked
-    ):
-        return Dialect(sep, decimal, encoding, thousands)
+    """The file's separator, decimal mark, thousands grouping and title lines: as asked, or
+    read from its first lines. The separator is the one whose table (see _layout) has the
+    most fields, comma first among equals; the decimal mark is a comma when numbers are
+    written ``1,5`` and never ``1.5``, which only a non-comma file can do; thousands are
+    grouped when a number is written so (``"1,234.5"`` quoted in a comma file). Our own
+    reading, not ``pandas.read_csv(sep=None)``: that one parses the whole file with the
+    Python engine, many times slower than the C engine on large files, and takes a title
+    line for the header."""
+    if skip is not None and all(asked.name != "auto" for asked in (sep, decimal, thousands)):
+        return Dialect(sep, decimal, encoding, thousands, skip)
     suffixes = [suffix.lower() for suffix in file.suffixes]
     opener = _OPENERS.get(suffixes[-1] if suffixes else "", open)
     try:
@@ -232,7 +233,9 @@ def dialect(
             sample = sample[: sample.rfind("\n") + 1] or sample
         if sep == Separator.auto:
             sep = _sniff_separator(sample, tab_first=bool({".tsv", ".tab"} & set(suffixes)))
-        cells = [cell.strip() for row in _rows(sample, sep)[1:] for cell in row]  # no header
+        above, _, rows = _layout(sample, sep)
+        skip = above if skip is None else skip
+        cells = [cell.strip() for row in rows[1:] for cell in row]  # not the header
         if decimal == DecimalMark.auto:
             comma = sep != Separator.comma and any(_COMMA_NUMBER.fullmatch(c) for c in cells)
             grouped = _GROUPED[DecimalMark.comma][Thousands.point]  # 1.234: grouped, or 1.234?
@@ -247,20 +250,35 @@ def dialect(
         sep = Separator.comma if sep == Separator.auto else sep
         decimal = DecimalMark.point if decimal == DecimalMark.auto else decimal
         thousands = Thousands.none if thousands == Thousands.auto else thousands
-    return Dialect(sep, decimal, encoding, thousands)
+        skip = skip or 0
+    return Dialect(sep, decimal, encoding, thousands, skip)
 
 
-def _rows(sample: str, sep: Separator) -> list[list[str]]:
-    return [row for row in csv.reader(io.StringIO(sample), delimiter=sep.value) if row]
+def _layout(sample: str, sep: Separator) -> tuple[int, int, list[list[str]]]:
+    """Where the table starts when fields are separated by ``sep``: (lines above its header,
+    fields per row, its rows from the header on); (0, 1, []) when there is no table. The
+    table is the rows from the first non-blank one on which every later row has the same
+    number (> 1) of fields; the rows above it, at most MAX_TITLE_LINES, must have fewer (a
+    title), else a ragged row in the data would be taken for the end of a title."""
+    reader = csv.reader(io.StringIO(sample), delimiter=sep.value)
+    starts, rows, line = [], [], 0
+    for row in reader:
+        if row:
+            starts.append(line)
+            rows.append(row)
+        line = reader.line_num
+    widths = [len(row) for row in rows]
+    for first in range(min(len(rows) - 1, MAX_TITLE_LINES + 1)):
+        width = widths[first]
+        if width > 1 and set(widths[first:]) == {width} and max(widths[:first], default=0) < width:
+            return starts[first], width, rows[first:]
+    return 0, 1, []
 
 
 def _sniff_separator(sample: str, tab_first: bool) -> Separator:
     candidates = [s for s in Separator if s != Separator.auto]
     if tab_first:  # a .tsv file: tabs win a tie
         candidates.sort(key=lambda s: s != Separator.tab)
-    best, most = Separator.comma, 1
-    for candidate in candidates:
-        widths = {len(row) for row in _rows(sample, candidate)}
-        if len(widths) == 1 and (width := widths.pop()) > most:
-            best, most = candidate, width
-    return best
+    widths = {candidate: _layout(sample, candidate)[1] for candidate in candidates}
+    best = max(candidates, key=lambda candidate: widths[candidate])  # the first among equals
+    return best if widths[best] > 1 else Separator.comma

@@ -85,7 +85,8 @@ def _read_file(path: str, how: Reader, size: int, mtime_ns: int) -> tuple[pd.Dat
         _fail(
             f"dataset.path={path} is not a readable CSV file ({reason}); read with "
             f"dataset.sep={how.sep.name}: if its fields are separated otherwise, set "
-            "dataset.sep=comma, semicolon, tab or pipe"
+            "dataset.sep=comma, semicolon, tab or pipe; if lines above the header hold a "
+            "title, set dataset.skip_lines to their count"
         )
     except PermissionError:
         _fail(f"dataset.path={path} cannot be read (permission denied)")

@@ -320,6 +320,11 @@ def write_tables(folder: Path) -> dict[str, Path]:
             book, sheet_name="About", index=False
         )
         diabetes.to_excel(book, sheet_name="Data", index=False)
+    titled = folder / "titled.csv"  # a report's title above the header, as exports have
+    titled.write_text("Diabetes progression, 2026\n\n" + diabetes.to_csv(index=False))
+    files["titled.csv"] = titled
+    (folder / "ragged.csv").write_text("age,bmi,progression\n50,22.1,151\n61,30.2,75,9\n")
+    files["ragged.csv"] = folder / "ragged.csv"
     write_ods(folder / "diabetes.ods", {"Data": diabetes})
     files["diabetes.ods"] = folder / "diabetes.ods"
     # an Excel 97-2003 workbook's signature (OLE2), and no workbook after it

@@ -185,6 +185,17 @@ CATALOGUE = [
         "diabetes.xlsx is an Excel workbook; use dataset=excel (dataset.sheet=<name>)",
     ),
     bad(
+        "dataset=csv dataset.path={data}/ragged.csv dataset.target=progression",
+        "C error: Expected 3 fields in line 3, saw 4); read with dataset.sep=comma: if its "
+        "fields are separated otherwise, set dataset.sep=comma, semicolon, tab or pipe; if "
+        "lines above the header hold a title, set dataset.skip_lines to their count",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression "
+        "dataset.skip_lines=-1",
+        "dataset.skip_lines=-1 must be >= 0 (null: found in the file)",
+    ),
+    bad(
         "dataset=csv dataset.path={data}/diabetes.ods dataset.target=progression",
         "diabetes.ods is an OpenDocument spreadsheet; use dataset=excel (dataset.sheet=<name>)",
     ),
@@ -246,7 +257,7 @@ CATALOGUE = [
     bad(
         "dataset=parquet dataset.path={data}/cancer.parquet dataset.target=diagnosis "
         "dataset.sep=semicolon",
-        "dataset.sep, decimal, thousands and encoding are for CSV files; dataset=parquet is",
+        "dataset.sep, decimal, thousands, encoding and skip_lines are for CSV files; dataset=",
     ),
     bad("dataset.task=auto", "dataset.task=auto needs table data"),
     # values found only at run time before, now at validation

@@ -396,17 +396,25 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
         "dollars.csv": ('a,b\n1,"1,234.50"\n2,"-12,345"\n', ",", ".", ",", [1234.5, -12345]),
         "euros.csv": ("a;b\n1;1.234,50\n2;12.345\n", ";", ",", ".", [1234.5, 12345]),
         "francs.csv": ("a;b\n1;1 234,50\n2;12 345\n", ";", ",", " ", [1234.5, 12345]),
+        "report.csv": ("Sales 2026\n\na;b\n1;2,5\n3;4\n", ";", ",", "", [2.5, 4]),
     }
     for name, (text, sep, decimal, thousands, column) in cases.items():
         (tmp_path / name).write_text(text)
         how = table_files.dialect(tmp_path / name)
         expected = (Separator(sep), DecimalMark(decimal), Thousands(thousands))
         assert (how.sep, how.decimal, how.thousands) == expected, name
+        assert how.skip == (2 if name == "report.csv" else 0), name  # the title, a blank line
         if column:
             assert how.read(tmp_path / name)["b"].tolist() == column, name
     assert str(table_files.dialect(tmp_path / "euros.csv")) == (
         "fields separated by semicolons, decimal commas, thousands grouped (1.234)"
     )
+    assert str(table_files.dialect(tmp_path / "report.csv")) == (
+        "fields separated by semicolons, decimal commas, header on line 3, the line(s) above "
+        "it skipped"
+    )
+    (tmp_path / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n")  # not a title
+    assert table_files.dialect(tmp_path / "ragged.csv").skip == 0
     packed = tmp_path / "commas.csv.gz"  # read through its compression, as pandas reads it
     packed.write_bytes(gzip.compress(cases["commas.csv"][0].encode()))
     how = table_files.dialect(packed)
@@ -417,6 +425,22 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
     )
     assert asked.options == {"sep": ";", "decimal": ".", "encoding": "utf-8"}
     assert asked.read(tmp_path / "commas.csv")["a"].tolist() == ["1,5", "-3,25"]  # as told
+
+
+def test_a_title_above_the_header_is_skipped_and_said(files, capsys) -> None:
+    """A report's title and a blank line above the header (as exports write them): the rows
+    read are the plain file's, and the start-up says which line the header is on."""
+    from src import tables
+
+    def inspected(name: str) -> tables.Table:
+        overrides = ("loss=mse", "dataset=csv", f"dataset.path={files[name]}")
+        return tables.inspect(
+            config.validate(compose_cfg(*overrides, "dataset.target=progression")).dataset
+        )
+
+    pd.testing.assert_frame_equal(inspected("titled.csv").frame, inspected("diabetes.csv").frame)
+    said = capsys.readouterr().out.splitlines()
+    assert "losslab: titled.csv: header on line 3, the line(s) above it skipped" in said
 
 
 def test_a_utf16_file_reads_once_its_encoding_is_named(files) -> None:
