@@ -216,9 +216,10 @@ def dialect(
 ) -> Dialect:
     """The file's separator, decimal mark, thousands grouping and title lines: as asked, or
     read from its first lines. The separator is the one whose table (see _layout) has the
-    most fields, comma first among equals; the decimal mark is a comma when numbers are
-    written ``1,5`` and never ``1.5``, which only a non-comma file can do; thousands are
-    grouped when a number is written so (``"1,234.5"`` quoted in a comma file). Our own
+    most rows, then the most fields, comma first among equals; the decimal mark is a comma
+    when numbers are written ``1,5`` and never ``1.5``, which only a non-comma file can do;
+    thousands are grouped when a number is written so (``"1,234.5"`` quoted in a comma
+    file). Our own
     reading, not ``pandas.read_csv(sep=None)``: that one parses the whole file with the
     Python engine, many times slower than the C engine on large files, and takes a title
     line for the header."""
@@ -279,6 +280,8 @@ def _sniff_separator(sample: str, tab_first: bool) -> Separator:
     candidates = [s for s in Separator if s != Separator.auto]
     if tab_first:  # a .tsv file: tabs win a tie
         candidates.sort(key=lambda s: s != Separator.tab)
-    widths = {candidate: _layout(sample, candidate)[1] for candidate in candidates}
-    best = max(candidates, key=lambda candidate: widths[candidate])  # the first among equals
-    return best if widths[best] > 1 else Separator.comma
+    # The table of the most rows, then of the most fields, then the first candidate: a semicolon
+    # file's decimal commas can make a table of comma-separated rows, but one without its header.
+    layouts = {candidate: _layout(sample, candidate) for candidate in candidates}
+    best = max(candidates, key=lambda c: (len(layouts[c][2]), layouts[c][1]))
+    return best if layouts[best][1] > 1 else Separator.comma

@@ -397,17 +397,26 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
         "euros.csv": ("a;b\n1;1.234,50\n2;12.345\n", ";", ",", ".", [1234.5, 12345]),
         "francs.csv": ("a;b\n1;1 234,50\n2;12 345\n", ";", ",", " ", [1234.5, 12345]),
         "report.csv": ("Sales 2026\n\na;b\n1;2,5\n3;4\n", ";", ",", "", [2.5, 4]),
+        # the README's example: the comma in its title and its numbers' commas make a table of
+        # comma-separated rows too, but of fewer rows than the semicolons' table
+        "prices.csv": (
+            "Prices, Q3\n\na;b\n100,5;1.234,50\n80,25;12.345,00\n90,1;2.000,75\n",
+            *(";", ",", "."),
+            [1234.5, 12345, 2000.75],
+        ),
     }
     for name, (text, sep, decimal, thousands, column) in cases.items():
         (tmp_path / name).write_text(text)
         how = table_files.dialect(tmp_path / name)
         expected = (Separator(sep), DecimalMark(decimal), Thousands(thousands))
         assert (how.sep, how.decimal, how.thousands) == expected, name
-        assert how.skip == (2 if name == "report.csv" else 0), name  # the title, a blank line
+        titled = name in ("report.csv", "prices.csv")
+        assert how.skip == (2 if titled else 0), name  # the title, a blank line
         if column:
             assert how.read(tmp_path / name)["b"].tolist() == column, name
-    assert str(table_files.dialect(tmp_path / "euros.csv")) == (
-        "fields separated by semicolons, decimal commas, thousands grouped (1.234)"
+    assert str(table_files.dialect(tmp_path / "prices.csv")) == (
+        "fields separated by semicolons, decimal commas, thousands grouped (1.234), header on "
+        "line 3, the line(s) above it skipped"
     )
     assert str(table_files.dialect(tmp_path / "report.csv")) == (
         "fields separated by semicolons, decimal commas, header on line 3, the line(s) above "
