@@ -16,6 +16,7 @@ traceback, whether it comes while the command loads its modules or while it work
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextlib
 import logging
@@ -55,6 +56,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that landed in code whose exceptions Python drops (a weakref callback run by
+    the garbage collector, a ``__del__``; seen in CI: importlib's module-lock callback) is
+    raised again in the main thread, from outside that code: Python had printed "Exception
+    ignored" and the command had gone on to exit 0. Other exceptions: Python's own report."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        threading.Timer(0.01, _thread.interrupt_main).start()  # once that code has returned
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def raise_if_interrupted() -> None:
     """Where a command commits to work (a job's start): a Ctrl-C that came before and was
     lost on its way ends the command here."""
@@ -68,6 +80,7 @@ def run(main: Callable[[], object], interrupted: str = "interrupted") -> NoRetur
     other than these (a bug) propagates, for Python to print its traceback as usual."""
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
         signal.signal(signal.SIGINT, _interrupt)
+        sys.unraisablehook = _redeliver
     try:
         main()
         code: object = 0

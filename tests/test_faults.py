@@ -241,6 +241,48 @@ def test_ctrl_c_ends_a_command_in_one_line_wherever_it_lands(
     assert ("losslab: interrupted; runs are marked KILLED in MLflow" in lines) == bool(mine)
 
 
+LOST_CTRL_C = """
+import sys, time
+from pathlib import Path
+sys.argv[:1] = ["-m"]  # as `python -m`: src arms its Ctrl-C handling
+from src import quick_exit
+
+class Slow:
+    def __del__(self):  # Python drops an exception raised here: "Exception ignored in"
+        Path(sys.argv[1]).touch()
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            pass
+
+def main():
+    Slow()
+    time.sleep(5)
+    print("finished")
+
+quick_exit.run(main)
+"""
+
+
+def test_a_ctrl_c_that_lands_where_python_drops_exceptions_still_ends_the_command(tmp_path):
+    """Seen in CI: SIGINT during a weakref callback of importlib, run by the garbage collector;
+    Python printed 'Exception ignored' and the command went on to exit 0."""
+    mark = tmp_path / "in_del"
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOST_CTRL_C, str(mark)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
+    )
+    wait_for(mark, process, timeout=60)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=hang(60))
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["losslab: interrupted"], stderr
+    assert "finished" not in stdout
+
+
 def test_predictions_are_written_whole_or_not_at_all(tmp_path) -> None:
     """A write cut short (Ctrl-C, a full disk) leaves neither a half file nor a half-overwritten
     earlier one."""
