@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import math
 import os
 from collections.abc import Iterator
@@ -80,6 +81,9 @@ class Thousands(Enum):
     comma = ","
     point = "."
     space = " "
+    apostrophe = "'"  # 1'234.5, as Switzerland writes it
+    nbsp = "\u00a0"  # a no-break space, as a French spreadsheet may write 1 234,5
+    narrow_nbsp = "\u202f"  # a narrow no-break space, as newer French locales write it
 
 
 class SplitKind(Enum):
@@ -132,6 +136,13 @@ class Targets(Enum):
     signed = "signed"  # {-1, 1}
     onehot = "onehot"  # one row of C floats per sample
     index = "index"  # one integer class per sample
+
+
+class DateUse(Enum):
+    """What to do with a table's date and time columns (src/date_features.py)."""
+
+    encode = "encode"  # years since the first train date, and the year's, week's, day's cycles
+    drop = "drop"  # leave them out of the features, said at start-up
 
 
 class Scaling(Enum):
@@ -226,6 +237,17 @@ def is_text_encoding(name: str) -> bool:
     return True
 
 
+def is_date_format(text: str) -> bool:
+    """Whether ``text`` is a ``strptime`` format that reads back the year of a date it writes
+    (``%d/%m/%Y`` or ``%Y-%m``, not ``%Q``, ``%H:%M`` or ``Y-m-d``), checked at start-up."""
+    moment = datetime.datetime(2001, 2, 3, 4, 5, 6)
+    try:
+        back = datetime.datetime.strptime(moment.strftime(text), text)
+    except ValueError:
+        return False
+    return back.year == moment.year
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -278,6 +300,9 @@ class DatasetConfig:
     features: list[str] | None = None  # null: every column but the target and `drop`
     drop: list[str] = field(default_factory=list)
     missing: Missing = Missing.impute
+    dates: DateUse = DateUse.encode
+    # Text dates not in ISO 8601 (2024-01-31): a strptime format, e.g. "%d/%m/%Y"
+    date_format: str | None = None
     split: SplitKind = SplitKind.auto
     split_seed: int = 0
     train_fraction: float = 0.5  # the share of rows that train (the study: the first half)
@@ -428,6 +453,11 @@ class DatasetConfig:
                 f"{where} needs dataset.generator (a function returning a DataFrame)",
             )
         _require(bool(self.target), f"{where}: dataset.target must name a column")
+        _require(
+            self.date_format is None or is_date_format(self.date_format),
+            f"dataset.date_format={self.date_format!r} is not a date format strptime reads "
+            "back; write one like %d/%m/%Y or %m/%d/%Y %H:%M",
+        )
         _require(
             self.scaler_fit == ScalerFit.train,
             "dataset.scaler_fit=all applies to the study's arrays; a table's preprocessing is "

@@ -1,8 +1,9 @@
 """A table's rows as model inputs, the scikit-learn way: split first, then a ``Pipeline`` with
 a ``ColumnTransformer`` (numbers imputed and scaled, categories imputed and one-hot encoded,
-unknown categories ignored) and the target's scaler or label encoding, all fit on the train
-rows only. The fitted pieces travel with the logged model (``Preprocessing``), so predictions
-start from raw rows and end in the target's own units and class names.
+unknown categories ignored, dates turned into numbers by src/date_features.py) and the
+target's scaler or label encoding, all fit on the train rows only. The fitted pieces travel
+with the logged model (``Preprocessing``), so predictions start from raw rows and end in the
+target's own units and class names.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
 from src.config import DatasetConfig, Scaling, SplitKind, Task
+from src.date_features import DateFeatures
 from src.tables import Table
 
 FEATURES_FILE = "features.joblib"  # the fitted feature Pipeline (scikit-learn, joblib)
@@ -58,14 +60,22 @@ def split_rows(
     return train, test
 
 
-def feature_pipeline(numeric: list[str], categorical: list[str], scale: Scaling) -> Pipeline:
-    numbers = make_pipeline(SimpleImputer(strategy="median"), scaler(scale))
+def feature_pipeline(table: Table, cfg: DatasetConfig) -> Pipeline:
+    """The table's columns as model inputs: numbers, categories and dates each their way."""
+    numbers = make_pipeline(SimpleImputer(strategy="median"), scaler(cfg.scale_x))
     categories = make_pipeline(
         SimpleImputer(strategy="most_frequent"),
         OneHotEncoder(handle_unknown="ignore", sparse_output=False),
     )
+    dates = make_pipeline(
+        DateFeatures(cfg.date_format), SimpleImputer(strategy="median"), scaler(cfg.scale_x)
+    )
     columns = ColumnTransformer(
-        [("numeric", numbers, numeric), ("categorical", categories, categorical)],
+        [
+            ("numeric", numbers, table.numeric),
+            ("categorical", categories, table.categorical),
+            ("dates", dates, table.dates),
+        ],
         remainder="drop",  # extra columns at predict time are ignored
     )
     return Pipeline([("columns", columns)])
@@ -157,7 +167,7 @@ def prepare(cfg: DatasetConfig, table: Table) -> Prepared:
         y = np.array([index[label] for label in target], dtype=np.int64)
         train, test = split_rows(cfg, len(frame), kind, y)
         scale, offset = 1.0, 0.0
-    pipeline = feature_pipeline(table.numeric, table.categorical, cfg.scale_x)
+    pipeline = feature_pipeline(table, cfg)
     x_train = pipeline.fit_transform(frame.iloc[train])
     x_test = pipeline.transform(frame.iloc[test])
     preprocessing = Preprocessing(

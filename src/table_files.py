@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
+from pandas.api import types
 
 from src.config import (
     ConfigError,
@@ -35,12 +36,23 @@ SNIFF_CHARS = 1 << 16  # a file's kind, separator and decimal mark come from its
 MAX_TITLE_LINES = 10  # lines above a CSV table's header that are not rows of it (a title)
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers the same
 _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
-_COMMA_NUMBER = re.compile(r"[+-]?(\d{1,3}([. ]\d{3})+|\d*),\d+")  # 1,5 1.234,5 1 234,5
-_GROUPED = {  # a number whose thousands are grouped, by decimal mark and grouping
-    DecimalMark.point: {Thousands.comma: re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")},
+_COMMA_NUMBER = re.compile(r"[+-]?(\d{1,3}([. \u00a0\u202f]\d{3})+|\d*),\d+")  # 1,5 1.234,5
+
+
+def _grouped(mark: Thousands, decimal: DecimalMark) -> re.Pattern[str]:
+    """A number whose thousands are grouped by ``mark``: 1,234.5 or 1 234,5."""
+    return re.compile(
+        rf"[+-]?\d{{1,3}}({re.escape(mark.value)}\d{{3}})+({re.escape(decimal.value)}\d+)?"
+    )
+
+
+_GROUPED = {  # the groupings looked for, by decimal mark
+    DecimalMark.point: {
+        t: _grouped(t, DecimalMark.point) for t in (Thousands.comma, Thousands.apostrophe)
+    },
     DecimalMark.comma: {
-        Thousands.point: re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?"),
-        Thousands.space: re.compile(r"[+-]?\d{1,3}( \d{3})+(,\d+)?"),
+        t: _grouped(t, DecimalMark.comma)
+        for t in (Thousands.point, Thousands.space, Thousands.nbsp, Thousands.narrow_nbsp)
     },
 }
 _MAGIC = {  # how a file starts -> what it is
@@ -75,13 +87,24 @@ class Dialect:
         return {"sep": self.sep.value, "decimal": self.decimal.value, "encoding": self.encoding}
 
     def read(self, file: Path, **options: Any) -> pd.DataFrame:
-        grouped = self.thousands.value or None
+        mark = self.thousands.value
+        if not mark.isascii():  # pandas' fast reader takes one byte; U+00A0 is two in UTF-8
+            frame = pd.read_csv(file, **self.options, skiprows=self.skip, **options)
+            return _ungroup(frame, self.thousands, self.decimal)
+        grouped = mark or None
         return pd.read_csv(file, **self.options, thousands=grouped, skiprows=self.skip, **options)
 
     def __str__(self) -> str:
         """Words for the start-up line, when it is not the plain comma-and-point CSV."""
         words = {Separator.semicolon: "semicolons", Separator.tab: "tabs", Separator.pipe: "pipes"}
-        groups = {Thousands.comma: "1,234", Thousands.point: "1.234", Thousands.space: "1 234"}
+        groups = {
+            Thousands.comma: "1,234",
+            Thousands.point: "1.234",
+            Thousands.space: "1 234",
+            Thousands.apostrophe: "1'234",
+            Thousands.nbsp: "1 234, no-break spaces",
+            Thousands.narrow_nbsp: "1 234, narrow no-break spaces",
+        }
         said = [f"fields separated by {words[self.sep]}"] if self.sep in words else []
         said += ["decimal commas"] if self.decimal == DecimalMark.comma else []
         said += (
@@ -90,6 +113,22 @@ class Dialect:
         if self.skip:
             said.append(f"header on line {self.skip + 1}, the line(s) above it skipped")
         return ", ".join(said)
+
+
+def _ungroup(frame: pd.DataFrame, mark: Thousands, decimal: DecimalMark) -> pd.DataFrame:
+    """The text columns all of whose values are numbers, grouped by ``mark`` or not, as
+    numbers: what ``read_csv(thousands=...)`` does for a one-byte mark."""
+    point = re.escape(decimal.value)
+    number = re.compile(rf"{_grouped(mark, decimal).pattern}|[+-]?\d+({point}\d+)?")
+    for name in frame.columns:
+        column = frame[name]
+        if types.is_numeric_dtype(column.dtype) or types.is_bool_dtype(column.dtype):
+            continue
+        values = column.dropna()
+        if len(values) and all(isinstance(v, str) and number.fullmatch(v.strip()) for v in values):
+            text = column.str.strip().str.replace(mark.value, "")
+            frame[name] = pd.to_numeric(text.str.replace(decimal.value, "."))
+    return frame
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 from pandas.api import types
 
-from src import table_files
-from src.config import ConfigError, DatasetConfig, DataTask, Missing, SplitKind, Task
+from src import date_features, table_files
+from src.config import ConfigError, DatasetConfig, DataTask, DateUse, Missing, SplitKind, Task
 from src.table_files import Reader
 
 MAX_CLASSES = 20  # task=auto: integer targets with at most this many values are classes
@@ -40,6 +40,7 @@ class Table:
     features: list[str]
     numeric: list[str]  # imputed (median) and scaled
     categorical: list[str]  # imputed (most frequent) and one-hot encoded
+    dates: list[str]  # turned into numbers (src/date_features.py), imputed and scaled
     task: Task
     why: str  # how the task was decided, for the start-up line
     classes: list[Any]  # sorted class labels (classification); [] for regression
@@ -168,24 +169,28 @@ def _choose_features(cfg: DatasetConfig, columns: list[str], where: str) -> list
     return features
 
 
-def _kinds(frame: pd.DataFrame, features: list[str], where: str) -> tuple[list[str], list[str]]:
-    """Numeric and categorical feature columns; anything else (dates, ...) is refused."""
-    numeric, categorical, other = [], [], []
+def _kinds(
+    cfg: DatasetConfig, frame: pd.DataFrame, features: list[str], where: str
+) -> tuple[list[str], list[str], list[str]]:
+    """Numeric, categorical and date feature columns (a text column counts as dates when every
+    value is one: src/date_features.py); durations are refused."""
+    numeric, categorical, dates, durations = [], [], [], []
     for name in features:
         dtype = frame[name].dtype
-        if types.is_bool_dtype(dtype) or not types.is_numeric_dtype(dtype):
-            if types.is_datetime64_any_dtype(dtype) or types.is_timedelta64_dtype(dtype):
-                other.append(name)
-            else:
-                categorical.append(name)
+        if types.is_timedelta64_dtype(dtype):
+            durations.append(name)
+        elif date_features.holds_dates(frame[name], cfg.date_format):
+            dates.append(name)
+        elif types.is_bool_dtype(dtype) or not types.is_numeric_dtype(dtype):
+            categorical.append(name)
         else:
             numeric.append(name)
-    if other:
+    if durations:
         _fail(
-            f"column(s) {other} of {where} hold dates or times, which losslab does not encode; "
-            f"drop them (dataset.drop={other}) or turn them into numbers first"
+            f"column(s) {durations} of {where} hold durations, which losslab does not encode; "
+            f"drop them (dataset.drop=[{','.join(durations)}]) or turn them into numbers first"
         )
-    return numeric, categorical
+    return numeric, categorical, dates
 
 
 def _id_like(frame: pd.DataFrame, categorical: list[str]) -> dict[str, int]:
@@ -289,7 +294,14 @@ def inspect(cfg: DatasetConfig) -> Table:
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     features = _choose_features(cfg, columns, where)
-    numeric, categorical = _kinds(frame, features, where)
+    numeric, categorical, dates = _kinds(cfg, frame, features, where)
+    if dates and cfg.dates == DateUse.drop:
+        features = [name for name in features if name not in dates]
+        line = f"{where}: date column(s) {dates} left out (dataset.dates=drop)"
+        _say((source, cfg.target, "dates"), line)
+        dates = []
+        if not features:
+            _fail(f"no feature columns left in {where} but dates (dataset.dates=drop)")
     empty = [name for name in features if frame[name].isna().all()]
     if empty:
         _fail(
@@ -316,11 +328,18 @@ def inspect(cfg: DatasetConfig) -> Table:
     _check_size(cfg, len(kept), kept[cfg.target] if stratified else None, where)
     classes = [] if task == Task.regression else sorted(kept[cfg.target].unique().tolist())
     key = (source, cfg.target)
-    _say(
-        (*key, "task"),
-        f"{where}: {task.value} on target '{cfg.target}' ({why}); {len(kept)} rows, "
-        f"{len(numeric)} numeric and {len(categorical)} categorical feature(s)",
-    )
+    kinds = f"{len(numeric)} numeric and {len(categorical)} categorical"
+    if dates:
+        kinds = f"{len(numeric)} numeric, {len(categorical)} categorical and {len(dates)} date"
+    line = f"{where}: {task.value} on target '{cfg.target}' ({why}); {len(kept)} rows, {kinds}"
+    _say((*key, "task"), line + " feature(s)")
+    if dates:
+        _say(
+            (*key, "dates"),
+            f"{where}: date column(s) {dates} become years since the first train date and the "
+            "year's and week's cycles (the day's where times differ); dataset.dates=drop "
+            "leaves them out",
+        )
     if no_target:
         line = f"{where}: dropped {no_target} row(s) with no target (dataset.missing=impute)"
         _say((*key, "dropped"), line)
@@ -331,7 +350,23 @@ def inspect(cfg: DatasetConfig) -> Table:
             f"{where}: {total} missing value(s) in {len(missing)} column(s) will be imputed "
             "(dataset.missing=error refuses them)",
         )
-    id_like = _id_like(kept, categorical)
+    other_dates = {
+        n: e for n in categorical if (e := date_features.example_of_other_dates(kept[n]))
+    }
+    if other_dates:
+        examples = ", ".join(f"'{name}' ({value})" for name, value in other_dates.items())
+        if cfg.date_format is None:
+            why_not = "not ISO 8601 (2024-01-31)"
+            fix = "name their order, e.g. dataset.date_format=%d/%m/%Y"
+        else:
+            why_not = f"not all of them read as dataset.date_format={cfg.date_format}"
+            fix = "correct the format or the values"
+        _say(
+            (*key, "other_dates"),
+            f"{where}: column(s) {examples} look like dates but {why_not}, so they are "
+            f"categories; to use them as dates {fix}",
+        )
+    id_like = _id_like(kept, [name for name in categorical if name not in other_dates])
     if id_like:
         counts = ", ".join(f"'{name}' ({n} distinct)" for name, n in id_like.items())
         _say(
@@ -345,6 +380,7 @@ def inspect(cfg: DatasetConfig) -> Table:
         features=features,
         numeric=numeric,
         categorical=categorical,
+        dates=dates,
         task=task,
         why=why,
         classes=classes,
@@ -381,6 +417,8 @@ def schema(frame: pd.DataFrame) -> str:
             return "long"
         if types.is_float_dtype(dtype):
             return "double"
+        if types.is_datetime64_any_dtype(dtype):
+            return "datetime"
         return "string"
 
     specs = [{"type": kind(frame[c].dtype), "name": str(c), "required": True} for c in frame]

@@ -332,4 +332,16 @@ def write_tables(folder: Path) -> dict[str, Path]:
     files["old.xls"] = folder / "old.xls"
     (folder / "fake.parquet").write_bytes(b"PAR1" + bytes(range(256)))  # damaged
     files["fake.parquet"] = folder / "fake.parquet"
+
+    # daily sales over two years: a trend, busier weekends, promotions; the dates as ISO text
+    days = pd.date_range("2024-01-01", periods=730, freq="D")
+    years = np.arange(len(days)) / 365.2425
+    promo = rng.integers(0, 2, len(days))
+    sales = 50 + 20 * years + 8 * (days.day_of_week >= 5) + 5 * promo + rng.normal(0, 2, len(days))
+    shops = rng.choice(["centre", "mall"], len(days))
+    dated = pd.DataFrame({"day": days, "shop": shops, "promo": promo, "sales": sales.round(2)})
+    save("sales.csv", dated.assign(day=days.strftime("%Y-%m-%d")))
+    files["sales.xlsx"] = folder / "sales.xlsx"  # the dates as a workbook's date cells
+    dated.to_excel(files["sales.xlsx"], index=False, engine="openpyxl")
+    save("waits.parquet", dated.assign(wait=pd.to_timedelta(promo, unit="min")))
     return files

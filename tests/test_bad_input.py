@@ -241,6 +241,28 @@ CATALOGUE = [
         "dataset.encoding='base64' is not a text encoding Python knows",
     ),
     bad(
+        "dataset=csv dataset.path={data}/sales.csv dataset.target=sales dataset.date_format=%Q",
+        "dataset.date_format='%Q' is not a date format strptime reads back",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/sales.csv dataset.target=sales dataset.date_format=%H:%M",
+        "dataset.date_format='%H:%M' is not a date format strptime reads back",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/sales.csv dataset.target=sales dataset.dates=parse",
+        "Invalid value 'parse', expected one of [encode, drop]",
+    ),
+    bad(
+        "dataset=csv dataset.path={data}/sales.csv dataset.target=sales dataset.features=[day] "
+        "dataset.dates=drop",
+        "no feature columns left in sales.csv but dates (dataset.dates=drop)",
+    ),
+    bad(
+        "dataset=parquet dataset.path={data}/waits.parquet dataset.target=sales",
+        "column(s) ['wait'] of waits.parquet hold durations, which losslab does not encode; "
+        "drop them (dataset.drop=[wait])",
+    ),
+    bad(
         "dataset=csv dataset.path={data}/diabetes.csv dataset.target=progression dataset.sep=colon",
         "Invalid value 'colon', expected one of [auto, comma, semicolon, tab, pipe]",
     ),

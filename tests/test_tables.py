@@ -289,7 +289,7 @@ def test_a_categorical_column_with_a_value_per_row_is_named_with_the_way_out(
         {
             "x": rng.normal(size=rows),
             "city": rng.choice(["a", "b", "c"], rows),
-            "day": pd.date_range("2026-01-01", periods=rows).astype(str),
+            "ticket": [f"T-{i:04d}" for i in range(rows)],
             "note": [f"visit {i}" if i % 10 else None for i in range(rows)],  # 54 of 60 distinct
             "y": rng.normal(size=rows),
         }
@@ -298,16 +298,16 @@ def test_a_categorical_column_with_a_value_per_row_is_named_with_the_way_out(
     frame.to_csv(path, index=False)
     base = ("loss=mse", "dataset=csv", f"dataset.path={path}", "dataset.target=y")
     table = tables.inspect(config.validate(compose_cfg(*base)).dataset)
-    assert table.categorical == ["city", "day", "note"]  # still trained on, as asked
+    assert table.categorical == ["city", "ticket", "note"]  # still trained on, as asked
     said = [line for line in capsys.readouterr().out.splitlines() if "look like ids" in line]
     assert said == [
-        "losslab: visits.csv: categorical column(s) 'day' (60 distinct), 'note' (54 distinct) "
+        "losslab: visits.csv: categorical column(s) 'ticket' (60 distinct), 'note' (54 distinct) "
         "in 60 rows look like ids, dates or free text: one-hot, each value is a feature of its "
-        "own few rows; leave them out with dataset.drop=[day,note]"
+        "own few rows; leave them out with dataset.drop=[ticket,note]"
     ]
     again = tmp_path / "visits_again.csv"  # a line is said once per file and process
     again.write_bytes(path.read_bytes())
-    dropped = [*base[:2], f"dataset.path={again}", base[3], "dataset.drop=[day,note]"]
+    dropped = [*base[:2], f"dataset.path={again}", base[3], "dataset.drop=[ticket,note]"]
     assert tables.inspect(config.validate(compose_cfg(*dropped)).dataset).categorical == ["city"]
     out = capsys.readouterr().out
     assert "visits_again.csv: regression" in out and "look like ids" not in out
@@ -396,6 +396,10 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
         "dollars.csv": ('a,b\n1,"1,234.50"\n2,"-12,345"\n', ",", ".", ",", [1234.5, -12345]),
         "euros.csv": ("a;b\n1;1.234,50\n2;12.345\n", ";", ",", ".", [1234.5, 12345]),
         "francs.csv": ("a;b\n1;1 234,50\n2;12 345\n", ";", ",", " ", [1234.5, 12345]),
+        # no-break spaces (U+00A0, U+202F), as French locales write them; Swiss apostrophes
+        "nbsp.csv": ("a;b\n1;1\u00a0234,50\n2;12\u00a0345\n", ";", ",", "\u00a0", [1234.5, 12345]),
+        "narrow.csv": ("a;b\n1;1\u202f234,50\n2;-999,5\n", ";", ",", "\u202f", [1234.5, -999.5]),
+        "swiss.csv": ("a,b\n1,1'234.50\n2,-12'345\n", ",", ".", "'", [1234.5, -12345]),
         "report.csv": ("Sales 2026\n\na;b\n1;2,5\n3;4\n", ";", ",", "", [2.5, 4]),
         # the README's example: the comma in its title and its numbers' commas make a table of
         # comma-separated rows too, but of fewer rows than the semicolons' table
@@ -417,6 +421,10 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
     assert str(table_files.dialect(tmp_path / "prices.csv")) == (
         "fields separated by semicolons, decimal commas, thousands grouped (1.234), header on "
         "line 3, the line(s) above it skipped"
+    )
+    assert str(table_files.dialect(tmp_path / "narrow.csv")) == (
+        "fields separated by semicolons, decimal commas, thousands grouped (1 234, narrow "
+        "no-break spaces)"
     )
     assert str(table_files.dialect(tmp_path / "report.csv")) == (
         "fields separated by semicolons, decimal commas, header on line 3, the line(s) above "
@@ -485,3 +493,144 @@ def test_an_opendocument_sheet_reads_as_its_csv_twin(files) -> None:
     )
     assert sheet.missing == plain.missing == {"region": 5, "bmi": 20}
     pd.testing.assert_frame_equal(sheet.frame, plain.frame, check_dtype=False)
+
+
+def test_dates_become_elapsed_years_and_cycles_alike_from_text_or_date_cells() -> None:
+    """The transformer's numbers, by hand: years since the first train date, and the year's
+    and week's cycles (the day's only where times differ); a missing or unreadable date is
+    NaN for the imputer; text and datetimes give the same numbers; offsets compare in UTC."""
+    from src.date_features import YEAR_DAYS, DateFeatures
+
+    text = pd.DataFrame({"at": ["2024-12-31", "2025-01-01", "2025-01-04", None, "2025-12-31"]})
+    cells = pd.DataFrame({"at": pd.to_datetime(text["at"])})
+    features = DateFeatures().fit(text.iloc[:3])
+    out = features.transform(text)
+    same = DateFeatures().fit(cells.iloc[:3]).transform(cells)
+    assert np.array_equal(out, same, equal_nan=True)
+    names = ["at_years", "at_year_sin", "at_year_cos", "at_week_sin", "at_week_cos"]
+    assert list(features.get_feature_names_out()) == names
+    assert out[[0, 1, 2, 4], 0] == pytest.approx(np.array([0, 1, 4, 365]) / YEAR_DAYS)
+    assert np.isnan(out[3]).all()
+    new_year = np.hypot(*(out[0, 1:3] - out[1, 1:3]))  # 31 December next to 1 January
+    assert new_year < 2 * np.pi / 365 * 1.01
+    tuesday, saturday = 2 * np.pi * 1 / 7, 2 * np.pi * 5 / 7  # 2024-12-31, 2025-01-04
+    assert out[0, 3:5] == pytest.approx([np.sin(tuesday), np.cos(tuesday)])
+    assert out[2, 3:5] == pytest.approx([np.sin(saturday), np.cos(saturday)])
+    assert np.isnan(features.transform(pd.DataFrame({"at": ["not a date"]}))).all()
+
+    times = pd.DataFrame(
+        {"at": ["2025-03-01T06:00:00+01:00", "2025-03-01 05:00Z", "2025-03-01T18:30"]}
+    )
+    timed = DateFeatures().fit(times)
+    assert list(timed.get_feature_names_out())[-2:] == ["at_day_sin", "at_day_cos"]
+    out = timed.transform(times)
+    assert out[0] == pytest.approx(out[1])  # 06:00 at +01:00 is 05:00 UTC
+    evening = 2 * np.pi * 18.5 / 24
+    assert out[2, -2:] == pytest.approx([np.sin(evening), np.cos(evening)])
+
+
+def test_which_columns_hold_dates() -> None:
+    """Every value present must read as a date, ISO 8601 unless a format is named; numbers,
+    years alone and a column with one other value are never dates."""
+    from src.date_features import holds_dates
+
+    assert holds_dates(pd.Series(["2024-01-31", None, " 2024-02-01 10:30 "]))
+    assert holds_dates(pd.Series(pd.to_datetime(["2024-01-31"])))
+    assert not holds_dates(pd.Series([20240131, 20240201]))
+    assert not holds_dates(pd.Series(["2024", "2025"]))
+    assert not holds_dates(pd.Series(["2024-01-31", "soon"]))
+    assert not holds_dates(pd.Series(["31/01/2024", "01/02/2024"]))
+    assert holds_dates(pd.Series(["31/01/2024", "01/02/2024"]), "%d/%m/%Y")
+    assert not holds_dates(pd.Series(["31/01/2024", "01/13/2024"]), "%d/%m/%Y")
+    assert not holds_dates(pd.Series([None, None], dtype=object))
+
+
+def test_dates_in_another_order_are_named_and_read_once_their_format_is(
+    files, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """31/01/2024 could be either order: without dataset.date_format the column stays a
+    category and one line says how to read it as dates; with it, it is dates."""
+    from src import tables
+
+    frame = pd.read_csv(files["sales.csv"])
+    frame["day"] = pd.to_datetime(frame["day"]).dt.strftime("%d/%m/%Y")
+    path = tmp_path / "ventes.csv"
+    frame.to_csv(path, index=False)
+    base = ("loss=mse", "dataset=csv", f"dataset.path={path}", "dataset.target=sales")
+    table = tables.inspect(config.validate(compose_cfg(*base)).dataset)
+    assert (table.categorical, table.dates) == (["day", "shop"], [])
+    out = capsys.readouterr().out
+    assert "look like ids" not in out  # one line for the column, not two
+    said = [line for line in out.splitlines() if "look like dates" in line]
+    assert said == [
+        "losslab: ventes.csv: column(s) 'day' (01/01/2024) look like dates but not ISO 8601 "
+        "(2024-01-31), so they are categories; to use them as dates name their order, e.g. "
+        "dataset.date_format=%d/%m/%Y"
+    ]
+    table = tables.inspect(
+        config.validate(compose_cfg(*base, "dataset.date_format=%d/%m/%Y")).dataset
+    )
+    assert (table.categorical, table.dates) == (["shop"], ["day"])
+    assert "look like dates" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_date_column_trains_as_dates_from_text_and_from_date_cells(
+    files, run_cli, client, store_uri, tmp_path
+) -> None:
+    """Sales that grow over two years and peak at weekends. With the day as dates the test
+    error is a fraction of the error without it (dataset.dates=drop); ISO text in a CSV and
+    a workbook's date cells train to the same numbers; predictions start from the raw text."""
+    common = ("dataset.target=sales", "trainer.max_epochs=30")
+    cases = {
+        "text": ("dataset=csv", f"dataset.path={files['sales.csv']}"),
+        "cells": ("dataset=excel", f"dataset.path={files['sales.xlsx']}"),
+        "dropped": ("dataset=csv", f"dataset.path={files['sales.csv']}", "dataset.dates=drop"),
+    }
+    outs, runs = {}, {}
+    for case, overrides in cases.items():
+        before = {r.info.run_id for r in runs_of(client)}
+        done = run_cli(*overrides, *common)
+        assert done.returncode == 0, done.stderr
+        outs[case] = done.stdout
+        (runs[case],) = [r for r in runs_of(client) if r.info.run_id not in before]
+    assert "730 rows, 1 numeric, 1 categorical and 1 date feature(s)" in outs["text"]
+    assert (
+        "losslab: sales.csv: date column(s) ['day'] become years since the first train date "
+        "and the year's and week's cycles (the day's where times differ); dataset.dates=drop "
+        "leaves them out"
+    ) in outs["text"].splitlines()
+    assert (
+        "losslab: sales.csv: date column(s) ['day'] left out (dataset.dates=drop)"
+        in outs["dropped"].splitlines()
+    )
+    assert "730 rows, 1 numeric and 1 categorical feature(s)" in outs["dropped"]
+    finals = {
+        case: {k: v for k, v in run.data.metrics.items() if k.startswith("final_")}
+        for case, run in runs.items()
+    }
+    assert finals["cells"] == pytest.approx(finals["text"], rel=1e-5)
+    assert finals["text"]["final_test_mse"] < 0.2 * finals["dropped"]["final_test_mse"]
+
+    model, pipeline, _ = logged_pieces(client, store_uri, runs["text"], tmp_path)
+    dates = pipeline.named_steps["columns"].named_transformers_["dates"][0]
+    assert list(dates.get_feature_names_out()) == [
+        "day_years",
+        "day_year_sin",
+        "day_year_cos",
+        "day_week_sin",
+        "day_week_cos",
+    ]
+    output = tmp_path / "predicted.csv"
+    run_id = runs["text"].info.run_id
+    done = predict_cli(
+        store_uri, f"run_id={run_id}", f"input={files['sales.csv']}", f"output={output}"
+    )
+    assert done.returncode == 0, done.stderr
+    raw = pd.read_csv(files["sales.csv"])  # the day as text, as the file has it
+    with torch.no_grad():
+        x = torch.tensor(pipeline.transform(raw), dtype=torch.float32)
+        expected = model(x).numpy()[:, 0]  # the logged network ends in the target's units
+    predicted = pd.read_csv(output)["predicted_sales"].to_numpy()
+    assert predicted == pytest.approx(expected, rel=1e-4)
+    assert np.sqrt(np.mean((predicted - raw["sales"]) ** 2)) < 0.5 * raw["sales"].std()
