@@ -262,6 +262,7 @@ def predict_table(
         )
     if frame.empty:
         raise ConfigError(f"{source} has no data rows")
+    pre.check(frame, source.name)
     raw = predict(model, pre.pipeline.transform(frame[pre.features]))
     result = frame.copy()
     name = f"predicted_{pre.target}"

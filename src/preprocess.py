@@ -20,8 +20,8 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
-from src.config import DatasetConfig, Scaling, SplitKind, Task
-from src.date_features import DateFeatures
+from src.config import ConfigError, DatasetConfig, Scaling, SplitKind, Task
+from src.date_features import DateFeatures, parse
 from src.tables import Table
 
 FEATURES_FILE = "features.joblib"  # the fitted feature Pipeline (scikit-learn, joblib)
@@ -112,6 +112,40 @@ class Preprocessing:
         (folder / TARGET_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         return folder
 
+    def check(self, frame: Any, where: str) -> None:
+        """Values the fitted pipeline would not read as training did, named in one line before
+        any prediction: text in a numeric column (scikit-learn fails on it), a date that does
+        not read as the training's dates did (it would be imputed without a word)."""
+        import pandas as pd
+
+        columns = {
+            kind: names for kind, _, names in self.pipeline.named_steps["columns"].transformers_
+        }
+        for name in columns.get("numeric", []):
+            values = frame[name]
+            if pd.api.types.is_numeric_dtype(values.dtype):
+                continue
+            bad = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+            if len(bad):
+                raise ConfigError(
+                    f"{where}: column '{name}' holds {len(bad)} value(s) that are not numbers "
+                    f"({_first(bad)}); the run trained on numbers"
+                )
+        if "dates" not in columns:
+            return
+        dates = self.pipeline.named_steps["columns"].named_transformers_["dates"][0]
+        for name in columns["dates"]:
+            values = frame[name]
+            bad = values[values.notna() & parse(values, dates.date_format).isna()]
+            if len(bad):
+                how = (
+                    f"dataset.date_format={dates.date_format}" if dates.date_format else "ISO 8601"
+                )
+                raise ConfigError(
+                    f"{where}: column '{name}' holds {len(bad)} value(s) that are not dates as "
+                    f"the run read them ({how}; {_first(bad)})"
+                )
+
     @classmethod
     def load(cls, folder: Path) -> Preprocessing:
         import joblib
@@ -126,6 +160,11 @@ class Preprocessing:
             scale=facts["scale"],
             offset=facts["offset"],
         )
+
+
+def _first(bad: Any) -> str:
+    """The first of a column's unreadable values, and where it is."""
+    return f"first: {bad.iloc[0]!r}, in data row {bad.index[0] + 1}"
 
 
 def _plain(value: Any) -> Any:

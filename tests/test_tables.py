@@ -634,3 +634,25 @@ def test_a_date_column_trains_as_dates_from_text_and_from_date_cells(
     predicted = pd.read_csv(output)["predicted_sales"].to_numpy()
     assert predicted == pytest.approx(expected, rel=1e-4)
     assert np.sqrt(np.mean((predicted - raw["sales"]) ** 2)) < 0.5 * raw["sales"].std()
+
+    # a value the run would not read as it read its data: one line, no predictions written
+    unreadable = {
+        "days.csv": (
+            raw.assign(day=raw["day"].where(raw.index != 4, "31/01/2025")),
+            "days.csv: column 'day' holds 1 value(s) that are not dates as the run read them "
+            "(ISO 8601; first: '31/01/2025', in data row 5)",
+        ),
+        "promos.csv": (
+            raw.astype({"promo": object}).assign(promo=raw["promo"].where(raw.index != 2, "abc")),
+            "promos.csv: column 'promo' holds 1 value(s) that are not numbers (first: 'abc', in "
+            "data row 3); the run trained on numbers",
+        ),
+    }
+    for name, (frame, expected) in unreadable.items():
+        frame.to_csv(tmp_path / name, index=False)
+        kept = tmp_path / f"kept-{name}"
+        done = predict_cli(
+            store_uri, f"run_id={run_id}", f"input={tmp_path / name}", f"output={kept}"
+        )
+        assert (done.returncode, done.stderr) == (1, f"losslab: error: {expected}\n")
+        assert not kept.exists()
