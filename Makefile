@@ -38,7 +38,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install ## Run the test suite (2 workers, about 10-12 minutes on 2 cores)
+test: install ## Run the test suite (2 workers, 10-12 minutes on 2 cores; 39 on a slow day)
 	$(PY) -m pytest -n 2 --dist loadfile  # two workers: the suite is mostly subprocesses
 
 sweep: install ## The five-loss study over 5 seeds, with the comparison table at the end
