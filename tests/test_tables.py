@@ -410,7 +410,7 @@ def test_the_dialect_is_read_from_the_rows_not_guessed_from_a_character(tmp_path
         ),
     }
     for name, (text, sep, decimal, thousands, column) in cases.items():
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_text(text, encoding="utf-8")  # as dialect() reads it
         how = table_files.dialect(tmp_path / name)
         expected = (Separator(sep), DecimalMark(decimal), Thousands(thousands))
         assert (how.sep, how.decimal, how.thousands) == expected, name
