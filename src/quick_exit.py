@@ -27,22 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
-INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
-
-
-def quiet_while_loading() -> None:
-    """Ctrl-C while a command still loads its modules: one line and exit 130, not the
-    traceback of whichever import it hit; nothing exists yet. ``run`` hands Ctrl-C back to
-    the command. A command started with Ctrl-C ignored (``nohup``, a script's ``&``) keeps
-    ignoring it."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupted_while_loading)
-
-
-def _interrupted_while_loading(signum: int, frame: object) -> None:
-    print("losslab: interrupted", file=sys.stderr, flush=True)
-    os._exit(INTERRUPTED)
-
+from src import INTERRUPTED, interrupted_while_loading
 
 _interrupts = 0  # Ctrl-Cs while the command works (``_interrupt``)
 
@@ -78,7 +63,7 @@ def run(main: Callable[[], object], interrupted: str = "interrupted") -> NoRetur
     """``main()``, then exit with its SystemExit code (0 when it returns); on Ctrl-C, the line
     ``losslab: <interrupted>`` (what the command leaves behind) and exit 130. An exception
     other than these (a bug) propagates, for Python to print its traceback as usual."""
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+    if signal.getsignal(signal.SIGINT) is interrupted_while_loading:
         signal.signal(signal.SIGINT, _interrupt)
         sys.unraisablehook = _redeliver
     try:

@@ -19,7 +19,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import cluster, config, hydra_callbacks, override_policy, quick_exit, store, tracking
+from src import (
+    INTERRUPTED,
+    cluster,
+    config,
+    hydra_callbacks,
+    override_policy,
+    quick_exit,
+    store,
+    tracking,
+)
 from src.cli import one_line_error
 from src.config import ConfigError
 from src.frozen_imports import frozen_imports
@@ -112,7 +121,7 @@ def cli() -> None:
         killed = hydra_callbacks.close_sweep("KILLED") or isinstance(stop, tracking.RunsKilled)
         said = "; runs are marked KILLED in MLflow" if killed else ""  # none began, or all ended
         print(f"losslab: interrupted{said}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except (Exception, hydra_callbacks.Abort) as caught:
         hydra_callbacks.close_sweep("FAILED")
         error = caught.__cause__ if isinstance(caught, hydra_callbacks.Abort) else caught
