@@ -51,8 +51,8 @@ def holds_dates(values: pd.Series, date_format: str | None = None) -> bool:
     if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
         return False
     present = values.dropna()
-    sample = present.head(100).tolist()  # most text columns fail here, at once
-    if not sample or not all(isinstance(v, str) for v in sample):
+    sample = _text_sample(present)
+    if not sample:
         return False
     if date_format is None and not all(ISO_DATE.fullmatch(v.strip()) for v in sample):
         return False
@@ -62,10 +62,17 @@ def holds_dates(values: pd.Series, date_format: str | None = None) -> bool:
 def example_of_other_dates(values: pd.Series) -> str | None:
     """A value of a text column whose every sampled value looks like a date in an order that
     needs ``dataset.date_format``, for the start-up line that says so; None otherwise."""
-    sample = values.dropna().head(100).tolist()
-    if sample and all(isinstance(v, str) and OTHER_DATE.fullmatch(v.strip()) for v in sample):
+    sample = _text_sample(values.dropna())
+    if sample and all(OTHER_DATE.fullmatch(v.strip()) for v in sample):
         return sample[0].strip()
     return None
+
+
+def _text_sample(present: pd.Series) -> list[str]:
+    """The first 100 values present when all are text, else none: most text columns that
+    hold no dates fail on these at once, before the whole column is parsed."""
+    sample = present.head(100).tolist()
+    return sample if all(isinstance(v, str) for v in sample) else []
 
 
 class DateFeatures(TransformerMixin, BaseEstimator):

@@ -36,7 +36,6 @@ SNIFF_CHARS = 1 << 16  # a file's kind, separator and decimal mark come from its
 MAX_TITLE_LINES = 10  # lines above a CSV table's header that are not rows of it (a title)
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers the same
 _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
-_COMMA_NUMBER = re.compile(r"[+-]?(\d{1,3}([. \u00a0\u202f]\d{3})+|\d*),\d+")  # 1,5 1.234,5
 
 
 def _grouped(mark: Thousands, decimal: DecimalMark) -> re.Pattern[str]:
@@ -46,15 +45,13 @@ def _grouped(mark: Thousands, decimal: DecimalMark) -> re.Pattern[str]:
     )
 
 
-_GROUPED = {  # the groupings looked for, by decimal mark
-    DecimalMark.point: {
-        t: _grouped(t, DecimalMark.point) for t in (Thousands.comma, Thousands.apostrophe)
-    },
-    DecimalMark.comma: {
-        t: _grouped(t, DecimalMark.comma)
-        for t in (Thousands.point, Thousands.space, Thousands.nbsp, Thousands.narrow_nbsp)
-    },
+_MARKS = {  # the thousands marks looked for, by decimal mark
+    DecimalMark.point: (Thousands.comma, Thousands.apostrophe),
+    DecimalMark.comma: (Thousands.point, Thousands.space, Thousands.nbsp, Thousands.narrow_nbsp),
 }
+_GROUPED = {decimal: {t: _grouped(t, decimal) for t in marks} for decimal, marks in _MARKS.items()}
+_COMMA_MARKS = "".join(re.escape(t.value) for t in _MARKS[DecimalMark.comma])
+_COMMA_NUMBER = re.compile(rf"[+-]?(\d{{1,3}}([{_COMMA_MARKS}]\d{{3}})+|\d*),\d+")  # 1,5 1.234,5
 _MAGIC = {  # how a file starts -> what it is
     b"PAR1": "parquet",
     b"PK\x03\x04": "zip",  # .xlsx and .ods workbooks are zip archives
