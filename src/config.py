@@ -50,7 +50,7 @@ class TableFormat(Enum):
     """How a data file is read (pandas)."""
 
     csv = "csv"
-    excel = "excel"  # an .xlsx workbook's sheet
+    excel = "excel"  # a workbook's sheet: .xlsx, .xls or .ods
     parquet = "parquet"
 
 

@@ -201,7 +201,7 @@ def read_inputs(path: Path, n_inputs: int) -> np.ndarray:
 def _read(
     path: Path, header: int | None = 0, encoding: str = "utf-8", sheet: str | None = None
 ) -> tuple[Any, Dialect | None]:
-    """A CSV (any dialect, src.table_files), .xlsx or Parquet file as a DataFrame and the
+    """A CSV (any dialect, src.table_files), workbook or Parquet file as a DataFrame and the
     CSV's dialect (None for the others), or one line saying why not."""
     import pandas as pd
 

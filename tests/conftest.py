@@ -15,8 +15,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # pandas loads in the tests that need it, not in every worker's start
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,6 +215,23 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+def write_xls(path: Path, frame: pd.DataFrame) -> None:
+    """An Excel 97-2003 workbook (.xls) of one sheet, as old exports still are: pandas no
+    longer writes the format, xlwt does. Empty cells are missing values."""
+    import xlwt
+
+    book = xlwt.Workbook()
+    sheet = book.add_sheet("Data")
+    for col, name in enumerate(frame.columns):
+        sheet.write(0, col, name)
+    for row, values in enumerate(frame.astype(object).itertuples(index=False), start=1):
+        for col, value in enumerate(values):
+            if value is not None and value == value:  # None and NaN stay empty
+                is_number = isinstance(value, numbers.Real)
+                sheet.write(row, col, float(value) if is_number else str(value))
+    book.save(str(path))
+
+
 def write_ods(path: Path, sheets: dict[str, object]) -> None:
     """An OpenDocument spreadsheet (.ods) of DataFrames, one sheet each, written by hand: the
     test environment has no ODS writer. Its first row names the columns; empty cells are
@@ -327,6 +348,8 @@ def write_tables(folder: Path) -> dict[str, Path]:
     files["ragged.csv"] = folder / "ragged.csv"
     write_ods(folder / "diabetes.ods", {"Data": diabetes})
     files["diabetes.ods"] = folder / "diabetes.ods"
+    write_xls(folder / "diabetes.xls", diabetes)
+    files["diabetes.xls"] = folder / "diabetes.xls"
     # an Excel 97-2003 workbook's signature (OLE2), and no workbook after it
     (folder / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
     files["old.xls"] = folder / "old.xls"

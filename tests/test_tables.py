@@ -475,16 +475,17 @@ def test_a_utf16_file_reads_once_its_encoding_is_named(files) -> None:
     )
 
 
-def test_an_opendocument_sheet_reads_as_its_csv_twin(files) -> None:
-    """dataset=excel reads what calamine reads: an .ods sheet gives the CSV's rows, and the
-    same start-up facts."""
+@pytest.mark.parametrize("book", ["diabetes.ods", "diabetes.xls"])
+def test_an_opendocument_or_excel_97_sheet_reads_as_its_csv_twin(files, book) -> None:
+    """dataset=excel reads what calamine reads: an .ods or .xls sheet gives the CSV's rows,
+    and the same start-up facts."""
     from src import tables
 
     def inspected(*overrides: str) -> tables.Table:
         base = ("loss=mse", "dataset.target=progression")
         return tables.inspect(config.validate(compose_cfg(*base, *overrides)).dataset)
 
-    sheet = inspected("dataset=excel", f"dataset.path={files['diabetes.ods']}")
+    sheet = inspected("dataset=excel", f"dataset.path={files[book]}")
     plain = inspected("dataset=csv", f"dataset.path={files['diabetes.csv']}")
     assert (sheet.task, sheet.numeric, sheet.categorical) == (
         plain.task,
