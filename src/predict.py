@@ -46,8 +46,8 @@ Predict with a logged model (store: $MLFLOW_TRACKING_URI, else ./mlflow.db).
   run_id=<id>     the MLflow run whose model to use
   input=<file>    rows to predict: for a run on table data (dataset=csv, excel, parquet,
                   diabetes, ...) the raw columns, in any order (a CSV, workbook or Parquet file);
-                  else one numeric column per model input, scaled as in training (a CSV file;
-                  a header row is optional)
+                  else one numeric column per model input, scaled as in training (a CSV,
+                  workbook or Parquet file; a header row is optional)
   split=test      instead of input=: rebuild the run's test split and score it next to the
                   metrics the run logged
   output=<csv>    where to write (default: outputs/predict/<run id>-<input name>.csv); never
@@ -169,12 +169,14 @@ def score_test(client: MlflowClient, run: Run) -> Scored:
     return Scored(split.x_test, y_test, prediction, recomputed, logged)
 
 
-def read_inputs(path: Path, n_inputs: int) -> np.ndarray:
-    """A numeric CSV with one column per model input; a header row is optional (the first row
-    is data when every value in it is a number)."""
+def read_inputs(
+    path: Path, n_inputs: int, encoding: str = "utf-8", sheet: str | None = None
+) -> np.ndarray:
+    """A numeric table with one column per model input; a header row is optional (the first
+    row is data when every value in it is a number)."""
     import pandas as pd
 
-    frame, _ = _read(path, header=None)
+    frame, _ = _read(path, header=None, encoding=encoding, sheet=sheet)
     first = pd.to_numeric(frame.iloc[0], errors="coerce")
     if first.isna().any():  # a header row: names, not numbers
         frame = frame.iloc[1:]
@@ -202,7 +204,8 @@ def _read(
     path: Path, header: int | None = 0, encoding: str = "utf-8", sheet: str | None = None
 ) -> tuple[Any, Dialect | None]:
     """A CSV (any dialect, src.table_files), workbook or Parquet file as a DataFrame and the
-    CSV's dialect (None for the others), or one line saying why not."""
+    CSV's dialect (None for the others), or one line saying why not. ``header``: the row
+    that names the columns, for a CSV file or a sheet (a Parquet file's come named)."""
     import pandas as pd
 
     from src import table_files
@@ -217,9 +220,10 @@ def _read(
     else:
         how = table_files.dialect(path, encoding=encoding)
     try:
-        if isinstance(how, table_files.Dialect):
-            return how.read(path, header=header), how
-        return how.read(path), None
+        if isinstance(how, table_files.ParquetFile):
+            return how.read(path), None
+        frame = how.read(path, header=header)
+        return frame, how if isinstance(how, table_files.Dialect) else None
     except pd.errors.EmptyDataError:
         raise ConfigError(f"{path} is empty") from None
     except UnicodeDecodeError as error:
@@ -345,17 +349,17 @@ def main(argv: list[str]) -> None:
         source = Path(args["input"])
         model = load_model(client, run)
         pre = load_preprocessing(client, run_id)
+        params = run.data.params  # a study run has no dataset.encoding or dataset.sheet
+        encoding = args.get("encoding") or params.get("dataset.encoding", "utf-8")
+        sheet = args.get("sheet") or params.get("dataset.sheet")
+        sheet = None if sheet == "None" else sheet
         if pre is not None:
-            activation = run.data.params.get("loss.output", "")
-            params = run.data.params
-            encoding = args.get("encoding") or params.get("dataset.encoding", "utf-8")
-            sheet = args.get("sheet") or params.get("dataset.sheet")
-            frame, how = _read(source, encoding=encoding, sheet=None if sheet == "None" else sheet)
-            result = predict_table(model, pre, frame, activation, source)
+            frame, how = _read(source, encoding=encoding, sheet=sheet)
+            result = predict_table(model, pre, frame, params.get("loss.output", ""), source)
             write_table(result, output, how)
         else:
             signature = mlflow.models.get_model_info(model_uri(run)).signature
-            x = read_inputs(source, signature.inputs.inputs[0].shape[-1])
+            x = read_inputs(source, signature.inputs.inputs[0].shape[-1], encoding, sheet)
             write_csv(output, {"x": x, "prediction": predict(model, x)})
     print(f"wrote {output}")
 

@@ -138,9 +138,9 @@ class Sheet:
     name: str
     sheets: tuple[str, ...] = ()  # all of the workbook's, for an error that names them
 
-    def read(self, file: Path) -> pd.DataFrame:
+    def read(self, file: Path, **options: Any) -> pd.DataFrame:
         with file.open("rb") as handle:  # by its content, whatever the file's name
-            return pd.read_excel(handle, sheet_name=self.name, engine="calamine")
+            return pd.read_excel(handle, sheet_name=self.name, engine="calamine", **options)
 
     def __str__(self) -> str:
         return f"sheet '{self.name}'"

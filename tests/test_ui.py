@@ -310,6 +310,24 @@ def test_sweep_over_http_lands_on_server_and_models_reproduce_metrics(
     written = pd.read_csv(out)
     assert list(written.columns) == [*(f"x{i}" for i in range(20)), "prediction"]
     np.testing.assert_allclose(written["prediction"], test.prediction[:7, 0], rtol=1e-6)
+    # The same rows as other files bring them: UTF-16 text (encoding= read), a workbook's
+    # second sheet without a header row (sheet= read, its first row kept as data), Parquet.
+    features.to_csv(tmp_path / "utf16.csv", index=False, encoding="utf-16")
+    with pd.ExcelWriter(tmp_path / "book.xlsx", engine="openpyxl") as book:
+        features.iloc[:0].to_excel(book, sheet_name="About", index=False)
+        features.to_excel(book, sheet_name="Rows", index=False, header=False)
+    features.to_parquet(tmp_path / "rows.parquet")
+    for source, extra in [
+        ("utf16.csv", ["encoding=utf-16"]),
+        ("book.xlsx", ["sheet=Rows"]),
+        ("rows.parquet", []),
+    ]:
+        out = tmp_path / f"{source}.predictions.csv"
+        run_id = mse_run.info.run_id
+        predict.main([f"run_id={run_id}", f"input={tmp_path / source}", f"output={out}", *extra])
+        np.testing.assert_allclose(
+            pd.read_csv(out)["prediction"], test.prediction[:7, 0], rtol=1e-6, err_msg=source
+        )
 
 
 @pytest.mark.parametrize(
