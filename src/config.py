@@ -934,6 +934,13 @@ class LosslabConfig:
         task = self.loss.task
         return next(n for n, spec in self.metrics.items() if task in spec.primary)
 
+    def judged_metric(self) -> str:
+        """The metric a run's outcome is judged by, as the sweep's report ranks by it: the
+        user's ``report.metric``, else the task's primary. A run no better by it than a model
+        that ignores its input has collapsed (on a rare class, accuracy would call every run
+        that trades accuracy for the rare class's recall collapsed)."""
+        return self.report.metric or self.primary_metric()
+
     def panel(self, nonnegative: bool, loss: LossConfig | None = None) -> dict[str, MetricConfig]:
         """The metrics that apply to the runs of ``loss`` (by default the job's ``loss``;
         ``nonnegative``: every target is >= 0)."""

@@ -42,7 +42,7 @@ from src.config import (
     refused,
     refused_by_target,
 )
-from src.data import Split, StudyDataModule, encode, labels
+from src.data import Split, StudyDataModule, labels
 from src.heads import Head, build_heads
 from src.metrics import Panel, class_labels, plain
 from src.model import MemberMLP
@@ -79,22 +79,29 @@ def use_threads(threads: int) -> None:
     threadpool_limits(threads, user_api="blas")
 
 
-def trivial_score(module: LossModule, head: Head, split: Split, metric: str) -> float:
-    """What a model that ignores its input scores on the test set with ``metric``, read as
-    ``head``'s loss reads outputs: predicting the train mean (regression) or always the
-    majority class. A run no better has collapsed."""
+def trivial_score(module: LossModule, head: Head, panel: Panel, split: Split, metric: str) -> float:
+    """What a model that ignores its input scores on the test set with ``metric`` (computed
+    as the run's own final value is, by its panel), read as ``head``'s loss reads outputs:
+    the train mean (regression), or the train rows' class shares as that loss's output (so
+    the majority class for labels, and the prior for probabilities). A run no better has
+    collapsed."""
     y_train, y_test = torch.from_numpy(split.y_train), torch.from_numpy(split.y_test)
     targets = head.loss.targets
     if targets == Targets.real:
         constant = y_train.mean(dim=0)
-    else:  # the output that says the majority class: its label, its sign, or a one-hot
-        # row of probabilities (integer targets too: their output is a row per class)
-        majority = class_labels(y_train, module.targets).bincount().argmax()
-        as_output = Targets.onehot if targets == Targets.index else targets
-        constant = encode(majority, as_output, split.n_outputs)
+    else:
+        labels = class_labels(y_train, module.targets)
+        shares = labels.bincount(minlength=max(split.n_outputs, 2)).double() / len(labels)
+        if targets == Targets.binary:  # the positive class's probability
+            constant = shares[1:2]
+        elif targets == Targets.signed:  # a score whose sign says the majority
+            constant = (shares[1] - shares[0]).reshape(1)
+        else:  # a row of probabilities (integer targets too: their output is one)
+            constant = shares
+    constant = constant.to(torch.float32)
     pred = constant.expand(1, len(y_test), *constant.shape)
     target = head.encode(y_test.expand(1, *y_test.shape))
-    return float(head.scores(*module.in_units(pred, target))[metric][0])
+    return panel(*module.in_units(pred, target))[metric][0]
 
 
 # Overrides already in the name, or that say how a run is recorded rather than what it is.
@@ -470,16 +477,27 @@ def _finish(
     # run's charts open on the learning curves (sections test/ and train/). Sent after the
     # models: the final ones carry their model's id (linked).
     runs.add_metrics(0, {**final_all, **seconds})
-    trivial = [trivial_score(module, head, data.split, metric) for head in module.heads]
-    direction = typed.metrics[metric].direction
+    # Judged by the sweep's metric where a loss's panel has it (log_loss: not for hinge's
+    # tanh outputs), else by the task's primary.
+    judged = [typed.judged_metric() if typed.judged_metric() in p.fns else metric for p in panels]
+    trivial = [
+        trivial_score(module, head, panel, data.split, name)
+        for head, panel, name in zip(module.heads, panels, judged)
+    ]
     stop = _stop_tags(trainer, len(history))
     statuses, closing_tags, finals = [], [], []
     for k in range(members):
         h = module.head_index(k)
         final: dict = {key: values[k] for key, values in final_all.items() if values[k] is not None}
-        test_value = final[f"final_test_{metric}"]
+        test_value = final[f"final_test_{judged[h]}"]
+        direction = typed.metrics[judged[h]].direction
         final["outcome"] = _outcome(test_value, trivial[h], direction, diverged[k] > 0)
-        tags = {"outcome": final["outcome"], "trivial_test_score": f"{trivial[h]:.6g}", **stop}
+        tags = {
+            "outcome": final["outcome"],
+            "outcome_metric": judged[h],
+            "trivial_test_score": f"{trivial[h]:.6g}",
+            **stop,
+        }
         tags.update(checkpoint)
         if diverged[k]:
             tags["error"] = f"loss became non-finite at epoch {diverged[k]}"

@@ -40,6 +40,29 @@ def squared_hinge(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return hinge(output, target) ** 2
 
 
+class FocalLoss:
+    """Binary focal loss (Lin et al., 2017) from logits, labels {0, 1}: the cross-entropy
+    scaled by ``(1 - p_t) ** gamma`` (p_t: the probability given to the true class), so rows
+    the model already gets right weigh less and hard or rare ones more; gamma=0 is BCE.
+    ``alpha`` weighs the positive class (and 1 - alpha the negative); None weighs neither.
+    A class, so a bad gamma or alpha is refused when the job builds it, before any epoch."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None) -> None:
+        if not (math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma={gamma} must be a finite number >= 0")
+        if alpha is not None and not 0 <= alpha <= 1:
+            raise ValueError(f"alpha={alpha} must be in [0, 1], or null for no class weight")
+        self.gamma, self.alpha = gamma, alpha
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        # 1 - p_t kept off 0: for gamma < 1 the power's gradient there is infinite
+        loss = (1.0 - torch.exp(-ce)).clamp(min=EPS) ** self.gamma * ce
+        if self.alpha is not None:
+            loss = loss * (self.alpha * target + (1.0 - self.alpha) * (1.0 - target))
+        return loss
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Categorical cross-entropy per sample, (members, batch), from raw logits (members, batch,
     classes). One function serves both encodings: one-hot float rows (Keras'

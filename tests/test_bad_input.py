@@ -149,7 +149,7 @@ CATALOGUE = [
     bad(
         "dataset=csv dataset.path={data}/cancer.csv dataset.target=diagnosis",
         "loss 'mse' is a regression loss but dataset 'cancer.csv' is binary; use one of: "
-        "loss=bce, hinge, squared_hinge",
+        "loss=bce, focal, hinge, squared_hinge",
     ),
     bad(
         "dataset=csv dataset.path={data}/all_nan.csv dataset.target=progression",
@@ -325,6 +325,7 @@ CATALOGUE = [
     # metrics that do not fit, and folds outside a sweep
     bad("loss=sparse_cce loss.metrics=[r2]", "loss.metrics: 'r2' does not apply to loss 'sparse"),
     bad("-m loss=mse,bce report.metric=nope", "unknown metric 'nope'; choose one of: ['accuracy'"),
+    bad("loss=focal loss.fn.gamma=-1", "loss.fn: ValueError: gamma=-1 must be a finite number"),
     bad("dataset=diabetes dataset.folds=3", "dataset.folds=3 runs one job per fold: run it as a"),
     bad("-m dataset.folds=0", "dataset.folds=0 must be >= 1"),
     bad("dataset.folds=3 dataset.fold=5", "dataset.fold=5 must be in 0..2"),

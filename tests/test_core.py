@@ -112,7 +112,7 @@ def test_pairing_rejects_a_task_mismatch_naming_the_choices() -> None:
     with pytest.raises(ConfigError, match="pick one of: breast_cancer, circles"):
         config.validate(compose_cfg("loss=bce", "dataset=regression"))
     assert config.options_for("dataset", Task.binary) == ["breast_cancer", "circles"]
-    assert config.options_for("loss", Task.binary) == ["bce", "hinge", "squared_hinge"]
+    assert config.options_for("loss", Task.binary) == ["bce", "focal", "hinge", "squared_hinge"]
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,32 @@ def test_squared_hinge_with_signed_labels() -> None:
     assert per_member(squared_hinge(out, target)).tolist() == pytest.approx(expected)
 
 
+def test_focal_loss_by_hand_and_its_settings_refused_at_start_up() -> None:
+    """(1 - p_t) ** gamma times the cross-entropy, through conf/loss/focal.yaml: gamma=0 is
+    BCE, and alpha weighs the classes; a bad gamma or alpha is one line before any run."""
+    logits = torch.tensor([[[2.0], [-1.0], [0.5]]])  # one member, three rows
+    target = torch.tensor([[[1.0], [1.0], [0.0]]])
+    p = torch.sigmoid(logits).flatten().tolist()
+    p_true = [p[0], p[1], 1 - p[2]]
+    ce = [-math.log(q) for q in p_true]
+    focal = [(1 - q) ** 2 * c for q, c in zip(p_true, ce)]
+    assert loss_value(typed("loss=focal"), logits, target) == pytest.approx([sum(focal) / 3])
+    bce = typed("loss=bce")
+    assert loss_value(typed("loss=focal", "loss.fn.gamma=0"), logits, target) == pytest.approx(
+        loss_value(bce, logits, target)
+    )
+    weighted = [0.75 * focal[0], 0.75 * focal[1], 0.25 * focal[2]]
+    alpha = typed("loss=focal", "loss.fn.alpha=0.75")
+    assert loss_value(alpha, logits, target) == pytest.approx([sum(weighted) / 3])
+    sure = torch.tensor([[[30.0]]], requires_grad=True)  # p_t rounds to 1: no NaN gradient
+    half = instantiate(typed("loss=focal", "loss.fn.gamma=0.5").loss.fn)
+    per_member(half(sure, target[:, :1])).sum().backward()
+    assert torch.isfinite(sure.grad).all()
+    for bad, said in [("gamma=-1", "gamma=-1 must be"), ("alpha=1.5", "alpha=1.5 must be")]:
+        with pytest.raises(Exception, match=said):
+            instantiate(typed("loss=focal", f"loss.fn.{bad}").loss.fn)
+
+
 LOGITS = torch.tensor(
     [
         [[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]],  # member 0, two samples, three classes
@@ -110,6 +136,7 @@ def test_log_cosh_matches_log_of_cosh_and_stays_finite() -> None:
     ("loss", "dataset", "output", "targets", "epochs", "hidden"),
     [
         ("squared_hinge", "circles", "tanh", "signed", 200, [50]),
+        ("focal", "circles", "sigmoid", "binary", 200, [50]),
         ("cce", "blobs", "softmax", "onehot", 100, [50]),
         ("sparse_cce", "blobs", "softmax", "index", 100, [50]),
         ("kld", "blobs", "softmax", "onehot", 100, [50]),
@@ -208,7 +235,7 @@ def test_outliers_land_in_train_only_unless_asked(in_test: bool) -> None:
     ("experiment", "losses", "dataset"),
     [
         ("regression", "mse,msle,mae,huber,log_cosh", None),
-        ("binary", "bce,hinge,squared_hinge", None),
+        ("binary", "bce,focal,hinge,squared_hinge", None),
         ("multiclass", "cce,sparse_cce,kld", None),
         ("outliers", "mse,mae,huber,log_cosh", "regression_outliers"),
         ("msle_positive", "msle,mse", "regression_positive"),

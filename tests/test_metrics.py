@@ -105,6 +105,40 @@ def test_each_panel_metric_equals_scikit_learn_per_member(overrides) -> None:
 
 
 @pytest.mark.parametrize(
+    "overrides",
+    [("loss=bce",), ("loss=hinge",), ("loss=sparse_cce",), ("loss=mse", "dataset=diabetes")],
+    ids=lambda o: " ".join(o),
+)
+def test_a_model_that_ignores_its_input_is_scored_by_each_panel_metric(overrides) -> None:
+    """The bar a run must clear not to have collapsed, by whichever metric the sweep ranks
+    by: the train rows' mean, or their class shares as the loss's output, scored on the
+    test rows by scikit-learn."""
+    from src.experiment import trivial_score
+
+    _, data, module, panels = built(*overrides)
+    (head,), (panel,), split = module.heads, panels, data.split
+    y_train, y_test = split.y_train, split.y_test
+    n = len(y_test)
+    if head.loss.targets == config.Targets.real:  # in the target's units
+        scale, offset = split.units
+        y_test = y_test * scale + offset
+        pred = np.full((1, n, 1), (y_train * scale + offset).mean())
+    elif head.loss.targets == config.Targets.index:  # the classes' shares, a row each
+        shares = np.bincount(y_train, minlength=split.n_outputs) / len(y_train)
+        pred = np.tile(shares, (1, n, 1))
+    else:  # the positive class's share as a probability (bce), or as a sign's lean (hinge)
+        positive = float(np.mean(y_train == 1))
+        lean = positive if head.loss.targets == config.Targets.binary else 2 * positive - 1
+        pred = np.full((1, n, 1), lean)
+    expected = expected_panel(head.loss, pred, y_test)
+    for name in panel.fns:
+        value = trivial_score(module, head, panel, split, name)
+        assert value == pytest.approx(expected[name][0], rel=1e-5, abs=1e-6), name
+    if "roc_auc" in panel.fns:  # a constant score ranks no row above another
+        assert trivial_score(module, head, panel, split, "roc_auc") == 0.5
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (("loss=sparse_cce", "loss.metrics=[r2]"), "'r2' does not apply to loss 'sparse_cce'"),
@@ -226,6 +260,11 @@ def test_folds_times_seeds_are_runs_paired_in_the_report(run_cli, client, tmp_pa
         (row,) = list(csv.DictReader(handle))
     assert (row["test"], row["n_a"], row["n_b"], row["metric"]) == ("paired t", "6", "6", "r2")
     assert "regression, by test r2 (higher is better): best " in done.stdout
+    for r in children:  # judged by the sweep's metric: r2 of the train mean, a little below 0
+        trivial = float(r.data.tags["trivial_test_score"])
+        assert r.data.tags["outcome_metric"] == "r2" and -0.1 < trivial <= 0
+        ok = r.data.metrics["final_test_r2"] > trivial
+        assert r.data.tags["outcome"] == ("ok" if ok else "collapsed")
 
 
 def test_a_loss_that_mostly_collapsed_is_unreliable_in_the_verdict_and_on_the_parent() -> None:
