@@ -90,8 +90,8 @@ def trivial_score(module: LossModule, head: Head, panel: Panel, split: Split, me
     if targets == Targets.real:
         constant = y_train.mean(dim=0)
     else:
-        labels = class_labels(y_train, module.targets)
-        shares = labels.bincount(minlength=max(split.n_outputs, 2)).double() / len(labels)
+        classes = class_labels(y_train, module.targets)
+        shares = classes.bincount(minlength=max(split.n_outputs, 2)).double() / len(classes)
         if targets == Targets.binary:  # the positive class's probability
             constant = shares[1:2]
         elif targets == Targets.signed:  # a score whose sign says the majority
@@ -479,7 +479,8 @@ def _finish(
     runs.add_metrics(0, {**final_all, **seconds})
     # Judged by the sweep's metric where a loss's panel has it (log_loss: not for hinge's
     # tanh outputs), else by the task's primary.
-    judged = [typed.judged_metric() if typed.judged_metric() in p.fns else metric for p in panels]
+    wanted = typed.judged_metric()
+    judged = [wanted if wanted in panel.fns else metric for panel in panels]
     trivial = [
         trivial_score(module, head, panel, data.split, name)
         for head, panel, name in zip(module.heads, panels, judged)
